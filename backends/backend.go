@@ -1,0 +1,110 @@
+// Package backends defines the storage contract kvserver is written against
+// (Backend), the per-database contract each dialect implements (Dialect and
+// Tx), and Engine: the dialect-independent implementation of etcd's MVCC
+// semantics (revisions, Txn evaluation, ranges at a revision, compaction,
+// leases, group commit) on top of a Dialect.
+//
+// Request and response values are etcd's own protobufs (etcdserverpb, mvccpb)
+// so that nothing is translated twice; this package imports nothing from the
+// rest of kvsql.
+package backends
+
+import (
+	"context"
+	"errors"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+)
+
+// Errors a Backend returns. kvserver maps each to etcd's gRPC error value.
+var (
+	// ErrCompacted: the requested revision is below the compact revision.
+	ErrCompacted = errors.New("required revision has been compacted")
+	// ErrFutureRev: the requested revision is above the current revision.
+	ErrFutureRev = errors.New("required revision is a future revision")
+	// ErrKeyNotFound: a Put with ignore_value or ignore_lease named a key that does not exist.
+	ErrKeyNotFound = errors.New("key not found")
+	// ErrLeaseNotFound: the lease does not exist (never granted, revoked or expired).
+	ErrLeaseNotFound = errors.New("lease not found")
+	// ErrLeaseExists: LeaseGrant with an ID that is already in use.
+	ErrLeaseExists = errors.New("lease already exists")
+	// ErrClosed: the backend is shutting down.
+	ErrClosed = errors.New("backend closed")
+)
+
+// Backend is what kvserver needs from storage. Every method is safe for
+// concurrent use. Revisions are gapless and commit in order: a reader that
+// sees revision N sees every revision below N.
+type Backend interface {
+	// Range answers r from one snapshot. The header revision is the current
+	// revision of that snapshot (as etcd does, also for reads at an older
+	// r.Revision). Errors: ErrCompacted, ErrFutureRev.
+	Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error)
+
+	// Txn evaluates r atomically with etcd's semantics (all compares, nested
+	// ones included, see the state before the txn; ops see earlier ops of the
+	// same txn). A txn that changes anything gets exactly one new revision.
+	// r must already be validated (see kvserver). Errors: ErrCompacted,
+	// ErrFutureRev (range ops), ErrLeaseNotFound, ErrKeyNotFound (puts).
+	Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error)
+
+	// Changes returns the events of revisions afterRev+1 .. afterRev+maxRevs
+	// that are committed, in (revision, sub-revision) order, each with PrevKv
+	// set when the key had a live previous version. Because revisions commit
+	// in order the result is always a prefix of the history after afterRev.
+	// ErrCompacted if afterRev+1 is below the compact revision.
+	Changes(ctx context.Context, afterRev int64, maxRevs int64) ([]*mvccpb.Event, error)
+
+	// Revisions returns the current and the compact revision.
+	Revisions(ctx context.Context) (current, compact int64, err error)
+
+	// Compact discards history below rev. ErrCompacted if rev is not above
+	// the compact revision, ErrFutureRev if rev is above the current revision.
+	Compact(ctx context.Context, rev int64) error
+
+	// LeaseGrant creates lease id with the given TTL in seconds.
+	LeaseGrant(ctx context.Context, id, ttl int64) error
+	// LeaseRevoke deletes the lease and, in one revision, every key attached to it.
+	LeaseRevoke(ctx context.Context, id int64) error
+	// LeaseRenew restarts the lease's TTL and returns it.
+	LeaseRenew(ctx context.Context, id int64) (ttl int64, err error)
+	// LeaseInfo describes one lease; keys are listed only when withKeys.
+	LeaseInfo(ctx context.Context, id int64, withKeys bool) (Lease, error)
+	// Leases lists every lease.
+	Leases(ctx context.Context) ([]int64, error)
+	// ExpireLeases revokes every lease whose expiry has passed and returns how many.
+	ExpireLeases(ctx context.Context) (int, error)
+
+	// Hash returns a hash of every key-value version in (compact, rev], equal
+	// for equal histories on any instance.
+	Hash(ctx context.Context, rev int64) (hash uint32, compact int64, err error)
+
+	// Size returns the database size in bytes and the part of it in use.
+	Size(ctx context.Context) (size, inUse int64, err error)
+	// Defragment reclaims unused space where the database can.
+	Defragment(ctx context.Context) error
+
+	// Close stops accepting requests, finishes the ones in flight and closes
+	// the database. It is safe to call more than once.
+	Close() error
+}
+
+// Lease is the stored state of one lease.
+type Lease struct {
+	ID         int64
+	GrantedTTL int64
+	// Remaining is the time left until expiry, in milliseconds (negative once expired).
+	RemainingMillis int64
+	Keys            [][]byte
+}
+
+// RangeStreamer is implemented by backends that can stream a large range
+// from one snapshot in chunks (etcd 3.7's KV.RangeStream).
+type RangeStreamer interface {
+	// RangeStream answers r (default key order, no revision filters) from
+	// one snapshot. send receives consecutive chunks of the result, each of
+	// roughly chunkBytes; the returned response carries the header
+	// revision, count and more, and no kvs.
+	RangeStream(ctx context.Context, r *pb.RangeRequest, chunkBytes int, send func([]*mvccpb.KeyValue) error) (*pb.RangeResponse, error)
+}

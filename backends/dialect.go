@@ -1,0 +1,108 @@
+package backends
+
+import (
+	"context"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+)
+
+// KeyRange selects keys the way etcd's (key, range_end) pair does.
+type KeyRange struct {
+	Key []byte
+	// End is exclusive. Nil with FromKey false selects the single key Key.
+	End []byte
+	// FromKey selects every key >= Key (etcd's range_end "\x00").
+	FromKey bool
+}
+
+// NewKeyRange interprets an etcd (key, range_end) pair.
+func NewKeyRange(key, end []byte) KeyRange {
+	switch {
+	case len(end) == 0:
+		return KeyRange{Key: key}
+	case len(end) == 1 && end[0] == 0:
+		return KeyRange{Key: key, FromKey: true}
+	default:
+		return KeyRange{Key: key, End: end}
+	}
+}
+
+// Single reports whether the range names exactly one key.
+func (kr KeyRange) Single() bool { return kr.End == nil && !kr.FromKey }
+
+// LogRow is one row of kv_log: one change of one key at (Rev, Sub).
+type LogRow struct {
+	Rev, Sub  int64
+	Key       []byte
+	Deleted   bool
+	CreateRev int64
+	// PrevRev is the mod revision of the live version this row replaces or
+	// deletes, 0 when the key did not exist.
+	PrevRev int64
+	Version int64
+	Lease   int64
+	Value   []byte
+}
+
+// Dialect is one SQL database. Implementations live in backends/<database>.
+type Dialect interface {
+	// BeginRead opens a read-only transaction on one consistent snapshot.
+	BeginRead(ctx context.Context) (Tx, error)
+	// BeginWrite opens a read-write transaction holding the global write
+	// lock (the kv_meta row) until Commit or Rollback, so that revisions
+	// commit in revision order.
+	BeginWrite(ctx context.Context) (Tx, error)
+	// Size returns the database size in bytes and the part in use.
+	Size(ctx context.Context) (size, inUse int64, err error)
+	// Defragment reclaims free space.
+	Defragment(ctx context.Context) error
+	// Close closes the database.
+	Close() error
+}
+
+// Tx is one database transaction. Methods that write are called only on a
+// transaction from BeginWrite.
+type Tx interface {
+	// Revisions reads kv_meta: the current and the compact revision.
+	Revisions(ctx context.Context) (current, compact int64, err error)
+	// SetRevision stores the current revision.
+	SetRevision(ctx context.Context, rev int64) error
+	// SetCompact stores the compact revision.
+	SetCompact(ctx context.Context, rev int64) error
+
+	// Range returns the live key-values in kr in key order, at most limit
+	// of them (0: no limit). rev 0 reads the latest state (kv_current,
+	// including this transaction's own writes); rev > 0 reads the state at
+	// that revision from kv_log. keysOnly leaves values empty.
+	Range(ctx context.Context, kr KeyRange, rev, limit int64, keysOnly bool) ([]*mvccpb.KeyValue, error)
+	// Count counts the live keys in kr at rev (0: latest).
+	Count(ctx context.Context, kr KeyRange, rev int64) (int64, error)
+	// Write appends rows to kv_log and applies them to kv_current.
+	Write(ctx context.Context, rows []LogRow) error
+	// Changes returns the events of revisions in (after, upTo], in
+	// (rev, sub) order, with PrevKv set from the row at PrevRev.
+	Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error)
+	// DeleteHistory removes kv_log rows with from <= rev < to that no read
+	// at a revision >= compact needs: tombstones and versions superseded by
+	// a newer version at or below compact. It returns the rows removed.
+	DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error)
+
+	// LeaseInsert creates a lease expiring ttl seconds from now; false if
+	// the id exists.
+	LeaseInsert(ctx context.Context, id, ttl int64) (bool, error)
+	// LeaseGet returns a lease's TTL and the milliseconds until it expires.
+	LeaseGet(ctx context.Context, id int64) (ttl, remainingMillis int64, found bool, err error)
+	// LeaseRenew sets a lease's expiry to now + its TTL and returns the TTL.
+	LeaseRenew(ctx context.Context, id int64) (ttl int64, found bool, err error)
+	// LeaseDelete removes a lease row.
+	LeaseDelete(ctx context.Context, id int64) error
+	// LeaseKeys returns the live key-values attached to a lease, in key order.
+	LeaseKeys(ctx context.Context, id int64) ([]*mvccpb.KeyValue, error)
+	// Leases lists every lease id in ascending order.
+	Leases(ctx context.Context) ([]int64, error)
+	// ExpiredLeases lists up to limit leases whose expiry has passed.
+	ExpiredLeases(ctx context.Context, limit int) ([]int64, error)
+
+	Commit() error
+	Rollback() error
+}

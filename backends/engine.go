@@ -1,0 +1,387 @@
+package backends
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"log/slog"
+	"sync"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+)
+
+// Defaults for EngineConfig.
+const (
+	// DefaultMaxBatch is how many client writes one database transaction takes at most.
+	DefaultMaxBatch = 256
+	// compactBatchRevs is how many revisions of history one compaction
+	// transaction removes, so that compaction never holds the write lock long.
+	compactBatchRevs = 1000
+	// expireBatch is how many expired leases one pass revokes.
+	expireBatch = 256
+)
+
+// EngineConfig configures an Engine.
+type EngineConfig struct {
+	Logger *slog.Logger
+	// MaxBatch caps how many client writes share one database transaction.
+	MaxBatch int
+	// OnCommit, if set, is called after every commit that created new
+	// revisions, with the newest revision. It must not block.
+	OnCommit func(rev int64)
+}
+
+// Engine implements Backend on a Dialect. Writes are group-committed: one
+// goroutine takes every queued write into one database transaction, so that
+// many clients share one fsync while each Txn keeps its own revision.
+type Engine struct {
+	d   Dialect
+	cfg EngineConfig
+	log *slog.Logger
+
+	writes chan *writeReq
+	// stop is closed by Close; done is closed when the writer has exited.
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+
+	// compactMu serialises compactions on this instance.
+	compactMu sync.Mutex
+}
+
+var _ Backend = (*Engine)(nil)
+
+// writeReq is one unit of work for the writer: apply runs inside the batch's
+// database transaction. rev is the revision before it; apply returns the
+// revision after it (rev+1 if it changed anything, else rev). A non-nil
+// error from apply means the database failed and the whole batch is rolled
+// back; a request's own (user-facing) failure goes into res.err instead.
+type writeReq struct {
+	ctx   context.Context
+	apply func(ctx context.Context, tx Tx, rev int64) (int64, error)
+	done  chan error
+}
+
+// NewEngine starts an Engine on d. Close stops it and closes d.
+func NewEngine(d Dialect, cfg EngineConfig) *Engine {
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = DefaultMaxBatch
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	e := &Engine{
+		d:      d,
+		cfg:    cfg,
+		log:    log,
+		writes: make(chan *writeReq, cfg.MaxBatch),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	go e.writeLoop()
+	return e
+}
+
+// Close stops the writer after the queued writes and closes the database.
+func (e *Engine) Close() error {
+	e.closeOnce.Do(func() {
+		close(e.stop)
+		<-e.done
+		e.closeErr = e.d.Close()
+	})
+	return e.closeErr
+}
+
+// write queues apply for the writer and waits for the batch to commit.
+func (e *Engine) write(ctx context.Context, apply func(ctx context.Context, tx Tx, rev int64) (int64, error)) error {
+	req := &writeReq{ctx: ctx, apply: apply, done: make(chan error, 1)}
+	select {
+	case e.writes <- req:
+	case <-e.stop:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	// Once queued the request is applied or failed by the writer; waiting
+	// for it (rather than for ctx) keeps "acknowledged" equal to "committed".
+	return <-req.done
+}
+
+func (e *Engine) writeLoop() {
+	defer close(e.done)
+	batch := make([]*writeReq, 0, e.cfg.MaxBatch)
+	for {
+		select {
+		case req := <-e.writes:
+			batch = append(batch[:0], req)
+		case <-e.stop:
+			// Fail what is still queued: nobody will serve it.
+			for {
+				select {
+				case req := <-e.writes:
+					req.done <- ErrClosed
+				default:
+					return
+				}
+			}
+		}
+	fill:
+		for len(batch) < e.cfg.MaxBatch {
+			select {
+			case req := <-e.writes:
+				batch = append(batch, req)
+			default:
+				break fill
+			}
+		}
+		e.commitBatch(batch)
+	}
+}
+
+// commitBatch applies a batch in one database transaction. Requests whose
+// context ended while queued are skipped.
+func (e *Engine) commitBatch(batch []*writeReq) {
+	ctx := context.Background()
+	fail := func(err error) {
+		for _, req := range batch {
+			req.done <- err
+		}
+	}
+	tx, err := e.d.BeginWrite(ctx)
+	if err != nil {
+		fail(fmt.Errorf("begin write transaction: %w", err))
+		return
+	}
+	start, _, err := tx.Revisions(ctx)
+	if err != nil {
+		_ = tx.Rollback()
+		fail(fmt.Errorf("read revision: %w", err))
+		return
+	}
+	rev := start
+	results := make([]error, len(batch))
+	for i, req := range batch {
+		if err := req.ctx.Err(); err != nil {
+			results[i] = err
+			continue
+		}
+		next, err := req.apply(ctx, tx, rev)
+		if err != nil {
+			_ = tx.Rollback()
+			fail(err)
+			return
+		}
+		rev = next
+	}
+	if rev != start {
+		if err := tx.SetRevision(ctx, rev); err != nil {
+			_ = tx.Rollback()
+			fail(fmt.Errorf("store revision %d: %w", rev, err))
+			return
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		fail(fmt.Errorf("commit revision %d: %w", rev, err))
+		return
+	}
+	if rev != start && e.cfg.OnCommit != nil {
+		e.cfg.OnCommit(rev)
+	}
+	for i, req := range batch {
+		req.done <- results[i]
+	}
+}
+
+// read runs fn in a read transaction.
+func (e *Engine) read(ctx context.Context, fn func(tx Tx) error) error {
+	select {
+	case <-e.stop:
+		return ErrClosed
+	default:
+	}
+	tx, err := e.d.BeginRead(ctx)
+	if err != nil {
+		return fmt.Errorf("begin read transaction: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	return fn(tx)
+}
+
+// Revisions implements Backend.
+func (e *Engine) Revisions(ctx context.Context) (current, compact int64, err error) {
+	err = e.read(ctx, func(tx Tx) error {
+		current, compact, err = tx.Revisions(ctx)
+		return err
+	})
+	return current, compact, err
+}
+
+// Range implements Backend.
+func (e *Engine) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	var resp *pb.RangeResponse
+	err := e.read(ctx, func(tx Tx) error {
+		cur, compact, err := tx.Revisions(ctx)
+		if err != nil {
+			return err
+		}
+		if err := checkRev(r.Revision, cur, compact); err != nil {
+			return err
+		}
+		resp, err = rangeAt(ctx, tx, r, cur, false)
+		return err
+	})
+	return resp, err
+}
+
+// Changes implements Backend.
+func (e *Engine) Changes(ctx context.Context, afterRev, maxRevs int64) ([]*mvccpb.Event, error) {
+	var evs []*mvccpb.Event
+	err := e.read(ctx, func(tx Tx) error {
+		cur, compact, err := tx.Revisions(ctx)
+		if err != nil {
+			return err
+		}
+		if afterRev+1 < compact {
+			return ErrCompacted
+		}
+		upTo := min(cur, afterRev+maxRevs)
+		if upTo <= afterRev {
+			return nil
+		}
+		evs, err = tx.Changes(ctx, afterRev, upTo)
+		return err
+	})
+	return evs, err
+}
+
+// Compact implements Backend. The compact revision is set under the write
+// lock; the history it frees is then removed in batches of compactBatchRevs
+// revisions, each its own transaction, so writers wait at most one batch.
+func (e *Engine) Compact(ctx context.Context, rev int64) error {
+	e.compactMu.Lock()
+	defer e.compactMu.Unlock()
+	var prevCompact int64
+	var userErr error
+	err := e.write(ctx, func(ctx context.Context, tx Tx, cur int64) (int64, error) {
+		_, compact, err := tx.Revisions(ctx)
+		if err != nil {
+			return cur, err
+		}
+		switch {
+		case rev <= compact:
+			userErr = ErrCompacted
+			return cur, nil
+		case rev > cur:
+			userErr = ErrFutureRev
+			return cur, nil
+		}
+		prevCompact = compact
+		return cur, tx.SetCompact(ctx, rev)
+	})
+	if err != nil {
+		return err
+	}
+	if userErr != nil {
+		return userErr
+	}
+	return e.deleteHistory(ctx, max(prevCompact, 0), rev)
+}
+
+func (e *Engine) deleteHistory(ctx context.Context, from, compact int64) error {
+	ctx = context.WithoutCancel(ctx) // a half-finished batch loop is fine, but finish what we start
+	for lo := from; lo < compact; lo += compactBatchRevs {
+		hi := min(lo+compactBatchRevs, compact)
+		tx, err := e.d.BeginWrite(ctx)
+		if err != nil {
+			return fmt.Errorf("compact revisions %d..%d: %w", lo, hi, err)
+		}
+		if _, err := tx.DeleteHistory(ctx, compact, lo, hi); err != nil {
+			_ = tx.Rollback()
+			return fmt.Errorf("compact revisions %d..%d: %w", lo, hi, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("compact revisions %d..%d: %w", lo, hi, err)
+		}
+	}
+	return nil
+}
+
+// Hash implements Backend: a CRC-32C over every stored version at or below
+// rev, in (rev, sub) order.
+func (e *Engine) Hash(ctx context.Context, rev int64) (uint32, int64, error) {
+	var sum uint32
+	var compact int64
+	err := e.read(ctx, func(tx Tx) error {
+		cur, c, err := tx.Revisions(ctx)
+		if err != nil {
+			return err
+		}
+		compact = c
+		if rev == 0 {
+			rev = cur
+		}
+		if err := checkRev(rev, cur, compact); err != nil {
+			return err
+		}
+		h := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+		var buf [8]byte
+		putInt := func(v int64) {
+			for i := range 8 {
+				buf[i] = byte(v >> (8 * i))
+			}
+			h.Write(buf[:])
+		}
+		for lo := int64(0); lo < rev; lo += compactBatchRevs {
+			evs, err := tx.Changes(ctx, lo, min(lo+compactBatchRevs, rev))
+			if err != nil {
+				return err
+			}
+			for _, ev := range evs {
+				putInt(ev.Kv.ModRevision)
+				putInt(int64(ev.Type))
+				putInt(int64(len(ev.Kv.Key)))
+				h.Write(ev.Kv.Key)
+				putInt(ev.Kv.CreateRevision)
+				putInt(ev.Kv.Version)
+				putInt(ev.Kv.Lease)
+				putInt(int64(len(ev.Kv.Value)))
+				h.Write(ev.Kv.Value)
+			}
+		}
+		sum = h.Sum32()
+		return nil
+	})
+	return sum, compact, err
+}
+
+// Size implements Backend.
+func (e *Engine) Size(ctx context.Context) (int64, int64, error) { return e.d.Size(ctx) }
+
+// Defragment implements Backend.
+func (e *Engine) Defragment(ctx context.Context) error { return e.d.Defragment(ctx) }
+
+// checkRev validates a requested read revision against the current and
+// compact revisions; 0 means "current".
+func checkRev(rev, cur, compact int64) error {
+	switch {
+	case rev == 0:
+		return nil
+	case rev > cur:
+		return ErrFutureRev
+	case rev < compact:
+		return ErrCompacted
+	}
+	return nil
+}
+
+// isUserErr reports whether err is a request's own failure (reported to that
+// client) rather than a database failure (which fails the batch).
+func isUserErr(err error) bool {
+	return errors.Is(err, ErrCompacted) || errors.Is(err, ErrFutureRev) ||
+		errors.Is(err, ErrKeyNotFound) || errors.Is(err, ErrLeaseNotFound) ||
+		errors.Is(err, ErrLeaseExists)
+}

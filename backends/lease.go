@@ -1,0 +1,147 @@
+package backends
+
+import (
+	"context"
+	"fmt"
+)
+
+// LeaseGrant implements Backend.
+func (e *Engine) LeaseGrant(ctx context.Context, id, ttl int64) error {
+	var userErr error
+	err := e.write(ctx, func(ctx context.Context, tx Tx, cur int64) (int64, error) {
+		ok, err := tx.LeaseInsert(ctx, id, ttl)
+		if err != nil {
+			return cur, fmt.Errorf("insert lease %d: %w", id, err)
+		}
+		if !ok {
+			userErr = ErrLeaseExists
+		}
+		return cur, nil
+	})
+	if err != nil {
+		return err
+	}
+	return userErr
+}
+
+// LeaseRevoke implements Backend.
+func (e *Engine) LeaseRevoke(ctx context.Context, id int64) error {
+	var userErr error
+	err := e.write(ctx, func(ctx context.Context, tx Tx, cur int64) (int64, error) {
+		next, found, err := revokeIn(ctx, tx, cur, id)
+		if err == nil && !found {
+			userErr = ErrLeaseNotFound
+		}
+		return next, err
+	})
+	if err != nil {
+		return err
+	}
+	return userErr
+}
+
+// revokeIn deletes lease id and its keys inside tx, all keys in one new
+// revision in key order (as etcd does). It returns the revision after it.
+func revokeIn(ctx context.Context, tx Tx, cur, id int64) (int64, bool, error) {
+	_, _, found, err := tx.LeaseGet(ctx, id)
+	if err != nil || !found {
+		return cur, false, err
+	}
+	kvs, err := tx.LeaseKeys(ctx, id)
+	if err != nil {
+		return cur, true, fmt.Errorf("keys of lease %d: %w", id, err)
+	}
+	if err := tx.LeaseDelete(ctx, id); err != nil {
+		return cur, true, fmt.Errorf("delete lease %d: %w", id, err)
+	}
+	if len(kvs) == 0 {
+		return cur, true, nil
+	}
+	rows := make([]LogRow, len(kvs))
+	for i, kv := range kvs {
+		rows[i] = LogRow{Rev: cur + 1, Sub: int64(i), Key: kv.Key, Deleted: true, PrevRev: kv.ModRevision, Value: []byte{}}
+	}
+	if err := tx.Write(ctx, rows); err != nil {
+		return cur, true, fmt.Errorf("delete keys of lease %d: %w", id, err)
+	}
+	return cur + 1, true, nil
+}
+
+// LeaseRenew implements Backend.
+func (e *Engine) LeaseRenew(ctx context.Context, id int64) (int64, error) {
+	var ttl int64
+	var found bool
+	err := e.write(ctx, func(ctx context.Context, tx Tx, cur int64) (int64, error) {
+		var err error
+		ttl, found, err = tx.LeaseRenew(ctx, id)
+		return cur, err
+	})
+	if err != nil {
+		return 0, err
+	}
+	if !found {
+		return 0, ErrLeaseNotFound
+	}
+	return ttl, nil
+}
+
+// LeaseInfo implements Backend.
+func (e *Engine) LeaseInfo(ctx context.Context, id int64, withKeys bool) (Lease, error) {
+	l := Lease{ID: id}
+	err := e.read(ctx, func(tx Tx) error {
+		ttl, remaining, found, err := tx.LeaseGet(ctx, id)
+		if err != nil {
+			return err
+		}
+		if !found {
+			return ErrLeaseNotFound
+		}
+		l.GrantedTTL, l.RemainingMillis = ttl, remaining
+		if withKeys {
+			kvs, err := tx.LeaseKeys(ctx, id)
+			if err != nil {
+				return err
+			}
+			for _, kv := range kvs {
+				l.Keys = append(l.Keys, kv.Key)
+			}
+		}
+		return nil
+	})
+	return l, err
+}
+
+// Leases implements Backend.
+func (e *Engine) Leases(ctx context.Context) ([]int64, error) {
+	var ids []int64
+	err := e.read(ctx, func(tx Tx) error {
+		var err error
+		ids, err = tx.Leases(ctx)
+		return err
+	})
+	return ids, err
+}
+
+// ExpireLeases implements Backend. Each expired lease is revoked in its own
+// revision, inside one group-commit batch.
+func (e *Engine) ExpireLeases(ctx context.Context) (int, error) {
+	n := 0
+	err := e.write(ctx, func(ctx context.Context, tx Tx, cur int64) (int64, error) {
+		ids, err := tx.ExpiredLeases(ctx, expireBatch)
+		if err != nil {
+			return cur, fmt.Errorf("list expired leases: %w", err)
+		}
+		for _, id := range ids {
+			next, found, err := revokeIn(ctx, tx, cur, id)
+			if err != nil {
+				return cur, err
+			}
+			if found {
+				n++
+			}
+			cur = next
+		}
+		return cur, nil
+	})
+	return n, err
+}

@@ -1,0 +1,56 @@
+package sqlite
+
+// Every statement the SQLite dialect runs. ?NNN binds the NNN-th argument.
+// Range statements take (keysOnly, key[, end][, rev], limit); a limit of -1
+// means no limit. Keys are BLOBs, which SQLite compares bytewise.
+const (
+	qRevisions   = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1`
+	qSetRevision = `UPDATE kv_meta SET rev = ?1 WHERE id = 1`
+	qSetCompact  = `UPDATE kv_meta SET compact_rev = ?1 WHERE id = 1`
+
+	curCols          = `key, create_rev, mod_rev, version, lease, CASE WHEN ?1 THEN x'' ELSE value END`
+	qCurrentSingle   = `SELECT ` + curCols + ` FROM kv_current WHERE key = ?2 LIMIT ?3`
+	qCurrentRange    = `SELECT ` + curCols + ` FROM kv_current WHERE key >= ?2 AND key < ?3 ORDER BY key LIMIT ?4`
+	qCurrentFromKey  = `SELECT ` + curCols + ` FROM kv_current WHERE key >= ?2 ORDER BY key LIMIT ?3`
+	qCountCurSingle  = `SELECT COUNT(*) FROM kv_current WHERE key = ?1`
+	qCountCurRange   = `SELECT COUNT(*) FROM kv_current WHERE key >= ?1 AND key < ?2`
+	qCountCurFromKey = `SELECT COUNT(*) FROM kv_current WHERE key >= ?1`
+
+	// A key's state at rev is its newest kv_log row at or below rev, if
+	// that row is not a tombstone.
+	logCols        = `l.key, l.create_rev, l.rev, l.version, l.lease, CASE WHEN ?1 THEN x'' ELSE l.value END`
+	qLogSingle     = `SELECT ` + logCols + ` FROM kv_log l WHERE l.key = ?2 AND l.rev <= ?3 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= ?3) LIMIT ?4`
+	qLogRange      = `SELECT ` + logCols + ` FROM kv_log l WHERE l.key >= ?2 AND l.key < ?3 AND l.rev <= ?4 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= ?4) ORDER BY l.key LIMIT ?5`
+	qLogFromKey    = `SELECT ` + logCols + ` FROM kv_log l WHERE l.key >= ?2 AND l.rev <= ?3 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= ?3) ORDER BY l.key LIMIT ?4`
+	qCountLogSngl  = `SELECT COUNT(*) FROM kv_log l WHERE l.key = ?1 AND l.rev <= ?2 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= ?2)`
+	qCountLogRange = `SELECT COUNT(*) FROM kv_log l WHERE l.key >= ?1 AND l.key < ?2 AND l.rev <= ?3 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= ?3)`
+	qCountLogFrom  = `SELECT COUNT(*) FROM kv_log l WHERE l.key >= ?1 AND l.rev <= ?2 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= ?2)`
+
+	qInsertLog = `INSERT INTO kv_log (rev, sub, key, deleted, create_rev, prev_rev, version, lease, value)
+		VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)`
+	qUpsertCurrent = `INSERT INTO kv_current (key, create_rev, mod_rev, version, lease, value)
+		VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+		ON CONFLICT (key) DO UPDATE SET create_rev = excluded.create_rev, mod_rev = excluded.mod_rev,
+			version = excluded.version, lease = excluded.lease, value = excluded.value`
+	qDeleteCurrent = `DELETE FROM kv_current WHERE key = ?1`
+
+	qChanges = `SELECT l.rev, l.key, l.deleted, l.create_rev, l.version, l.lease, l.value,
+			p.create_rev, p.rev, p.version, p.lease, p.value
+		FROM kv_log l LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.key = l.key AND p.rev = l.prev_rev
+		WHERE l.rev > ?1 AND l.rev <= ?2 ORDER BY l.rev, l.sub`
+
+	qDeleteHistory = `DELETE FROM kv_log WHERE rev >= ?2 AND rev < ?3 AND rev < ?1 AND (deleted = 1 OR EXISTS
+		(SELECT 1 FROM kv_log n WHERE n.key = kv_log.key AND n.rev > kv_log.rev AND n.rev <= ?1))`
+
+	qLeaseInsert  = `INSERT INTO kv_lease (id, ttl, expiry_ms) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING`
+	qLeaseGet     = `SELECT ttl, expiry_ms FROM kv_lease WHERE id = ?1`
+	qLeaseRenew   = `UPDATE kv_lease SET expiry_ms = ?2 + ttl * 1000 WHERE id = ?1 RETURNING ttl`
+	qLeaseDelete  = `DELETE FROM kv_lease WHERE id = ?1`
+	qLeaseKeys    = `SELECT key, create_rev, mod_rev, version, lease, value FROM kv_current WHERE lease = ?1 ORDER BY key`
+	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
+	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry_ms <= ?1 ORDER BY expiry_ms LIMIT ?2`
+
+	qPageCount = `PRAGMA page_count`
+	qPageSize  = `PRAGMA page_size`
+	qFreePages = `PRAGMA freelist_count`
+)

@@ -1,0 +1,395 @@
+// Package sqlite is the embedded SQLite dialect, kvsql's default. One process
+// owns the database file: writes go through a single connection that opens
+// every transaction with BEGIN IMMEDIATE (the global write lock); reads use a
+// pool of WAL readers, each transaction one consistent snapshot. Every commit
+// is synced (synchronous=FULL): an acknowledged write survives power loss,
+// and group commit in backends.Engine keeps that affordable.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+
+	"github.com/kvsql/kvsql/backends"
+)
+
+// DefaultFile is the database file name inside the data directory.
+const DefaultFile = "state.db"
+
+// defaultReaders is the size of the read connection pool.
+const defaultReaders = 8
+
+//go:embed schema/*.sql
+var schemaFS embed.FS
+
+// Config configures Open.
+type Config struct {
+	// Path is the database file. Its directory is created if missing.
+	Path string
+	// Readers is the read connection pool size (default 8).
+	Readers int
+	// Engine configures the group-commit engine.
+	Engine backends.EngineConfig
+}
+
+// Open opens (creating and migrating if needed) the SQLite database at
+// cfg.Path and returns a running Engine on it.
+func Open(ctx context.Context, cfg Config) (*backends.Engine, error) {
+	d, err := openDialect(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return backends.NewEngine(d, cfg.Engine), nil
+}
+
+type dialect struct {
+	w *sql.DB // one connection, BEGIN IMMEDIATE
+	r *sql.DB // WAL readers
+}
+
+var _ backends.Dialect = (*dialect)(nil)
+
+func dsn(path, txlock string) string {
+	return "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
+		"&_pragma=busy_timeout(10000)&_pragma=foreign_keys(OFF)&_txlock=" + txlock
+}
+
+func openDialect(ctx context.Context, cfg Config) (*dialect, error) {
+	if cfg.Path == "" {
+		return nil, errors.New("sqlite: no database path given")
+	}
+	if dir := filepath.Dir(cfg.Path); dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("sqlite: create data directory: %w", err)
+		}
+	}
+	w, err := sql.Open("sqlite", dsn(cfg.Path, "immediate"))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", cfg.Path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	if err := migrate(ctx, w); err != nil {
+		_ = w.Close()
+		return nil, fmt.Errorf("sqlite: migrate %s: %w", cfg.Path, err)
+	}
+	r, err := sql.Open("sqlite", dsn(cfg.Path, "deferred"))
+	if err != nil {
+		_ = w.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", cfg.Path, err)
+	}
+	n := cfg.Readers
+	if n <= 0 {
+		n = defaultReaders
+	}
+	r.SetMaxOpenConns(n)
+	r.SetMaxIdleConns(n)
+	r.SetConnMaxLifetime(0)
+	return &dialect{w: w, r: r}, nil
+}
+
+// migrate applies schema/NNN_*.sql files above PRAGMA user_version, in order,
+// each in one transaction.
+func migrate(ctx context.Context, db *sql.DB) error {
+	var have int
+	if err := db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&have); err != nil {
+		return err
+	}
+	files, err := fs.Glob(schemaFS, "schema/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		n, err := strconv.Atoi(strings.SplitN(filepath.Base(f), "_", 2)[0])
+		if err != nil {
+			return fmt.Errorf("migration %s: bad name: %w", f, err)
+		}
+		if n <= have {
+			continue
+		}
+		body, err := schemaFS.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+			_ = tx.Rollback()
+			return fmt.Errorf("migration %s: %w", f, err)
+		}
+		if _, err := tx.ExecContext(ctx, `PRAGMA user_version = `+strconv.Itoa(n)); err != nil {
+			_ = tx.Rollback()
+			return fmt.Errorf("migration %s: %w", f, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migration %s: %w", f, err)
+		}
+	}
+	return nil
+}
+
+func (d *dialect) BeginRead(ctx context.Context) (backends.Tx, error) {
+	tx, err := d.r.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &txn{tx: tx}, nil
+}
+
+func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
+	tx, err := d.w.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &txn{tx: tx}, nil
+}
+
+func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
+	var pages, size, free int64
+	for _, q := range []struct {
+		sql string
+		dst *int64
+	}{{qPageCount, &pages}, {qPageSize, &size}, {qFreePages, &free}} {
+		if err := d.r.QueryRowContext(ctx, q.sql).Scan(q.dst); err != nil {
+			return 0, 0, err
+		}
+	}
+	return pages * size, (pages - free) * size, nil
+}
+
+func (d *dialect) Defragment(ctx context.Context) error {
+	_, err := d.w.ExecContext(ctx, `VACUUM`)
+	return err
+}
+
+func (d *dialect) Close() error {
+	return errors.Join(d.r.Close(), d.w.Close())
+}
+
+type txn struct {
+	tx *sql.Tx
+}
+
+func (t *txn) Commit() error   { return t.tx.Commit() }
+func (t *txn) Rollback() error { return t.tx.Rollback() }
+
+func (t *txn) Revisions(ctx context.Context) (cur, compact int64, err error) {
+	err = t.tx.QueryRowContext(ctx, qRevisions).Scan(&cur, &compact)
+	return cur, compact, err
+}
+
+func (t *txn) SetRevision(ctx context.Context, rev int64) error {
+	_, err := t.tx.ExecContext(ctx, qSetRevision, rev)
+	return err
+}
+
+func (t *txn) SetCompact(ctx context.Context, rev int64) error {
+	_, err := t.tx.ExecContext(ctx, qSetCompact, rev)
+	return err
+}
+
+func sqlLimit(limit int64) int64 {
+	if limit <= 0 {
+		return -1
+	}
+	return limit
+}
+
+func (t *txn) Range(ctx context.Context, kr backends.KeyRange, rev, limit int64, keysOnly bool) ([]*mvccpb.KeyValue, error) {
+	var q string
+	var args []any
+	lim := sqlLimit(limit)
+	switch {
+	case rev == 0 && kr.Single():
+		q, args = qCurrentSingle, []any{keysOnly, kr.Key, lim}
+	case rev == 0 && kr.FromKey:
+		q, args = qCurrentFromKey, []any{keysOnly, kr.Key, lim}
+	case rev == 0:
+		q, args = qCurrentRange, []any{keysOnly, kr.Key, kr.End, lim}
+	case kr.Single():
+		q, args = qLogSingle, []any{keysOnly, kr.Key, rev, lim}
+	case kr.FromKey:
+		q, args = qLogFromKey, []any{keysOnly, kr.Key, rev, lim}
+	default:
+		q, args = qLogRange, []any{keysOnly, kr.Key, kr.End, rev, lim}
+	}
+	return t.queryKVs(ctx, q, args...)
+}
+
+func (t *txn) queryKVs(ctx context.Context, q string, args ...any) ([]*mvccpb.KeyValue, error) {
+	rows, err := t.tx.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var kvs []*mvccpb.KeyValue
+	for rows.Next() {
+		kv := &mvccpb.KeyValue{}
+		if err := rows.Scan(&kv.Key, &kv.CreateRevision, &kv.ModRevision, &kv.Version, &kv.Lease, &kv.Value); err != nil {
+			return nil, err
+		}
+		kvs = append(kvs, kv)
+	}
+	return kvs, rows.Err()
+}
+
+func (t *txn) Count(ctx context.Context, kr backends.KeyRange, rev int64) (int64, error) {
+	var q string
+	var args []any
+	switch {
+	case rev == 0 && kr.Single():
+		q, args = qCountCurSingle, []any{kr.Key}
+	case rev == 0 && kr.FromKey:
+		q, args = qCountCurFromKey, []any{kr.Key}
+	case rev == 0:
+		q, args = qCountCurRange, []any{kr.Key, kr.End}
+	case kr.Single():
+		q, args = qCountLogSngl, []any{kr.Key, rev}
+	case kr.FromKey:
+		q, args = qCountLogFrom, []any{kr.Key, rev}
+	default:
+		q, args = qCountLogRange, []any{kr.Key, kr.End, rev}
+	}
+	var n int64
+	err := t.tx.QueryRowContext(ctx, q, args...).Scan(&n)
+	return n, err
+}
+
+func (t *txn) Write(ctx context.Context, rows []backends.LogRow) error {
+	for _, r := range rows {
+		if _, err := t.tx.ExecContext(ctx, qInsertLog, r.Rev, r.Sub, r.Key, r.Deleted, r.CreateRev, r.PrevRev, r.Version, r.Lease, r.Value); err != nil {
+			return fmt.Errorf("append revision %d.%d: %w", r.Rev, r.Sub, err)
+		}
+		var err error
+		if r.Deleted {
+			_, err = t.tx.ExecContext(ctx, qDeleteCurrent, r.Key)
+		} else {
+			_, err = t.tx.ExecContext(ctx, qUpsertCurrent, r.Key, r.CreateRev, r.Rev, r.Version, r.Lease, r.Value)
+		}
+		if err != nil {
+			return fmt.Errorf("apply revision %d.%d: %w", r.Rev, r.Sub, err)
+		}
+	}
+	return nil
+}
+
+func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error) {
+	rows, err := t.tx.QueryContext(ctx, qChanges, after, upTo)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var evs []*mvccpb.Event
+	for rows.Next() {
+		kv := &mvccpb.KeyValue{}
+		var deleted bool
+		var pCreate, pMod, pVersion, pLease sql.NullInt64
+		var pValue []byte
+		if err := rows.Scan(&kv.ModRevision, &kv.Key, &deleted, &kv.CreateRevision, &kv.Version, &kv.Lease, &kv.Value,
+			&pCreate, &pMod, &pVersion, &pLease, &pValue); err != nil {
+			return nil, err
+		}
+		ev := &mvccpb.Event{Type: mvccpb.PUT, Kv: kv}
+		if deleted {
+			ev.Type = mvccpb.DELETE
+			ev.Kv = &mvccpb.KeyValue{Key: kv.Key, ModRevision: kv.ModRevision}
+		}
+		if pMod.Valid {
+			ev.PrevKv = &mvccpb.KeyValue{Key: kv.Key, CreateRevision: pCreate.Int64, ModRevision: pMod.Int64,
+				Version: pVersion.Int64, Lease: pLease.Int64, Value: pValue}
+		}
+		evs = append(evs, ev)
+	}
+	return evs, rows.Err()
+}
+
+func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error) {
+	res, err := t.tx.ExecContext(ctx, qDeleteHistory, compact, from, to)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+func nowMillis() int64 { return time.Now().UnixMilli() }
+
+func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {
+	res, err := t.tx.ExecContext(ctx, qLeaseInsert, id, ttl, nowMillis()+ttl*1000)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+func (t *txn) LeaseGet(ctx context.Context, id int64) (ttl, remaining int64, found bool, err error) {
+	var expiry int64
+	err = t.tx.QueryRowContext(ctx, qLeaseGet, id).Scan(&ttl, &expiry)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, 0, false, nil
+	}
+	if err != nil {
+		return 0, 0, false, err
+	}
+	return ttl, expiry - nowMillis(), true, nil
+}
+
+func (t *txn) LeaseRenew(ctx context.Context, id int64) (int64, bool, error) {
+	var ttl int64
+	err := t.tx.QueryRowContext(ctx, qLeaseRenew, id, nowMillis()).Scan(&ttl)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, nil
+	}
+	return ttl, err == nil, err
+}
+
+func (t *txn) LeaseDelete(ctx context.Context, id int64) error {
+	_, err := t.tx.ExecContext(ctx, qLeaseDelete, id)
+	return err
+}
+
+func (t *txn) LeaseKeys(ctx context.Context, id int64) ([]*mvccpb.KeyValue, error) {
+	return t.queryKVs(ctx, qLeaseKeys, id)
+}
+
+func (t *txn) Leases(ctx context.Context) ([]int64, error) {
+	return t.queryIDs(ctx, qLeases)
+}
+
+func (t *txn) ExpiredLeases(ctx context.Context, limit int) ([]int64, error) {
+	return t.queryIDs(ctx, qLeaseExpired, nowMillis(), limit)
+}
+
+func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, error) {
+	rows, err := t.tx.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}

@@ -1,0 +1,92 @@
+package backends
+
+import (
+	"context"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// firstStreamChunk is the size in keys of RangeStream's first chunk; later
+// chunks double or halve to land near the requested chunk size.
+const firstStreamChunk = 10
+
+var _ RangeStreamer = (*Engine)(nil)
+
+// RangeStream implements RangeStreamer.
+func (e *Engine) RangeStream(ctx context.Context, r *pb.RangeRequest, chunkBytes int, send func([]*mvccpb.KeyValue) error) (*pb.RangeResponse, error) {
+	var resp *pb.RangeResponse
+	err := e.read(ctx, func(tx Tx) error {
+		cur, compact, err := tx.Revisions(ctx)
+		if err != nil {
+			return err
+		}
+		if err := checkRev(r.Revision, cur, compact); err != nil {
+			return err
+		}
+		at := r.Revision
+		if at == cur {
+			at = 0
+		}
+		kr := NewKeyRange(r.Key, r.RangeEnd)
+		resp = &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: cur}}
+		if r.CountOnly {
+			resp.Count, err = tx.Count(ctx, kr, at)
+			return err
+		}
+		total := r.Limit // 0: everything
+		var sent int64
+		chunk := int64(firstStreamChunk)
+		for {
+			want := chunk
+			if total > 0 {
+				want = min(want, total-sent)
+			}
+			kvs, err := tx.Range(ctx, kr, at, want+1, r.KeysOnly)
+			if err != nil {
+				return err
+			}
+			more := int64(len(kvs)) > want
+			if more {
+				kvs = kvs[:want]
+			}
+			if r.KeysOnly {
+				for _, kv := range kvs {
+					kv.Value = nil
+				}
+			}
+			if len(kvs) > 0 {
+				if err := send(kvs); err != nil {
+					return err
+				}
+			}
+			sent += int64(len(kvs))
+			if !more || kr.Single() {
+				resp.Count = sent
+				return nil
+			}
+			next := append(append([]byte(nil), kvs[len(kvs)-1].Key...), 0)
+			kr.Key = next
+			if total > 0 && sent >= total {
+				rest, err := tx.Count(ctx, kr, at)
+				if err != nil {
+					return err
+				}
+				resp.Count, resp.More = sent+rest, true
+				return nil
+			}
+			size := 0
+			for _, kv := range kvs {
+				size += proto.Size(kv)
+			}
+			switch {
+			case size < chunkBytes/2:
+				chunk *= 2
+			case size > chunkBytes*2:
+				chunk = max(chunk/2, 1)
+			}
+		}
+	})
+	return resp, err
+}

@@ -1,0 +1,449 @@
+package backends
+
+import (
+	"bytes"
+	"context"
+	"sort"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+)
+
+// Txn implements Backend. A read-only txn runs on a read snapshot; one with
+// any Put, DeleteRange or nested Txn goes through the group-commit writer.
+func (e *Engine) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if isReadOnly(r) {
+		var resp *pb.TxnResponse
+		err := e.read(ctx, func(tx Tx) error {
+			cur, compact, err := tx.Revisions(ctx)
+			if err != nil {
+				return err
+			}
+			t := &txnState{tx: tx, base: cur, compact: compact}
+			resp, err = t.run(ctx, r)
+			return err
+		})
+		return resp, err
+	}
+	var resp *pb.TxnResponse
+	var userErr error
+	err := e.write(ctx, func(ctx context.Context, tx Tx, cur int64) (int64, error) {
+		_, compact, err := tx.Revisions(ctx)
+		if err != nil {
+			return cur, err
+		}
+		t := &txnState{tx: tx, base: cur, compact: compact}
+		resp, err = t.run(ctx, r)
+		if err != nil {
+			if isUserErr(err) && t.sub == 0 {
+				userErr = err
+				return cur, nil
+			}
+			return cur, err
+		}
+		if t.sub > 0 {
+			return cur + 1, nil
+		}
+		return cur, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if userErr != nil {
+		return nil, userErr
+	}
+	return resp, nil
+}
+
+// isReadOnly reports whether every op of both branches is a Range (etcd's
+// definition: a nested txn counts as a write).
+func isReadOnly(r *pb.TxnRequest) bool {
+	for _, ops := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, op := range ops {
+			if op.GetRequestRange() == nil {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// txnState evaluates one client Txn inside a database transaction.
+type txnState struct {
+	tx      Tx
+	base    int64 // the revision before this txn
+	compact int64
+	sub     int64 // sub-revisions written so far; > 0 means the txn writes base+1
+}
+
+// rev is the revision the txn's reads see: base, or base+1 once it wrote.
+func (t *txnState) rev() int64 {
+	if t.sub > 0 {
+		return t.base + 1
+	}
+	return t.base
+}
+
+func (t *txnState) run(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	// etcd evaluates every compare, nested ones included, against the state
+	// before the txn, and checks every chosen op before executing any.
+	path, err := t.comparePath(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := t.check(ctx, r, path); err != nil {
+		return nil, err
+	}
+	resp, _, err := t.exec(ctx, r, path)
+	if err != nil {
+		return nil, err
+	}
+	resp.Header = &pb.ResponseHeader{Revision: t.rev()}
+	return resp, nil
+}
+
+// comparePath returns, depth first, whether each txn (this one and every
+// nested one on the chosen branches) took its success branch.
+func (t *txnState) comparePath(ctx context.Context, r *pb.TxnRequest) ([]bool, error) {
+	ok := true
+	for _, c := range r.Compare {
+		m, err := t.compare(ctx, c)
+		if err != nil {
+			return nil, err
+		}
+		if !m {
+			ok = false
+			break
+		}
+	}
+	path := []bool{ok}
+	for _, op := range branch(r, ok) {
+		if n := op.GetRequestTxn(); n != nil {
+			sub, err := t.comparePath(ctx, n)
+			if err != nil {
+				return nil, err
+			}
+			path = append(path, sub...)
+		}
+	}
+	return path, nil
+}
+
+func branch(r *pb.TxnRequest, success bool) []*pb.RequestOp {
+	if success {
+		return r.Success
+	}
+	return r.Failure
+}
+
+// compare evaluates one Compare: true when every key in its range matches.
+// A missing key compares as a zero KeyValue, except for VALUE where it fails.
+func (t *txnState) compare(ctx context.Context, c *pb.Compare) (bool, error) {
+	kvs, err := t.tx.Range(ctx, NewKeyRange(c.Key, c.RangeEnd), 0, 0, c.Target != pb.Compare_VALUE)
+	if err != nil {
+		return false, err
+	}
+	if len(kvs) == 0 {
+		if c.Target == pb.Compare_VALUE {
+			return false, nil
+		}
+		return compareKV(c, &mvccpb.KeyValue{}), nil
+	}
+	for _, kv := range kvs {
+		if !compareKV(c, kv) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+func compareKV(c *pb.Compare, kv *mvccpb.KeyValue) bool {
+	var res int
+	switch c.Target {
+	case pb.Compare_VALUE:
+		res = bytes.Compare(kv.Value, c.GetValue())
+	case pb.Compare_CREATE:
+		res = cmpInt(kv.CreateRevision, c.GetCreateRevision())
+	case pb.Compare_MOD:
+		res = cmpInt(kv.ModRevision, c.GetModRevision())
+	case pb.Compare_VERSION:
+		res = cmpInt(kv.Version, c.GetVersion())
+	case pb.Compare_LEASE:
+		res = cmpInt(kv.Lease, c.GetLease())
+	}
+	switch c.Result {
+	case pb.Compare_EQUAL:
+		return res == 0
+	case pb.Compare_NOT_EQUAL:
+		return res != 0
+	case pb.Compare_GREATER:
+		return res > 0
+	case pb.Compare_LESS:
+		return res < 0
+	}
+	return true
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// check validates the ops on the chosen path before any executes: range
+// revisions, leases of puts, and the keys of ignore_value/ignore_lease puts.
+// It returns how many path entries the nested txns consumed.
+func (t *txnState) check(ctx context.Context, r *pb.TxnRequest, path []bool) (int, error) {
+	used := 0
+	for _, op := range branch(r, path[0]) {
+		switch v := op.Request.(type) {
+		case *pb.RequestOp_RequestRange:
+			if err := checkRev(v.RequestRange.Revision, t.base, t.compact); err != nil {
+				return 0, err
+			}
+		case *pb.RequestOp_RequestPut:
+			if err := t.checkPut(ctx, v.RequestPut); err != nil {
+				return 0, err
+			}
+		case *pb.RequestOp_RequestTxn:
+			n, err := t.check(ctx, v.RequestTxn, path[1+used:])
+			if err != nil {
+				return 0, err
+			}
+			used += n + 1
+		}
+	}
+	return used, nil
+}
+
+func (t *txnState) checkPut(ctx context.Context, p *pb.PutRequest) error {
+	if p.Lease != 0 {
+		_, _, found, err := t.tx.LeaseGet(ctx, p.Lease)
+		if err != nil {
+			return err
+		}
+		if !found {
+			return ErrLeaseNotFound
+		}
+	}
+	if p.IgnoreValue || p.IgnoreLease {
+		kvs, err := t.tx.Range(ctx, KeyRange{Key: p.Key}, 0, 1, true)
+		if err != nil {
+			return err
+		}
+		if len(kvs) == 0 {
+			return ErrKeyNotFound
+		}
+	}
+	return nil
+}
+
+// exec runs the ops of the chosen branch and returns the response and the
+// number of path entries consumed by nested txns.
+func (t *txnState) exec(ctx context.Context, r *pb.TxnRequest, path []bool) (*pb.TxnResponse, int, error) {
+	ops := branch(r, path[0])
+	resp := &pb.TxnResponse{Succeeded: path[0], Responses: make([]*pb.ResponseOp, len(ops))}
+	used := 0
+	for i, op := range ops {
+		switch v := op.Request.(type) {
+		case *pb.RequestOp_RequestRange:
+			rr, err := t.rangeOp(ctx, v.RequestRange)
+			if err != nil {
+				return nil, 0, err
+			}
+			resp.Responses[i] = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseRange{ResponseRange: rr}}
+		case *pb.RequestOp_RequestPut:
+			pr, err := t.put(ctx, v.RequestPut)
+			if err != nil {
+				return nil, 0, err
+			}
+			resp.Responses[i] = &pb.ResponseOp{Response: &pb.ResponseOp_ResponsePut{ResponsePut: pr}}
+		case *pb.RequestOp_RequestDeleteRange:
+			dr, err := t.deleteRange(ctx, v.RequestDeleteRange)
+			if err != nil {
+				return nil, 0, err
+			}
+			resp.Responses[i] = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseDeleteRange{ResponseDeleteRange: dr}}
+		case *pb.RequestOp_RequestTxn:
+			nr, n, err := t.exec(ctx, v.RequestTxn, path[1+used:])
+			if err != nil {
+				return nil, 0, err
+			}
+			used += n + 1
+			nr.Header = &pb.ResponseHeader{Revision: t.rev()}
+			resp.Responses[i] = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseTxn{ResponseTxn: nr}}
+		}
+	}
+	return resp, used, nil
+}
+
+func (t *txnState) rangeOp(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	return rangeAt(ctx, t.tx, r, t.rev(), t.sub > 0)
+}
+
+func (t *txnState) put(ctx context.Context, p *pb.PutRequest) (*pb.PutResponse, error) {
+	prev, err := t.tx.Range(ctx, KeyRange{Key: p.Key}, 0, 1, false)
+	if err != nil {
+		return nil, err
+	}
+	rev := t.base + 1
+	row := LogRow{Rev: rev, Sub: t.sub, Key: p.Key, CreateRev: rev, Version: 1, Lease: p.Lease, Value: p.Value}
+	resp := &pb.PutResponse{}
+	if len(prev) == 1 {
+		old := prev[0]
+		row.CreateRev = old.CreateRevision
+		row.Version = old.Version + 1
+		row.PrevRev = old.ModRevision
+		if p.IgnoreValue {
+			row.Value = old.Value
+		}
+		if p.IgnoreLease {
+			row.Lease = old.Lease
+		}
+		if p.PrevKv {
+			resp.PrevKv = old
+		}
+	}
+	if row.Value == nil {
+		row.Value = []byte{}
+	}
+	if err := t.tx.Write(ctx, []LogRow{row}); err != nil {
+		return nil, err
+	}
+	t.sub++
+	resp.Header = &pb.ResponseHeader{Revision: rev}
+	return resp, nil
+}
+
+func (t *txnState) deleteRange(ctx context.Context, d *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	kvs, err := t.tx.Range(ctx, NewKeyRange(d.Key, d.RangeEnd), 0, 0, !d.PrevKv)
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.DeleteRangeResponse{Deleted: int64(len(kvs))}
+	if d.PrevKv {
+		resp.PrevKvs = kvs
+	}
+	if len(kvs) > 0 {
+		rows := make([]LogRow, len(kvs))
+		for i, kv := range kvs {
+			rows[i] = LogRow{Rev: t.base + 1, Sub: t.sub + int64(i), Key: kv.Key, Deleted: true, PrevRev: kv.ModRevision, Value: []byte{}}
+		}
+		if err := t.tx.Write(ctx, rows); err != nil {
+			return nil, err
+		}
+		t.sub += int64(len(kvs))
+	}
+	resp.Header = &pb.ResponseHeader{Revision: t.rev()}
+	return resp, nil
+}
+
+// rangeAt answers a RangeRequest inside tx with etcd's semantics: fetch
+// limit+1 (or everything when sorting or filtering), filter by revision,
+// sort, truncate to limit, and count every key in the range. cur is the
+// revision reads see and the header revision; dirty says that tx holds
+// uncommitted writes at cur, so that only a read at exactly cur may use
+// kv_current.
+func rangeAt(ctx context.Context, tx Tx, r *pb.RangeRequest, cur int64, dirty bool) (*pb.RangeResponse, error) {
+	kr := NewKeyRange(r.Key, r.RangeEnd)
+	atRev := r.Revision
+	if atRev == cur && !dirty {
+		atRev = 0
+	}
+	resp := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: cur}}
+	if r.CountOnly {
+		n, err := tx.Count(ctx, kr, atRev)
+		if err != nil {
+			return nil, err
+		}
+		resp.Count = n
+		return resp, nil
+	}
+	defaultOrder := r.SortOrder == pb.RangeRequest_NONE ||
+		(r.SortTarget == pb.RangeRequest_KEY && r.SortOrder == pb.RangeRequest_ASCEND)
+	filters := r.MinModRevision != 0 || r.MaxModRevision != 0 || r.MinCreateRevision != 0 || r.MaxCreateRevision != 0
+	limit := r.Limit
+	if !defaultOrder || filters {
+		limit = 0
+	} else if limit > 0 {
+		limit++
+	}
+	kvs, err := tx.Range(ctx, kr, atRev, limit, r.KeysOnly && r.SortTarget != pb.RangeRequest_VALUE)
+	if err != nil {
+		return nil, err
+	}
+	count := int64(len(kvs))
+	if limit > 0 && count >= limit {
+		// Truncated by the fetch limit: count the whole range.
+		if count, err = tx.Count(ctx, kr, atRev); err != nil {
+			return nil, err
+		}
+	}
+	if filters {
+		kvs = filterKVs(kvs, r)
+	}
+	sortKVs(kvs, r)
+	if r.Limit > 0 && int64(len(kvs)) > r.Limit {
+		kvs = kvs[:r.Limit]
+		resp.More = true
+	}
+	if r.KeysOnly {
+		for _, kv := range kvs {
+			kv.Value = nil
+		}
+	}
+	resp.Count = count
+	resp.Kvs = kvs
+	return resp, nil
+}
+
+func filterKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) []*mvccpb.KeyValue {
+	out := kvs[:0]
+	for _, kv := range kvs {
+		switch {
+		case r.MaxModRevision != 0 && kv.ModRevision > r.MaxModRevision:
+		case r.MinModRevision != 0 && kv.ModRevision < r.MinModRevision:
+		case r.MaxCreateRevision != 0 && kv.CreateRevision > r.MaxCreateRevision:
+		case r.MinCreateRevision != 0 && kv.CreateRevision < r.MinCreateRevision:
+		default:
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+func sortKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) {
+	order := r.SortOrder
+	if r.SortTarget != pb.RangeRequest_KEY && order == pb.RangeRequest_NONE {
+		order = pb.RangeRequest_ASCEND
+	}
+	if order == pb.RangeRequest_NONE || (r.SortTarget == pb.RangeRequest_KEY && order == pb.RangeRequest_ASCEND) {
+		return // already in key order
+	}
+	var less func(a, b *mvccpb.KeyValue) int
+	switch r.SortTarget {
+	case pb.RangeRequest_KEY:
+		less = func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Key, b.Key) }
+	case pb.RangeRequest_VERSION:
+		less = func(a, b *mvccpb.KeyValue) int { return cmpInt(a.Version, b.Version) }
+	case pb.RangeRequest_CREATE:
+		less = func(a, b *mvccpb.KeyValue) int { return cmpInt(a.CreateRevision, b.CreateRevision) }
+	case pb.RangeRequest_MOD:
+		less = func(a, b *mvccpb.KeyValue) int { return cmpInt(a.ModRevision, b.ModRevision) }
+	case pb.RangeRequest_VALUE:
+		less = func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Value, b.Value) }
+	default:
+		return
+	}
+	desc := order == pb.RangeRequest_DESCEND
+	sort.SliceStable(kvs, func(i, j int) bool {
+		if desc {
+			return less(kvs[i], kvs[j]) > 0
+		}
+		return less(kvs[i], kvs[j]) < 0
+	})
+}

@@ -1,0 +1,343 @@
+// Command kvsql serves etcd's v3 API with its state in a SQL database.
+// Run `kvsql --help` for the flags; each also reads a KVSQL_* environment
+// variable (--data-dir: KVSQL_DATA_DIR).
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/kvsql/kvsql/backends"
+	"github.com/kvsql/kvsql/backends/sqlite"
+	"github.com/kvsql/kvsql/kvserver"
+	"github.com/kvsql/kvsql/notify"
+	"github.com/kvsql/kvsql/notify/local"
+)
+
+// Version is kvsql's own version, set at build time with
+// -ldflags "-X main.Version=...".
+var Version = "0.1.0-dev"
+
+// shutdownGrace is how long in-flight requests get after the first signal.
+const shutdownGrace = 5 * time.Second
+
+type config struct {
+	listenURLs    string
+	advertiseURLs string
+	name          string
+	dataDir       string
+	endpoint      string
+	maxReqBytes   int
+	maxTxnOps     int
+	progressEvery time.Duration
+	certFile      string
+	keyFile       string
+	caFile        string
+	clientCert    bool
+	logLevel      string
+	logFormat     string
+	version       bool
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// After the first signal, a second one stops the process at once.
+	go func() {
+		<-ctx.Done()
+		stop()
+		again := make(chan os.Signal, 1)
+		signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+		<-again
+		fmt.Fprintln(os.Stderr, "kvsql: second signal, exiting now")
+		os.Exit(1)
+	}()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "kvsql:", err)
+		os.Exit(1)
+	}
+}
+
+// envName maps a flag name to its environment variable: data-dir -> KVSQL_DATA_DIR.
+func envName(flagName string) string {
+	return "KVSQL_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("kvsql", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.listenURLs, "listen-client-urls", "http://127.0.0.1:2379", "comma-separated URLs to serve clients on (http:// plain, https:// TLS)")
+	fs.StringVar(&c.advertiseURLs, "advertise-client-urls", "", "comma-separated client URLs to report in MemberList (default: --listen-client-urls)")
+	fs.StringVar(&c.name, "name", "default", "this member's name")
+	fs.StringVar(&c.dataDir, "data-dir", "kvsql-data", "directory for the embedded SQLite database")
+	fs.StringVar(&c.endpoint, "endpoint", "", "database URL; the scheme picks the backend: sqlite://PATH (default: sqlite://<data-dir>/state.db)")
+	fs.IntVar(&c.maxReqBytes, "max-request-bytes", kvserver.DefaultMaxRequestBytes, "maximum client request size in bytes")
+	fs.IntVar(&c.maxTxnOps, "max-txn-ops", kvserver.DefaultMaxTxnOps, "maximum operations per txn branch")
+	fs.DurationVar(&c.progressEvery, "watch-progress-notify-interval", kvserver.DefaultProgressNotifyInterval, "how often watches with progress_notify get a progress notification")
+	fs.StringVar(&c.certFile, "cert-file", "", "TLS certificate for https:// listeners")
+	fs.StringVar(&c.keyFile, "key-file", "", "TLS key for https:// listeners")
+	fs.StringVar(&c.caFile, "trusted-ca-file", "", "CA bundle to verify client certificates")
+	fs.BoolVar(&c.clientCert, "client-cert-auth", false, "require a client certificate signed by --trusted-ca-file")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
+	fs.BoolVar(&c.version, "version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "kvsql %s: the etcd v3 API (etcd %s) on a SQL database.\n\nUsage: kvsql [flags]\n\nEvery flag also reads the environment variable KVSQL_<FLAG> (for --data-dir: KVSQL_DATA_DIR); a flag given on the command line wins.\n\nFlags:\n", Version, kvserver.EtcdVersion)
+		fs.PrintDefaults()
+	}
+	// Environment first, so that command-line flags override it.
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v, ok := os.LookupEnv(envName(f.Name)); ok && envErr == nil {
+			if err := f.Value.Set(v); err != nil {
+				envErr = fmt.Errorf("%s=%q: %w", envName(f.Name), v, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return nil, envErr
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (flags start with --)", fs.Arg(0))
+	}
+	return c, nil
+}
+
+func newLogger(c *config, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", c.logLevel)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch c.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", c.logFormat)
+}
+
+// openBackend picks the backend from the endpoint URL's scheme.
+func openBackend(ctx context.Context, c *config, log *slog.Logger) (backends.Backend, notify.Source, error) {
+	ep := c.endpoint
+	if ep == "" {
+		ep = "sqlite://" + filepath.Join(c.dataDir, sqlite.DefaultFile)
+	}
+	scheme, rest, ok := strings.Cut(ep, "://")
+	if !ok {
+		return nil, nil, fmt.Errorf("--endpoint %q: want a URL such as sqlite:///var/lib/kvsql/state.db", redact(ep))
+	}
+	switch scheme {
+	case "sqlite":
+		path, _, _ := strings.Cut(rest, "?")
+		if path == "" {
+			return nil, nil, errors.New("--endpoint sqlite:// needs a file path, e.g. sqlite://kvsql-data/state.db")
+		}
+		src := local.New()
+		be, err := sqlite.Open(ctx, sqlite.Config{
+			Path:   path,
+			Engine: backends.EngineConfig{Logger: log.With("component", "sqlite"), OnCommit: src.Publish},
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		return be, src, nil
+	case "postgres", "postgresql", "mysql":
+		return nil, nil, fmt.Errorf("--endpoint: the %s backend is not implemented yet; use sqlite:// (the default)", scheme)
+	}
+	return nil, nil, fmt.Errorf("--endpoint: unknown scheme %q; supported: sqlite://", scheme)
+}
+
+// redact hides a password in a URL-like string.
+func redact(s string) string {
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+			return u.String()
+		}
+	}
+	return s
+}
+
+func tlsConfig(c *config) (*tls.Config, error) {
+	if c.certFile == "" || c.keyFile == "" {
+		return nil, errors.New("an https:// listener needs --cert-file and --key-file")
+	}
+	cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load --cert-file/--key-file: %w", err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if c.caFile != "" {
+		pem, err := os.ReadFile(c.caFile)
+		if err != nil {
+			return nil, fmt.Errorf("read --trusted-ca-file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--trusted-ca-file %s holds no PEM certificate", c.caFile)
+		}
+		tc.ClientCAs = pool
+	}
+	if c.clientCert {
+		if tc.ClientCAs == nil {
+			return nil, errors.New("--client-cert-auth needs --trusted-ca-file")
+		}
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return tc, nil
+}
+
+type listener struct {
+	net.Listener
+	tls *tls.Config
+}
+
+func listen(c *config) ([]listener, error) {
+	var out []listener
+	for _, raw := range strings.Split(c.listenURLs, ",") {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil || u.Host == "" {
+			return nil, fmt.Errorf("--listen-client-urls %q: want http://host:port or https://host:port", raw)
+		}
+		var tc *tls.Config
+		switch u.Scheme {
+		case "http":
+		case "https":
+			if tc, err = tlsConfig(c); err != nil {
+				return nil, err
+			}
+		default:
+			return nil, fmt.Errorf("--listen-client-urls %q: scheme must be http or https", raw)
+		}
+		l, err := net.Listen("tcp", u.Host)
+		if err != nil {
+			for _, o := range out {
+				_ = o.Close()
+			}
+			return nil, fmt.Errorf("listen on %s: %w", u.Host, err)
+		}
+		out = append(out, listener{Listener: l, tls: tc})
+	}
+	return out, nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	if c.version {
+		fmt.Fprintf(stdout, "kvsql %s\netcd API %s\n", Version, kvserver.EtcdVersion)
+		return nil
+	}
+	log, err := newLogger(c, stderr)
+	if err != nil {
+		return err
+	}
+	lns, err := listen(c)
+	if err != nil {
+		return err
+	}
+	be, src, err := openBackend(ctx, c, log)
+	if err != nil {
+		for _, l := range lns {
+			_ = l.Close()
+		}
+		return err
+	}
+	defer func() {
+		if err := be.Close(); err != nil {
+			log.Error("closing the database", "err", err)
+		}
+	}()
+	advertise := c.advertiseURLs
+	if advertise == "" {
+		advertise = c.listenURLs
+	}
+	srv, err := kvserver.New(kvserver.Config{
+		Backend:                be,
+		Notify:                 src,
+		Logger:                 log,
+		Name:                   c.name,
+		ClientURLs:             strings.Split(advertise, ","),
+		MaxRequestBytes:        c.maxReqBytes,
+		MaxTxnOps:              c.maxTxnOps,
+		ProgressNotifyInterval: c.progressEvery,
+	})
+	if err != nil {
+		return err
+	}
+
+	runCtx, cancelRun := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRun()
+	g, gctx := errgroup.WithContext(runCtx)
+	g.Go(func() error { return srv.Run(gctx) })
+	var grpcServers []*grpc.Server
+	for _, l := range lns {
+		opts := srv.GRPCOptions()
+		if l.tls != nil {
+			opts = append(opts, grpc.Creds(credentials.NewTLS(l.tls)))
+		}
+		gs := grpc.NewServer(opts...)
+		srv.Register(gs)
+		grpcServers = append(grpcServers, gs)
+		g.Go(func() error { return gs.Serve(l.Listener) })
+		log.Info("serving etcd v3 API", "addr", l.Addr().String(), "tls", l.tls != nil)
+	}
+	log.Info("kvsql started", "version", Version, "etcd_api", kvserver.EtcdVersion, "name", c.name)
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case <-gctx.Done():
+	}
+	srv.Shutdown()
+	stopped := make(chan struct{})
+	go func() {
+		for _, gs := range grpcServers {
+			gs.GracefulStop()
+		}
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(shutdownGrace):
+		log.Warn("in-flight requests did not finish in time; closing them")
+		for _, gs := range grpcServers {
+			gs.Stop()
+		}
+		<-stopped
+	}
+	cancelRun()
+	if err := g.Wait(); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}

@@ -1,0 +1,55 @@
+package kvserver
+
+import (
+	"context"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+type clusterService struct {
+	pb.UnimplementedClusterServer
+	s *Server
+}
+
+// MemberList lists this instance. (Backends shared by several instances
+// list every live instance once they record members.)
+func (c *clusterService) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.MemberListResponse, error) {
+	cur, err := c.s.currentRev(ctx)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	return &pb.MemberListResponse{
+		Header:  c.s.header(cur),
+		Members: []*pb.Member{{ID: c.s.memberID, Name: c.s.cfg.Name, ClientURLs: c.s.cfg.ClientURLs}},
+	}, nil
+}
+
+var errMembership = status.Error(codes.Unimplemented, "kvsql: membership is not managed through etcd's API; start or stop kvsql instances against the same database instead")
+
+func (c *clusterService) MemberAdd(context.Context, *pb.MemberAddRequest) (*pb.MemberAddResponse, error) {
+	return nil, errMembership
+}
+
+func (c *clusterService) MemberRemove(context.Context, *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error) {
+	return nil, errMembership
+}
+
+func (c *clusterService) MemberUpdate(context.Context, *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
+	return nil, errMembership
+}
+
+func (c *clusterService) MemberPromote(context.Context, *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
+	return nil, errMembership
+}
+
+// authService refuses every Auth RPC: kvsql has no etcd users or roles.
+// Authenticate clients with TLS client certificates instead.
+type authService struct {
+	pb.UnimplementedAuthServer
+}
+
+func (authService) AuthStatus(context.Context, *pb.AuthStatusRequest) (*pb.AuthStatusResponse, error) {
+	return &pb.AuthStatusResponse{Header: &pb.ResponseHeader{}, Enabled: false}, nil
+}

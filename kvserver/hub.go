@@ -1,0 +1,231 @@
+package kvserver
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/kvsql/kvsql/backends"
+	"github.com/kvsql/kvsql/notify"
+)
+
+const (
+	// hubWindowEvents is how many recent events the hub keeps in memory.
+	// Watchers whose next revision is older read from the backend instead.
+	hubWindowEvents = 20000
+	// hubReadRevs is how many revisions the tailer reads per query.
+	hubReadRevs = 1000
+	// catchupRevs is how many revisions a lagging watcher reads per query.
+	catchupRevs = 500
+)
+
+// hub follows the database's history for this instance. One tailer
+// goroutine owns the cursor: woken by the notify source (or a kick, or the
+// safety poll), it reads every event after the cursor from the backend, in
+// order, appends it to a bounded in-memory window and wakes the watchers.
+// Watchers pull from the window at their own pace (a slow one never blocks
+// the tailer or the others) and fall back to the backend when they are
+// older than the window.
+type hub struct {
+	be     backends.Backend
+	src    notify.Source
+	poll   time.Duration
+	log    *slog.Logger
+	kickCh chan struct{} // buffered(1): read now
+
+	mu sync.Mutex // guards the fields below
+	// rev is the newest revision in the window: every event <= rev has
+	// been read. start is the revision before the oldest one in the window.
+	rev, start int64
+	events     []*mvccpb.Event
+	changed    chan struct{} // closed and replaced when rev advances
+}
+
+func newHub(be backends.Backend, src notify.Source, poll time.Duration, log *slog.Logger) *hub {
+	return &hub{be: be, src: src, poll: poll, log: log, kickCh: make(chan struct{}, 1), changed: make(chan struct{})}
+}
+
+// init sets the cursor to the backend's current revision; call before run.
+func (h *hub) init(ctx context.Context) error {
+	cur, _, err := h.be.Revisions(ctx)
+	if err != nil {
+		return err
+	}
+	h.rev, h.start = cur, cur
+	return nil
+}
+
+// snapshot returns the cursor and the channel closed when it next moves.
+func (h *hub) snapshot() (int64, <-chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.rev, h.changed
+}
+
+func (h *hub) kick() {
+	select {
+	case h.kickCh <- struct{}{}:
+	default:
+	}
+}
+
+// waitRev blocks until the cursor reaches rev.
+func (h *hub) waitRev(ctx context.Context, rev int64) error {
+	for {
+		cur, ch := h.snapshot()
+		if cur >= rev {
+			return nil
+		}
+		h.kick()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// read returns up to max events (whole revisions) after revision after that
+// are in the window, and the revision they reach. ok is false when after is
+// older than the window.
+func (h *hub) read(after int64, max int) (evs []*mvccpb.Event, upTo int64, ok bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if after < h.start {
+		return nil, 0, false
+	}
+	if after >= h.rev {
+		return nil, after, true
+	}
+	i := sort.Search(len(h.events), func(i int) bool { return h.events[i].Kv.ModRevision > after })
+	j := min(i+max, len(h.events))
+	// never split a revision
+	for j < len(h.events) && j > i && h.events[j].Kv.ModRevision == h.events[j-1].Kv.ModRevision {
+		j++
+	}
+	if j == len(h.events) {
+		return h.events[i:j], h.rev, true
+	}
+	return h.events[i:j], h.events[j-1].Kv.ModRevision, true
+}
+
+// run is the tailer. It returns when ctx ends.
+func (h *hub) run(ctx context.Context) error {
+	wake := make(chan struct{}, 1)
+	done := make(chan struct{})
+	defer func() { <-done }()
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			h.mu.Lock()
+			after := h.rev
+			h.mu.Unlock()
+			if _, err := h.src.Next(ctx, after); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				h.log.Warn("notify source failed; relying on the safety poll", "err", err)
+				select {
+				case <-time.After(time.Second):
+				case <-ctx.Done():
+					return
+				}
+				continue
+			}
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+			// Let the tailer catch up before asking again, so that a
+			// source that returns at once does not spin.
+			select {
+			case <-time.After(time.Millisecond):
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	t := time.NewTicker(h.poll)
+	defer t.Stop()
+	backoff := 10 * time.Millisecond
+	for {
+		if err := h.catchUp(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			h.log.Warn("reading changes failed; retrying", "err", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return nil
+			}
+			backoff = min(backoff*2, 2*time.Second)
+			continue
+		}
+		backoff = 10 * time.Millisecond
+		select {
+		case <-wake:
+		case <-h.kickCh:
+		case <-t.C:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// catchUp reads and publishes every committed event after the cursor.
+func (h *hub) catchUp(ctx context.Context) error {
+	for {
+		h.mu.Lock()
+		after := h.rev
+		h.mu.Unlock()
+		evs, err := h.be.Changes(ctx, after, hubReadRevs)
+		if errors.Is(err, backends.ErrCompacted) {
+			// The history after the cursor is gone (this instance fell behind
+			// a compaction). Restart the window at the compact revision:
+			// watchers needing the lost events get ErrCompacted from the
+			// backend, as they would on etcd.
+			_, compact, rerr := h.be.Revisions(ctx)
+			if rerr != nil {
+				return rerr
+			}
+			h.mu.Lock()
+			h.events = nil
+			h.rev, h.start = compact-1, compact-1
+			h.mu.Unlock()
+			h.log.Warn("history after the watch cursor was compacted", "cursor", after, "compact", compact)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if len(evs) == 0 {
+			return nil
+		}
+		h.publish(evs)
+	}
+}
+
+func (h *hub) publish(evs []*mvccpb.Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.events = append(h.events, evs...)
+	h.rev = evs[len(evs)-1].Kv.ModRevision
+	// Trim only once a quarter over the limit, so the copy is amortised.
+	if len(h.events) > hubWindowEvents+hubWindowEvents/4 {
+		// drop whole revisions from the front
+		cut := len(h.events) - hubWindowEvents
+		for cut < len(h.events) && h.events[cut].Kv.ModRevision == h.events[cut-1].Kv.ModRevision {
+			cut++
+		}
+		h.start = h.events[cut-1].Kv.ModRevision
+		h.events = append([]*mvccpb.Event(nil), h.events[cut:]...)
+	}
+	close(h.changed)
+	h.changed = make(chan struct{})
+}

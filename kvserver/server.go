@@ -1,0 +1,221 @@
+// Package kvserver serves etcd's v3 gRPC API (KV, Watch, Lease, Maintenance,
+// Cluster, health) on a backends.Backend. It validates requests the way etcd
+// does, converts backend errors to etcd's gRPC errors, and runs the watch
+// hub that turns the database's history into watch events. It never imports
+// a database driver.
+package kvserver
+
+import (
+	"context"
+	"errors"
+	"hash/fnv"
+	"log/slog"
+	"sync"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/kvsql/kvsql/backends"
+	"github.com/kvsql/kvsql/notify"
+)
+
+// Defaults for Config, matching etcd's where etcd has one.
+const (
+	DefaultMaxRequestBytes        = 1536 * 1024 // etcd --max-request-bytes
+	DefaultMaxTxnOps              = 128         // etcd --max-txn-ops
+	DefaultProgressNotifyInterval = 10 * time.Minute
+	DefaultSafetyPoll             = 5 * time.Second
+	DefaultLeaseCheckInterval     = 500 * time.Millisecond
+	// MinLeaseTTL is etcd's minimum lease TTL with its default election
+	// timeout: a shorter requested TTL is raised to it.
+	MinLeaseTTL = 2
+	// MaxLeaseTTL is etcd's maximum lease TTL (seconds).
+	MaxLeaseTTL = 9000000000
+	// grpcOverheadBytes is the slack etcd allows above MaxRequestBytes for
+	// gRPC framing before the transport itself refuses a message.
+	grpcOverheadBytes = 512 * 1024
+	// raftTerm is reported in every header; kvsql has no raft, so it never changes.
+	raftTerm = 1
+)
+
+// Config configures a Server.
+type Config struct {
+	Backend backends.Backend
+	Notify  notify.Source
+	Logger  *slog.Logger
+
+	// Name is this member's name; ClusterName seeds the cluster ID.
+	Name        string
+	ClusterName string
+	// ClientURLs are the advertised client URLs (MemberList, Status).
+	ClientURLs []string
+
+	MaxRequestBytes        int
+	MaxTxnOps              int
+	ProgressNotifyInterval time.Duration
+	// SafetyPoll is how often the watch tailer reads the log even without
+	// a notification.
+	SafetyPoll time.Duration
+	// LeaseCheckInterval is how often expired leases are revoked.
+	LeaseCheckInterval time.Duration
+}
+
+// Server implements etcd's gRPC services on a Backend.
+type Server struct {
+	cfg       Config
+	be        backends.Backend
+	log       *slog.Logger
+	hub       *hub
+	clusterID uint64
+	memberID  uint64
+	health    *health.Server
+
+	// shutdown is closed by Shutdown: streams end with Unavailable so that
+	// clients retry elsewhere or after a restart.
+	shutdown     chan struct{}
+	shutdownOnce sync.Once
+}
+
+// New returns a Server. Call Register to serve it and Run to start the
+// watch tailer and lease expiry.
+func New(cfg Config) (*Server, error) {
+	if cfg.Backend == nil || cfg.Notify == nil {
+		return nil, errors.New("kvserver: Backend and Notify are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Name == "" {
+		cfg.Name = "default"
+	}
+	if cfg.ClusterName == "" {
+		cfg.ClusterName = "kvsql"
+	}
+	if cfg.MaxRequestBytes <= 0 {
+		cfg.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if cfg.MaxTxnOps <= 0 {
+		cfg.MaxTxnOps = DefaultMaxTxnOps
+	}
+	if cfg.ProgressNotifyInterval <= 0 {
+		cfg.ProgressNotifyInterval = DefaultProgressNotifyInterval
+	}
+	if cfg.SafetyPoll <= 0 {
+		cfg.SafetyPoll = DefaultSafetyPoll
+	}
+	if cfg.LeaseCheckInterval <= 0 {
+		cfg.LeaseCheckInterval = DefaultLeaseCheckInterval
+	}
+	s := &Server{
+		cfg:       cfg,
+		be:        cfg.Backend,
+		log:       cfg.Logger,
+		clusterID: idOf(cfg.ClusterName),
+		memberID:  idOf(cfg.ClusterName + "/" + cfg.Name),
+		health:    health.NewServer(),
+		shutdown:  make(chan struct{}),
+	}
+	s.hub = newHub(cfg.Backend, cfg.Notify, cfg.SafetyPoll, cfg.Logger.With("component", "watch-hub"))
+	return s, nil
+}
+
+// idOf derives a stable non-zero 64-bit ID from a name.
+func idOf(name string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	if id := h.Sum64(); id != 0 {
+		return id
+	}
+	return 1
+}
+
+// GRPCOptions returns the server options etcd uses for its limits.
+func (s *Server) GRPCOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes + grpcOverheadBytes),
+		grpc.MaxSendMsgSize(1<<31 - 1),
+		grpc.MaxConcurrentStreams(1<<32 - 1),
+	}
+}
+
+// Register registers every etcd service on g.
+func (s *Server) Register(g *grpc.Server) {
+	pb.RegisterKVServer(g, &kvService{s: s})
+	pb.RegisterWatchServer(g, &watchService{s: s})
+	pb.RegisterLeaseServer(g, &leaseService{s: s})
+	pb.RegisterMaintenanceServer(g, &maintenanceService{s: s})
+	pb.RegisterClusterServer(g, &clusterService{s: s})
+	pb.RegisterAuthServer(g, authService{})
+	healthpb.RegisterHealthServer(g, s.health)
+}
+
+// Run starts the watch tailer and the lease expiry loop and returns when
+// ctx ends (nil) or one of them fails.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.hub.init(ctx); err != nil {
+		return err
+	}
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.hub.run(ctx) })
+	g.Go(func() error { return s.expireLeases(ctx) })
+	err := g.Wait()
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	return err
+}
+
+// Shutdown makes open watch and keep-alive streams end with Unavailable, so
+// that grpc.Server.GracefulStop can finish.
+func (s *Server) Shutdown() {
+	s.shutdownOnce.Do(func() {
+		s.health.Shutdown()
+		close(s.shutdown)
+	})
+}
+
+func (s *Server) expireLeases(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.LeaseCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		n, err := s.be.ExpireLeases(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			s.log.Warn("revoking expired leases failed; will retry", "err", err)
+			continue
+		}
+		if n > 0 {
+			s.log.Debug("revoked expired leases", "count", n)
+		}
+	}
+}
+
+// header returns a response header for revision rev.
+func (s *Server) header(rev int64) *pb.ResponseHeader {
+	return &pb.ResponseHeader{ClusterId: s.clusterID, MemberId: s.memberID, Revision: rev, RaftTerm: raftTerm}
+}
+
+// fill completes a header a backend produced.
+func (s *Server) fill(h *pb.ResponseHeader) *pb.ResponseHeader {
+	if h == nil {
+		h = &pb.ResponseHeader{}
+	}
+	h.ClusterId, h.MemberId, h.RaftTerm = s.clusterID, s.memberID, raftTerm
+	return h
+}
+
+// currentRev returns the database's current revision.
+func (s *Server) currentRev(ctx context.Context) (int64, error) {
+	cur, _, err := s.be.Revisions(ctx)
+	return cur, err
+}

@@ -1,0 +1,364 @@
+package kvserver
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sort"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kvsql/kvsql/backends"
+)
+
+const (
+	// invalidWatchID is etcd's watch ID for responses not about one watch
+	// (failed creates, RequestProgress answers).
+	invalidWatchID = -1
+	// maxEventsPerResponse caps the events one response carries (whole
+	// revisions are never split, so a response may exceed it).
+	maxEventsPerResponse = 1000
+	// ctrlBuffer is how many client requests may queue before the receiver
+	// waits for the sender.
+	ctrlBuffer = 16
+)
+
+// The error texts etcd's mvcc package uses; clients show them as they are.
+const (
+	reasonEmptyRange  = "mvcc: watcher range is empty"
+	reasonDuplicateID = "mvcc: duplicate watch ID provided on the WatchStream"
+)
+
+type watchService struct {
+	pb.UnimplementedWatchServer
+	s *Server
+}
+
+// watcher is one watch on a stream.
+type watcher struct {
+	id       int64
+	kr       backends.KeyRange
+	next     int64 // the next revision to deliver
+	prevKV   bool
+	noPut    bool
+	noDelete bool
+	progress bool // progress_notify requested
+	fragment bool
+	// quiet is true when no event was sent since the last progress tick.
+	quiet bool
+	// compacted is set when the watch must be cancelled as compacted.
+	compacted int64
+}
+
+func (w *watcher) match(ev *mvccpb.Event) bool {
+	if (ev.Type == mvccpb.PUT && w.noPut) || (ev.Type == mvccpb.DELETE && w.noDelete) {
+		return false
+	}
+	k := ev.Kv.Key
+	switch {
+	case w.kr.Single():
+		return bytes.Equal(k, w.kr.Key)
+	case w.kr.FromKey:
+		return bytes.Compare(k, w.kr.Key) >= 0
+	default:
+		return bytes.Compare(k, w.kr.Key) >= 0 && bytes.Compare(k, w.kr.End) < 0
+	}
+}
+
+// watchStream serves one gRPC Watch stream. A receiver goroutine reads
+// client requests into ctrl; everything else, including every Send, happens
+// on the stream's own goroutine, in order.
+type watchStream struct {
+	s        *Server
+	stream   pb.Watch_WatchServer
+	watchers map[int64]*watcher
+	nextID   int64
+	// progressPending is set when RequestProgress could not be answered
+	// yet because a watcher was not synced.
+	progressPending bool
+}
+
+func (ws *watchService) Watch(stream pb.Watch_WatchServer) error {
+	st := &watchStream{s: ws.s, stream: stream, watchers: map[int64]*watcher{}}
+	ctx := stream.Context()
+	ctrl := make(chan *pb.WatchRequest, ctrlBuffer)
+	recvErr := make(chan error, 1)
+	// The receiver ends when the stream does: gRPC cancels the stream's
+	// context when this handler returns, which unblocks Recv.
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case ctrl <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return st.run(ctx, ctrl, recvErr)
+}
+
+func (st *watchStream) run(ctx context.Context, ctrl <-chan *pb.WatchRequest, recvErr <-chan error) error {
+	ticker := time.NewTicker(st.s.cfg.ProgressNotifyInterval)
+	defer ticker.Stop()
+	for {
+		rev, changed := st.s.hub.snapshot()
+		if err := st.deliverAll(ctx, rev); err != nil {
+			return err
+		}
+		select {
+		case req := <-ctrl:
+			if err := st.handle(ctx, req); err != nil {
+				return err
+			}
+		case err := <-recvErr:
+			if errors.Is(err, context.Canceled) || ctx.Err() != nil {
+				return rpctypes.ErrGRPCWatchCanceled
+			}
+			return nil // io.EOF: the client closed its side
+		case <-changed:
+		case <-ticker.C:
+			if err := st.progressTick(rev); err != nil {
+				return err
+			}
+		case <-st.s.shutdown:
+			return errShuttingDown
+		case <-ctx.Done():
+			return rpctypes.ErrGRPCWatchCanceled
+		}
+	}
+}
+
+func (st *watchStream) send(resp *pb.WatchResponse) error {
+	return st.stream.Send(resp)
+}
+
+func (st *watchStream) handle(ctx context.Context, req *pb.WatchRequest) error {
+	switch v := req.RequestUnion.(type) {
+	case *pb.WatchRequest_CreateRequest:
+		if v.CreateRequest != nil {
+			return st.create(ctx, v.CreateRequest)
+		}
+	case *pb.WatchRequest_CancelRequest:
+		if v.CancelRequest == nil {
+			return nil
+		}
+		id := v.CancelRequest.WatchId
+		if _, ok := st.watchers[id]; !ok {
+			return nil // etcd answers nothing for an unknown watch ID
+		}
+		delete(st.watchers, id)
+		rev, _ := st.s.hub.snapshot()
+		return st.send(&pb.WatchResponse{Header: st.s.header(rev), WatchId: id, Canceled: true})
+	case *pb.WatchRequest_ProgressRequest:
+		if v.ProgressRequest != nil {
+			return st.requestProgress(ctx)
+		}
+	}
+	return nil
+}
+
+func (st *watchStream) create(ctx context.Context, c *pb.WatchCreateRequest) error {
+	key := c.Key
+	if len(key) == 0 {
+		key = []byte{0}
+	}
+	cur, compact, err := st.s.be.Revisions(ctx)
+	if err != nil {
+		return toGRPC(err)
+	}
+	fail := func(reason string) error {
+		return st.send(&pb.WatchResponse{Header: st.s.header(cur), WatchId: invalidWatchID, Created: true, Canceled: true, CancelReason: reason})
+	}
+	if c.StartRevision < 0 {
+		return fail(rpctypes.ErrCompacted.Error())
+	}
+	kr := backends.NewKeyRange(key, c.RangeEnd)
+	if kr.End != nil && bytes.Compare(kr.Key, kr.End) >= 0 {
+		return fail(reasonEmptyRange)
+	}
+	id := c.WatchId
+	if id == 0 {
+		for st.watchers[st.nextID] != nil {
+			st.nextID++
+		}
+		id = st.nextID
+		st.nextID++
+	} else if st.watchers[id] != nil {
+		return fail(reasonDuplicateID)
+	}
+	w := &watcher{id: id, kr: kr, next: c.StartRevision, prevKV: c.PrevKv, progress: c.ProgressNotify, fragment: c.Fragment, quiet: true}
+	for _, f := range c.Filters {
+		switch f {
+		case pb.WatchCreateRequest_NOPUT:
+			w.noPut = true
+		case pb.WatchCreateRequest_NODELETE:
+			w.noDelete = true
+		}
+	}
+	if w.next == 0 {
+		w.next = cur + 1
+	}
+	if w.next < compact {
+		w.compacted = compact
+	}
+	st.watchers[id] = w
+	return st.send(&pb.WatchResponse{Header: st.s.header(cur), WatchId: id, Created: true})
+}
+
+// ids returns the watch IDs in ascending order, so delivery order is stable.
+func (st *watchStream) ids() []int64 {
+	ids := make([]int64, 0, len(st.watchers))
+	for id := range st.watchers {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids
+}
+
+// deliverAll sends every watcher its events up to rev, then answers a
+// pending RequestProgress if every watcher is now synced.
+func (st *watchStream) deliverAll(ctx context.Context, rev int64) error {
+	for _, id := range st.ids() {
+		if err := st.deliver(ctx, st.watchers[id], rev); err != nil {
+			return err
+		}
+	}
+	if st.progressPending && st.synced(rev) {
+		st.progressPending = false
+		return st.send(&pb.WatchResponse{Header: st.s.header(rev), WatchId: invalidWatchID})
+	}
+	return nil
+}
+
+// synced reports whether every watcher has been sent everything up to rev
+// and waits for nothing older.
+func (st *watchStream) synced(rev int64) bool {
+	for _, w := range st.watchers {
+		if w.next != rev+1 {
+			return false
+		}
+	}
+	return true
+}
+
+// deliver sends w its events with revisions in [w.next, rev].
+func (st *watchStream) deliver(ctx context.Context, w *watcher, rev int64) error {
+	for w.compacted == 0 && w.next <= rev {
+		evs, upTo, ok := st.s.hub.read(w.next-1, maxEventsPerResponse)
+		if !ok {
+			var err error
+			evs, err = st.s.be.Changes(ctx, w.next-1, catchupRevs)
+			if errors.Is(err, backends.ErrCompacted) {
+				_, compact, rerr := st.s.be.Revisions(ctx)
+				if rerr != nil {
+					return toGRPC(rerr)
+				}
+				w.compacted = compact
+				break
+			}
+			if err != nil {
+				return toGRPC(err)
+			}
+			if len(evs) == 0 {
+				break // not committed yet as far as this snapshot goes
+			}
+			upTo = evs[len(evs)-1].Kv.ModRevision
+		}
+		var out []*mvccpb.Event
+		for _, ev := range evs {
+			if ev.Kv.ModRevision < w.next || !w.match(ev) {
+				continue
+			}
+			if !w.prevKV && ev.PrevKv != nil {
+				ev = &mvccpb.Event{Type: ev.Type, Kv: ev.Kv}
+			}
+			out = append(out, ev)
+		}
+		w.next = upTo + 1
+		if len(out) > 0 {
+			w.quiet = false
+			if err := st.sendEvents(w, max(rev, upTo), out); err != nil {
+				return err
+			}
+		}
+	}
+	if w.compacted != 0 {
+		delete(st.watchers, w.id)
+		return st.send(&pb.WatchResponse{Header: st.s.header(rev), WatchId: w.id, CompactRevision: w.compacted, Canceled: true})
+	}
+	return nil
+}
+
+// sendEvents sends one response, split into fragments when the watch asked
+// for them and the response exceeds MaxRequestBytes (as etcd does).
+func (st *watchStream) sendEvents(w *watcher, rev int64, evs []*mvccpb.Event) error {
+	resp := &pb.WatchResponse{Header: st.s.header(rev), WatchId: w.id, Events: evs}
+	limit := st.s.cfg.MaxRequestBytes
+	if !w.fragment || len(evs) < 2 || proto.Size(resp) < limit {
+		return st.send(resp)
+	}
+	for i := 0; i < len(evs); {
+		part := &pb.WatchResponse{Header: resp.Header, WatchId: w.id, Fragment: true}
+		for i < len(evs) {
+			part.Events = append(part.Events, evs[i])
+			if len(part.Events) > 1 && proto.Size(part) >= limit {
+				part.Events = part.Events[:len(part.Events)-1]
+				break
+			}
+			i++
+		}
+		if i == len(evs) {
+			part.Fragment = false
+		}
+		if err := st.send(part); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// requestProgress answers a client's RequestProgress: catch up with the
+// database's current revision first, so that the answer R promises every
+// event <= R was sent on this stream.
+func (st *watchStream) requestProgress(ctx context.Context) error {
+	cur, err := st.s.currentRev(ctx)
+	if err != nil {
+		return toGRPC(err)
+	}
+	if err := st.s.hub.waitRev(ctx, cur); err != nil {
+		return toGRPC(err)
+	}
+	if len(st.watchers) == 0 {
+		return nil // etcd sends nothing when the stream has no watchers
+	}
+	st.progressPending = true
+	rev, _ := st.s.hub.snapshot()
+	return st.deliverAll(ctx, rev)
+}
+
+// progressTick sends a progress notification to every progress_notify
+// watcher that is synced and had no events since the previous tick.
+func (st *watchStream) progressTick(rev int64) error {
+	for _, id := range st.ids() {
+		w := st.watchers[id]
+		if !w.progress {
+			continue
+		}
+		if w.quiet && w.next == rev+1 {
+			if err := st.send(&pb.WatchResponse{Header: st.s.header(rev), WatchId: w.id}); err != nil {
+				return err
+			}
+		}
+		w.quiet = true
+	}
+	return nil
+}
