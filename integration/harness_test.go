@@ -1,0 +1,163 @@
+// Package integration tests kvsql end to end: real servers on loopback,
+// driven by go.etcd.io/etcd/client/v3, etcdctl and an in-process etcd to
+// compare against.
+package integration
+
+import (
+	"context"
+	"net"
+	"net/url"
+	"path/filepath"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	"github.com/kvsql/kvsql/backends"
+	"github.com/kvsql/kvsql/backends/sqlite"
+	"github.com/kvsql/kvsql/kvserver"
+	"github.com/kvsql/kvsql/notify/local"
+)
+
+// server is a running etcd-API server under test.
+type server struct {
+	Endpoint string
+}
+
+// serverOptions tune a kvsql started by a starter.
+type serverOptions struct {
+	MaxRequestBytes        int
+	MaxTxnOps              int
+	ProgressNotifyInterval time.Duration
+}
+
+// starter starts a fresh, empty server for one test and stops it at cleanup.
+type starter func(t testing.TB, opts serverOptions) server
+
+// startSQLite starts kvsql in-process on SQLite in a temp dir.
+func startSQLite(t testing.TB, opts serverOptions) server {
+	t.Helper()
+	src := local.New()
+	be, err := sqlite.Open(context.Background(), sqlite.Config{
+		Path:   filepath.Join(t.TempDir(), "state.db"),
+		Engine: backends.EngineConfig{OnCommit: src.Publish},
+	})
+	if err != nil {
+		t.Fatalf("open sqlite: %v", err)
+	}
+	return serveKVSQL(t, be, src, opts)
+}
+
+// serveKVSQL serves be on a free loopback port until the test ends.
+func serveKVSQL(t testing.TB, be backends.Backend, src interface {
+	Next(context.Context, int64) (int64, error)
+}, opts serverOptions) server {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := "http://" + lis.Addr().String()
+	srv, err := kvserver.New(kvserver.Config{
+		Backend:                be,
+		Notify:                 src,
+		ClientURLs:             []string{ep},
+		MaxRequestBytes:        opts.MaxRequestBytes,
+		MaxTxnOps:              opts.MaxTxnOps,
+		ProgressNotifyInterval: opts.ProgressNotifyInterval,
+		LeaseCheckInterval:     100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(srv.GRPCOptions()...)
+	srv.Register(gs)
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- srv.Run(ctx) }()
+	serveDone := make(chan error, 1)
+	go func() { serveDone <- gs.Serve(lis) }()
+	t.Cleanup(func() {
+		srv.Shutdown()
+		gs.GracefulStop()
+		<-serveDone
+		cancel()
+		if err := <-runDone; err != nil {
+			t.Errorf("kvserver.Run: %v", err)
+		}
+		if err := be.Close(); err != nil {
+			t.Errorf("close backend: %v", err)
+		}
+	})
+	return server{Endpoint: ep}
+}
+
+// startEtcd starts a real single-member etcd in-process in a temp dir.
+func startEtcd(t testing.TB, opts serverOptions) server {
+	t.Helper()
+	cfg := embed.NewConfig()
+	cfg.Dir = t.TempDir()
+	cfg.Logger = "zap"
+	cfg.LogLevel = "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	free := func() url.URL {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return url.URL{Scheme: "http", Host: l.Addr().String()}
+	}
+	cu, pu := free(), free()
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
+	cfg.InitialCluster = cfg.Name + "=" + pu.String()
+	if opts.MaxRequestBytes > 0 {
+		cfg.MaxRequestBytes = uint(opts.MaxRequestBytes)
+	}
+	if opts.MaxTxnOps > 0 {
+		cfg.MaxTxnOps = uint(opts.MaxTxnOps)
+	}
+	if opts.ProgressNotifyInterval > 0 {
+		cfg.WatchProgressNotifyInterval = opts.ProgressNotifyInterval
+	}
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		t.Fatalf("start etcd: %v", err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(30 * time.Second):
+		e.Close()
+		t.Fatal("etcd did not become ready")
+	}
+	t.Cleanup(e.Close)
+	return server{Endpoint: cu.String()}
+}
+
+// newClient returns a clientv3 client for s, closed at cleanup.
+func newClient(t testing.TB, s server) *clientv3.Client {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{s.Endpoint},
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// kvsqlBackends lists the backends every backend-agnostic suite runs on.
+// PostgreSQL and MySQL join here when their backends land.
+var kvsqlBackends = []struct {
+	name  string
+	start starter
+}{
+	{"sqlite", startSQLite},
+}
