@@ -1,0 +1,34 @@
+package backends
+
+import (
+	"bytes"
+	"testing"
+)
+
+func TestNewKeyRange(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		key, end string
+		want     KeyRange
+		single   bool
+	}{
+		{"a", "", KeyRange{Key: []byte("a")}, true},
+		{"a", "\x00", KeyRange{Key: []byte("a"), FromKey: true}, false},
+		{"\x00", "\x00", KeyRange{Key: []byte("\x00"), FromKey: true}, false},
+		{"a", "b", KeyRange{Key: []byte("a"), End: []byte("b")}, false},
+		{"b", "a", KeyRange{Key: []byte("b"), End: []byte("a")}, false},
+	}
+	for _, c := range cases {
+		var end []byte
+		if c.end != "" {
+			end = []byte(c.end)
+		}
+		got := NewKeyRange([]byte(c.key), end)
+		if !bytes.Equal(got.Key, c.want.Key) || !bytes.Equal(got.End, c.want.End) || got.FromKey != c.want.FromKey {
+			t.Errorf("NewKeyRange(%q, %q) = %+v, want %+v", c.key, c.end, got, c.want)
+		}
+		if got.Single() != c.single {
+			t.Errorf("NewKeyRange(%q, %q).Single() = %v", c.key, c.end, got.Single())
+		}
+	}
+}
