@@ -42,9 +42,10 @@ const (
 	qDeleteHistory = `DELETE FROM kv_log WHERE rev >= ?2 AND rev < ?3 AND rev < ?1 AND (deleted = 1 OR EXISTS
 		(SELECT 1 FROM kv_log n WHERE n.key = kv_log.key AND n.rev > kv_log.rev AND n.rev <= ?1))`
 
-	qLeaseInsert  = `INSERT INTO kv_lease (id, ttl, expiry_ms) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING`
-	qLeaseGet     = `SELECT ttl, expiry_ms FROM kv_lease WHERE id = ?1`
-	qLeaseRenew   = `UPDATE kv_lease SET expiry_ms = ?2 + ttl * 1000 WHERE id = ?1 RETURNING ttl`
+	qLeaseInsert = `INSERT INTO kv_lease (id, ttl, expiry_ms) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING`
+	qLeaseGet    = `SELECT ttl, expiry_ms FROM kv_lease WHERE id = ?1`
+	// An expired lease is not renewed: it is about to be revoked (etcd does the same).
+	qLeaseRenew   = `UPDATE kv_lease SET expiry_ms = ?2 + ttl * 1000 WHERE id = ?1 AND expiry_ms > ?2 RETURNING ttl`
 	qLeaseDelete  = `DELETE FROM kv_lease WHERE id = ?1`
 	qLeaseKeys    = `SELECT key, create_rev, mod_rev, version, lease, value FROM kv_current WHERE lease = ?1 ORDER BY key`
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
