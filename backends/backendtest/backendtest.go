@@ -1,0 +1,253 @@
+// Package backendtest is the conformance suite and the benchmarks every
+// dialect runs: each dialect's tests call Run and its benchmarks call Bench
+// with a function that opens a fresh, empty backend.
+package backendtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/kvsql/kvsql/backends"
+)
+
+// Opener opens a fresh, empty backend that is closed when the test ends.
+type Opener func(tb testing.TB) backends.Backend
+
+func put(key, val string) *pb.TxnRequest {
+	return &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte(key), Value: []byte(val)}}}}}
+}
+
+func del(key, end string) *pb.TxnRequest {
+	return &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestDeleteRange{RequestDeleteRange: &pb.DeleteRangeRequest{Key: []byte(key), RangeEnd: []byte(end)}}}}}
+}
+
+func mustTxn(tb testing.TB, be backends.Backend, r *pb.TxnRequest) *pb.TxnResponse {
+	tb.Helper()
+	resp, err := be.Txn(context.Background(), r)
+	if err != nil {
+		tb.Fatalf("txn: %v", err)
+	}
+	return resp
+}
+
+// Run runs the conformance suite.
+func Run(t *testing.T, open Opener) {
+	t.Run("RevisionsStartAtOne", func(t *testing.T) {
+		t.Parallel()
+		be := open(t)
+		cur, compact, err := be.Revisions(context.Background())
+		if err != nil || cur != 1 || compact != -1 {
+			t.Fatalf("Revisions = %d, %d, %v; want 1, -1", cur, compact, err)
+		}
+	})
+	t.Run("EachWriteTxnGetsOneRevision", func(t *testing.T) {
+		t.Parallel()
+		be := open(t)
+		for i := range 5 {
+			resp := mustTxn(t, be, put(fmt.Sprintf("k%d", i), "v"))
+			if resp.Header.Revision != int64(i+2) {
+				t.Fatalf("put %d at revision %d, want %d", i, resp.Header.Revision, i+2)
+			}
+		}
+		// A delete of nothing changes nothing and creates no revision.
+		if resp := mustTxn(t, be, del("nothing", "")); resp.Header.Revision != 6 {
+			t.Fatalf("empty delete at revision %d, want 6", resp.Header.Revision)
+		}
+		resp := mustTxn(t, be, del("k", "l"))
+		if resp.Header.Revision != 7 || resp.Responses[0].GetResponseDeleteRange().Deleted != 5 {
+			t.Fatalf("range delete: %v", resp)
+		}
+	})
+	t.Run("HistoryAndChanges", func(t *testing.T) {
+		t.Parallel()
+		be := open(t)
+		ctx := context.Background()
+		mustTxn(t, be, put("a", "1")) // 2
+		mustTxn(t, be, put("a", "2")) // 3
+		mustTxn(t, be, del("a", ""))  // 4
+		mustTxn(t, be, put("a", "3")) // 5
+		old, err := be.Range(ctx, &pb.RangeRequest{Key: []byte("a"), Revision: 3})
+		if err != nil || len(old.Kvs) != 1 || string(old.Kvs[0].Value) != "2" || old.Header.Revision != 5 {
+			t.Fatalf("range at 3 = %v, %v", old, err)
+		}
+		gone, err := be.Range(ctx, &pb.RangeRequest{Key: []byte("a"), Revision: 4})
+		if err != nil || len(gone.Kvs) != 0 {
+			t.Fatalf("range at 4 = %v, %v; want nothing", gone, err)
+		}
+		evs, err := be.Changes(ctx, 1, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []struct {
+			typ  mvccpb.Event_EventType
+			rev  int64
+			prev string
+		}{{mvccpb.PUT, 2, ""}, {mvccpb.PUT, 3, "1"}, {mvccpb.DELETE, 4, "2"}, {mvccpb.PUT, 5, ""}}
+		if len(evs) != len(want) {
+			t.Fatalf("got %d events, want %d", len(evs), len(want))
+		}
+		for i, w := range want {
+			ev := evs[i]
+			prev := ""
+			if ev.PrevKv != nil {
+				prev = string(ev.PrevKv.Value)
+			}
+			if ev.Type != w.typ || ev.Kv.ModRevision != w.rev || prev != w.prev {
+				t.Errorf("event %d = %v, want %+v", i, ev, w)
+			}
+		}
+		if evs, err := be.Changes(ctx, 3, 1); err != nil || len(evs) != 1 || evs[0].Kv.ModRevision != 4 {
+			t.Fatalf("Changes(3, 1) = %v, %v", evs, err)
+		}
+	})
+	t.Run("CompactKeepsWhatLaterReadsNeed", func(t *testing.T) {
+		t.Parallel()
+		be := open(t)
+		ctx := context.Background()
+		mustTxn(t, be, put("a", "1")) // 2
+		mustTxn(t, be, put("b", "1")) // 3
+		mustTxn(t, be, put("a", "2")) // 4
+		mustTxn(t, be, del("b", ""))  // 5
+		mustTxn(t, be, put("c", "1")) // 6
+		if err := be.Compact(ctx, 5); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := be.Range(ctx, &pb.RangeRequest{Key: []byte("a"), Revision: 4}); !errors.Is(err, backends.ErrCompacted) {
+			t.Fatalf("read below compaction: %v, want ErrCompacted", err)
+		}
+		at5, err := be.Range(ctx, &pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte("z"), Revision: 5})
+		if err != nil || len(at5.Kvs) != 1 || string(at5.Kvs[0].Value) != "2" {
+			t.Fatalf("range at compact revision = %v, %v; want a=2 only", at5, err)
+		}
+		if _, err := be.Changes(ctx, 3, 10); !errors.Is(err, backends.ErrCompacted) {
+			t.Fatalf("changes below compaction: %v, want ErrCompacted", err)
+		}
+		if err := be.Compact(ctx, 5); !errors.Is(err, backends.ErrCompacted) {
+			t.Fatalf("compact twice: %v, want ErrCompacted", err)
+		}
+		if err := be.Compact(ctx, 99); !errors.Is(err, backends.ErrFutureRev) {
+			t.Fatalf("compact future: %v, want ErrFutureRev", err)
+		}
+	})
+	t.Run("LeaseRevokeDeletesKeysInOneRevision", func(t *testing.T) {
+		t.Parallel()
+		be := open(t)
+		ctx := context.Background()
+		if err := be.LeaseGrant(ctx, 9, 60); err != nil {
+			t.Fatal(err)
+		}
+		if err := be.LeaseGrant(ctx, 9, 60); !errors.Is(err, backends.ErrLeaseExists) {
+			t.Fatalf("grant twice: %v", err)
+		}
+		for _, k := range []string{"x", "y", "z"} {
+			r := put(k, "v")
+			r.Success[0].GetRequestPut().Lease = 9
+			mustTxn(t, be, r)
+		}
+		info, err := be.LeaseInfo(ctx, 9, true)
+		if err != nil || len(info.Keys) != 3 || info.GrantedTTL != 60 {
+			t.Fatalf("LeaseInfo = %+v, %v", info, err)
+		}
+		if err := be.LeaseRevoke(ctx, 9); err != nil {
+			t.Fatal(err)
+		}
+		cur, _, _ := be.Revisions(ctx)
+		if cur != 5 {
+			t.Fatalf("revision after revoke = %d, want 5 (one revision for all keys)", cur)
+		}
+		if err := be.LeaseRevoke(ctx, 9); !errors.Is(err, backends.ErrLeaseNotFound) {
+			t.Fatalf("revoke twice: %v", err)
+		}
+	})
+	t.Run("ConcurrentWritesAreGaplessAndOrdered", func(t *testing.T) {
+		t.Parallel()
+		be := open(t)
+		const writers, each = 8, 25
+		var wg sync.WaitGroup
+		revs := make(chan int64, writers*each)
+		for w := range writers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range each {
+					resp, err := be.Txn(context.Background(), put(fmt.Sprintf("w%d/%d", w, i), "v"))
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					revs <- resp.Header.Revision
+				}
+			}()
+		}
+		wg.Wait()
+		close(revs)
+		seen := map[int64]bool{}
+		for r := range revs {
+			if seen[r] {
+				t.Fatalf("revision %d acknowledged twice", r)
+			}
+			seen[r] = true
+		}
+		for r := int64(2); r < 2+writers*each; r++ {
+			if !seen[r] {
+				t.Fatalf("revision %d missing: revisions are not gapless", r)
+			}
+		}
+	})
+}
+
+// Bench runs the per-dialect benchmarks.
+func Bench(b *testing.B, open Opener) {
+	b.Run("Put", func(b *testing.B) {
+		be := open(b)
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			mustTxn(b, be, put(fmt.Sprintf("key/%d", i%1000), "value"))
+		}
+	})
+	b.Run("PutParallel", func(b *testing.B) {
+		be := open(b)
+		b.ReportAllocs()
+		b.SetParallelism(32)
+		var n sync.Mutex
+		i := 0
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				n.Lock()
+				i++
+				k := i
+				n.Unlock()
+				mustTxn(b, be, put(fmt.Sprintf("key/%d", k%1000), "value"))
+			}
+		})
+	})
+	b.Run("RangeOne", func(b *testing.B) {
+		be := open(b)
+		mustTxn(b, be, put("key", "value"))
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := be.Range(context.Background(), &pb.RangeRequest{Key: []byte("key")}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("RangePrefix1000", func(b *testing.B) {
+		be := open(b)
+		for i := range 1000 {
+			mustTxn(b, be, put(fmt.Sprintf("p/%04d", i), "value"))
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			resp, err := be.Range(context.Background(), &pb.RangeRequest{Key: []byte("p/"), RangeEnd: []byte("p0")})
+			if err != nil || len(resp.Kvs) != 1000 {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -1,0 +1,28 @@
+package sqlite_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"github.com/kvsql/kvsql/backends"
+	"github.com/kvsql/kvsql/backends/backendtest"
+	"github.com/kvsql/kvsql/backends/sqlite"
+)
+
+func open(tb testing.TB) backends.Backend {
+	be, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(tb.TempDir(), "state.db")})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := be.Close(); err != nil {
+			tb.Error(err)
+		}
+	})
+	return be
+}
+
+func TestConformance(t *testing.T) { backendtest.Run(t, open) }
+
+func BenchmarkSQLite(b *testing.B) { backendtest.Bench(b, open) }
