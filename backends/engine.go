@@ -228,7 +228,9 @@ func (e *Engine) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRespon
 		if err != nil {
 			return err
 		}
-		if err := checkRev(r.Revision, cur, compact); err != nil {
+		// A plain Range reads the latest state for any revision <= 0
+		// (inside a Txn, etcd checks negative revisions like others).
+		if err := checkRev(max(r.Revision, 0), cur, compact); err != nil {
 			return err
 		}
 		resp, err = rangeAt(ctx, tx, r, cur, false)
@@ -293,8 +295,7 @@ func (e *Engine) Compact(ctx context.Context, rev int64) error {
 
 func (e *Engine) deleteHistory(ctx context.Context, from, compact int64) error {
 	ctx = context.WithoutCancel(ctx) // a half-finished batch loop is fine, but finish what we start
-	for lo := from; lo < compact; lo += compactBatchRevs {
-		hi := min(lo+compactBatchRevs, compact)
+	del := func(lo, hi int64) error {
 		tx, err := e.d.BeginWrite(ctx)
 		if err != nil {
 			return fmt.Errorf("compact revisions %d..%d: %w", lo, hi, err)
@@ -305,6 +306,22 @@ func (e *Engine) deleteHistory(ctx context.Context, from, compact int64) error {
 		}
 		if err := tx.Commit(); err != nil {
 			return fmt.Errorf("compact revisions %d..%d: %w", lo, hi, err)
+		}
+		return nil
+	}
+	// Below from, only the versions that were live at the previous
+	// compaction are left (at most one per key). Those superseded since,
+	// by a newer version or a tombstone at or below compact, must go as
+	// well: once the tombstone is removed, a read at a revision >= compact
+	// would otherwise find the deleted key alive again.
+	if from > 0 {
+		if err := del(0, from); err != nil {
+			return err
+		}
+	}
+	for lo := from; lo < compact; lo += compactBatchRevs {
+		if err := del(lo, min(lo+compactBatchRevs, compact)); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -22,12 +22,12 @@ func (e *Engine) RangeStream(ctx context.Context, r *pb.RangeRequest, chunkBytes
 		if err != nil {
 			return err
 		}
-		if err := checkRev(r.Revision, cur, compact); err != nil {
+		if err := checkRev(max(r.Revision, 0), cur, compact); err != nil {
 			return err
 		}
 		at := r.Revision
-		if at == cur {
-			at = 0
+		if at <= 0 || at == cur {
+			at = 0 // as in etcd, a revision <= 0 reads the latest state
 		}
 		kr := NewKeyRange(r.Key, r.RangeEnd)
 		resp = &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: cur}}
@@ -52,8 +52,13 @@ func (e *Engine) RangeStream(ctx context.Context, r *pb.RangeRequest, chunkBytes
 				kvs = kvs[:want]
 			}
 			if r.KeysOnly {
+				// as Range: no lease unless values were read to sort by them
+				dropLease := r.SortTarget != pb.RangeRequest_VALUE
 				for _, kv := range kvs {
 					kv.Value = nil
+					if dropLease {
+						kv.Lease = 0
+					}
 				}
 			}
 			if len(kvs) > 0 {

@@ -74,6 +74,11 @@ type txnState struct {
 	base    int64 // the revision before this txn
 	compact int64
 	sub     int64 // sub-revisions written so far; > 0 means the txn writes base+1
+	// pre maps each key this txn touched to the mod revision of its live
+	// version before the txn (0: absent). A watch event's prev_kv is the
+	// key's state at the previous revision, as in etcd, even when the same
+	// txn deleted and re-put the key.
+	pre map[string]int64
 }
 
 // rev is the revision the txn's reads see: base, or base+1 once it wrote.
@@ -274,7 +279,9 @@ func (t *txnState) exec(ctx context.Context, r *pb.TxnRequest, path []bool) (*pb
 				return nil, 0, err
 			}
 			used += n + 1
-			nr.Header = &pb.ResponseHeader{Revision: t.rev()}
+			// etcd leaves a nested txn's header empty: only the outermost
+			// response carries the revision.
+			nr.Header = &pb.ResponseHeader{}
 			resp.Responses[i] = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseTxn{ResponseTxn: nr}}
 		}
 	}
@@ -285,6 +292,24 @@ func (t *txnState) rangeOp(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 	return rangeAt(ctx, t.tx, r, t.rev(), t.sub > 0)
 }
 
+// preRev records and returns the mod revision key had before this txn;
+// cur is its current row (nil if absent), which on the first touch is
+// still the pre-txn row.
+func (t *txnState) preRev(key []byte, cur *mvccpb.KeyValue) int64 {
+	if r, ok := t.pre[string(key)]; ok {
+		return r
+	}
+	var r int64
+	if cur != nil {
+		r = cur.ModRevision
+	}
+	if t.pre == nil {
+		t.pre = map[string]int64{}
+	}
+	t.pre[string(key)] = r
+	return r
+}
+
 func (t *txnState) put(ctx context.Context, p *pb.PutRequest) (*pb.PutResponse, error) {
 	prev, err := t.tx.Range(ctx, KeyRange{Key: p.Key}, 0, 1, false)
 	if err != nil {
@@ -293,11 +318,17 @@ func (t *txnState) put(ctx context.Context, p *pb.PutRequest) (*pb.PutResponse, 
 	rev := t.base + 1
 	row := LogRow{Rev: rev, Sub: t.sub, Key: p.Key, CreateRev: rev, Version: 1, Lease: p.Lease, Value: p.Value}
 	resp := &pb.PutResponse{}
+	var old *mvccpb.KeyValue
 	if len(prev) == 1 {
-		old := prev[0]
+		old = prev[0]
+	}
+	// A put that creates the key has no prev_kv in its watch event.
+	if pre := t.preRev(p.Key, old); old != nil {
+		row.PrevRev = pre
+	}
+	if old != nil {
 		row.CreateRev = old.CreateRevision
 		row.Version = old.Version + 1
-		row.PrevRev = old.ModRevision
 		if p.IgnoreValue {
 			row.Value = old.Value
 		}
@@ -331,7 +362,7 @@ func (t *txnState) deleteRange(ctx context.Context, d *pb.DeleteRangeRequest) (*
 	if len(kvs) > 0 {
 		rows := make([]LogRow, len(kvs))
 		for i, kv := range kvs {
-			rows[i] = LogRow{Rev: t.base + 1, Sub: t.sub + int64(i), Key: kv.Key, Deleted: true, PrevRev: kv.ModRevision, Value: []byte{}}
+			rows[i] = LogRow{Rev: t.base + 1, Sub: t.sub + int64(i), Key: kv.Key, Deleted: true, PrevRev: t.preRev(kv.Key, kv), Value: []byte{}}
 		}
 		if err := t.tx.Write(ctx, rows); err != nil {
 			return nil, err
@@ -351,8 +382,8 @@ func (t *txnState) deleteRange(ctx context.Context, d *pb.DeleteRangeRequest) (*
 func rangeAt(ctx context.Context, tx Tx, r *pb.RangeRequest, cur int64, dirty bool) (*pb.RangeResponse, error) {
 	kr := NewKeyRange(r.Key, r.RangeEnd)
 	atRev := r.Revision
-	if atRev == cur && !dirty {
-		atRev = 0
+	if atRev <= 0 || (atRev == cur && !dirty) {
+		atRev = 0 // as in etcd, a revision <= 0 reads the latest state
 	}
 	resp := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: cur}}
 	if r.CountOnly {
@@ -392,8 +423,14 @@ func rangeAt(ctx context.Context, tx Tx, r *pb.RangeRequest, cur int64, dirty bo
 		resp.More = true
 	}
 	if r.KeysOnly {
+		// etcd answers keys_only from its in-memory index, which has no
+		// lease, unless it had to read values to sort by them.
+		dropLease := r.SortTarget != pb.RangeRequest_VALUE
 		for _, kv := range kvs {
 			kv.Value = nil
+			if dropLease {
+				kv.Lease = 0
+			}
 		}
 	}
 	resp.Count = count
@@ -424,26 +461,36 @@ func sortKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) {
 	if order == pb.RangeRequest_NONE || (r.SortTarget == pb.RangeRequest_KEY && order == pb.RangeRequest_ASCEND) {
 		return // already in key order
 	}
-	var less func(a, b *mvccpb.KeyValue) int
+	var cmp func(a, b *mvccpb.KeyValue) int
 	switch r.SortTarget {
 	case pb.RangeRequest_KEY:
-		less = func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Key, b.Key) }
+		cmp = func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Key, b.Key) }
 	case pb.RangeRequest_VERSION:
-		less = func(a, b *mvccpb.KeyValue) int { return cmpInt(a.Version, b.Version) }
+		cmp = func(a, b *mvccpb.KeyValue) int { return cmpInt(a.Version, b.Version) }
 	case pb.RangeRequest_CREATE:
-		less = func(a, b *mvccpb.KeyValue) int { return cmpInt(a.CreateRevision, b.CreateRevision) }
+		cmp = func(a, b *mvccpb.KeyValue) int { return cmpInt(a.CreateRevision, b.CreateRevision) }
 	case pb.RangeRequest_MOD:
-		less = func(a, b *mvccpb.KeyValue) int { return cmpInt(a.ModRevision, b.ModRevision) }
+		cmp = func(a, b *mvccpb.KeyValue) int { return cmpInt(a.ModRevision, b.ModRevision) }
 	case pb.RangeRequest_VALUE:
-		less = func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Value, b.Value) }
+		cmp = func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Value, b.Value) }
 	default:
 		return
 	}
-	desc := order == pb.RangeRequest_DESCEND
-	sort.SliceStable(kvs, func(i, j int) bool {
-		if desc {
-			return less(kvs[i], kvs[j]) > 0
-		}
-		return less(kvs[i], kvs[j]) < 0
-	})
+	// sort.Sort, not a stable sort, and descending as the reverse of
+	// ascending: etcd sorts this way, and with ties (and a limit) the order
+	// of equal elements decides which keys a client gets.
+	var s sort.Interface = kvSorter{kvs, cmp}
+	if order == pb.RangeRequest_DESCEND {
+		s = sort.Reverse(s)
+	}
+	sort.Sort(s)
 }
+
+type kvSorter struct {
+	kvs []*mvccpb.KeyValue
+	cmp func(a, b *mvccpb.KeyValue) int
+}
+
+func (s kvSorter) Len() int           { return len(s.kvs) }
+func (s kvSorter) Less(i, j int) bool { return s.cmp(s.kvs[i], s.kvs[j]) < 0 }
+func (s kvSorter) Swap(i, j int)      { s.kvs[i], s.kvs[j] = s.kvs[j], s.kvs[i] }

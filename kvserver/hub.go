@@ -56,7 +56,13 @@ func (h *hub) init(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Watch streams may already be open (gRPC can serve before Run has
+	// called init): set the cursor under the lock and wake them.
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	h.rev, h.start = cur, cur
+	close(h.changed)
+	h.changed = make(chan struct{})
 	return nil
 }
 

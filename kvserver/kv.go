@@ -91,8 +91,11 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 	if _, _, err := checkOverlaps(r.Failure); err != nil {
 		return nil, err
 	}
-	if err := k.s.checkSize(r); err != nil {
-		return nil, err
+	// etcd limits the size of proposals only: a read-only txn is not one.
+	if !isReadOnlyTxn(r) {
+		if err := k.s.checkSize(r); err != nil {
+			return nil, err
+		}
 	}
 	resp, err := k.s.be.Txn(ctx, r)
 	if err != nil {

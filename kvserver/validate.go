@@ -183,3 +183,16 @@ func (s *Server) checkSize(m proto.Message) error {
 	}
 	return nil
 }
+
+// isReadOnlyTxn reports whether every op of both branches is a Range (etcd's
+// definition: a nested txn counts as a write).
+func isReadOnlyTxn(r *pb.TxnRequest) bool {
+	for _, ops := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, op := range ops {
+			if op.GetRequestRange() == nil {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -156,8 +156,13 @@ func (st *watchStream) handle(ctx context.Context, req *pb.WatchRequest) error {
 			return nil // etcd answers nothing for an unknown watch ID
 		}
 		delete(st.watchers, id)
-		rev, _ := st.s.hub.snapshot()
-		return st.send(&pb.WatchResponse{Header: st.s.header(rev), WatchId: id, Canceled: true})
+		// As etcd, answer with the store's current revision, which the
+		// hub's cursor may not have reached yet.
+		cur, err := st.s.currentRev(ctx)
+		if err != nil {
+			return toGRPC(err)
+		}
+		return st.send(&pb.WatchResponse{Header: st.s.header(cur), WatchId: id, Canceled: true})
 	case *pb.WatchRequest_ProgressRequest:
 		if v.ProgressRequest != nil {
 			return st.requestProgress(ctx)
@@ -210,6 +215,10 @@ func (st *watchStream) create(ctx context.Context, c *pb.WatchCreateRequest) err
 	if w.next < compact {
 		w.compacted = compact
 	}
+	// Revision 1 is the empty initial revision: it has no events, so a
+	// watch from it starts at 2 (else it would wait for events at 1 and
+	// never count as synced for RequestProgress).
+	w.next = max(w.next, 2)
 	st.watchers[id] = w
 	return st.send(&pb.WatchResponse{Header: st.s.header(cur), WatchId: id, Created: true})
 }
@@ -293,7 +302,8 @@ func (st *watchStream) deliver(ctx context.Context, w *watcher, rev int64) error
 	}
 	if w.compacted != 0 {
 		delete(st.watchers, w.id)
-		return st.send(&pb.WatchResponse{Header: st.s.header(rev), WatchId: w.id, CompactRevision: w.compacted, Canceled: true})
+		// etcd's compaction cancellation carries no revision in its header.
+		return st.send(&pb.WatchResponse{Header: st.s.header(0), WatchId: w.id, CompactRevision: w.compacted, Canceled: true})
 	}
 	return nil
 }

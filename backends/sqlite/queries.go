@@ -19,12 +19,12 @@ const (
 	// A key's state at rev is its newest kv_log row at or below rev, if
 	// that row is not a tombstone.
 	logCols        = `l.key, l.create_rev, l.rev, l.version, l.lease, CASE WHEN ?1 THEN x'' ELSE l.value END`
-	qLogSingle     = `SELECT ` + logCols + ` FROM kv_log l WHERE l.key = ?2 AND l.rev <= ?3 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= ?3) LIMIT ?4`
-	qLogRange      = `SELECT ` + logCols + ` FROM kv_log l WHERE l.key >= ?2 AND l.key < ?3 AND l.rev <= ?4 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= ?4) ORDER BY l.key LIMIT ?5`
-	qLogFromKey    = `SELECT ` + logCols + ` FROM kv_log l WHERE l.key >= ?2 AND l.rev <= ?3 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= ?3) ORDER BY l.key LIMIT ?4`
-	qCountLogSngl  = `SELECT COUNT(*) FROM kv_log l WHERE l.key = ?1 AND l.rev <= ?2 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= ?2)`
-	qCountLogRange = `SELECT COUNT(*) FROM kv_log l WHERE l.key >= ?1 AND l.key < ?2 AND l.rev <= ?3 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= ?3)`
-	qCountLogFrom  = `SELECT COUNT(*) FROM kv_log l WHERE l.key >= ?1 AND l.rev <= ?2 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= ?2)`
+	qLogSingle     = `SELECT ` + logCols + ` FROM kv_log l WHERE l.key = ?2 AND l.rev <= ?3 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= ?3) LIMIT ?4`
+	qLogRange      = `SELECT ` + logCols + ` FROM kv_log l WHERE l.key >= ?2 AND l.key < ?3 AND l.rev <= ?4 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= ?4) ORDER BY l.key LIMIT ?5`
+	qLogFromKey    = `SELECT ` + logCols + ` FROM kv_log l WHERE l.key >= ?2 AND l.rev <= ?3 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= ?3) ORDER BY l.key LIMIT ?4`
+	qCountLogSngl  = `SELECT COUNT(*) FROM kv_log l WHERE l.key = ?1 AND l.rev <= ?2 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= ?2)`
+	qCountLogRange = `SELECT COUNT(*) FROM kv_log l WHERE l.key >= ?1 AND l.key < ?2 AND l.rev <= ?3 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= ?3)`
+	qCountLogFrom  = `SELECT COUNT(*) FROM kv_log l WHERE l.key >= ?1 AND l.rev <= ?2 AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= ?2)`
 
 	qInsertLog = `INSERT INTO kv_log (rev, sub, key, deleted, create_rev, prev_rev, version, lease, value)
 		VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)`
@@ -36,11 +36,11 @@ const (
 
 	qChanges = `SELECT l.rev, l.key, l.deleted, l.create_rev, l.version, l.lease, l.value,
 			p.create_rev, p.rev, p.version, p.lease, p.value
-		FROM kv_log l LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.key = l.key AND p.rev = l.prev_rev
+		FROM kv_log l LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.key = l.key AND p.rev = l.prev_rev AND p.deleted = 0
 		WHERE l.rev > ?1 AND l.rev <= ?2 ORDER BY l.rev, l.sub`
 
 	qDeleteHistory = `DELETE FROM kv_log WHERE rev >= ?2 AND rev < ?3 AND rev < ?1 AND (deleted = 1 OR EXISTS
-		(SELECT 1 FROM kv_log n WHERE n.key = kv_log.key AND n.rev > kv_log.rev AND n.rev <= ?1))`
+		(SELECT 1 FROM kv_log n WHERE n.key = kv_log.key AND (n.rev, n.sub) > (kv_log.rev, kv_log.sub) AND n.rev <= ?1))`
 
 	qLeaseInsert = `INSERT INTO kv_lease (id, ttl, expiry_ms) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING`
 	qLeaseGet    = `SELECT ttl, expiry_ms FROM kv_lease WHERE id = ?1`

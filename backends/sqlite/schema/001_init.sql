@@ -7,7 +7,8 @@ CREATE TABLE kv_meta (
 );
 INSERT INTO kv_meta (id, rev, compact_rev) VALUES (1, 1, -1);
 
--- kv_log: every change of every key. A key changes at most once a revision.
+-- kv_log: every change of every key. A key changes at most twice in one
+-- revision (a from-key delete and a put of it in the same txn, which etcd allows).
 CREATE TABLE kv_log (
 	rev        INTEGER NOT NULL,
 	sub        INTEGER NOT NULL,
@@ -20,7 +21,7 @@ CREATE TABLE kv_log (
 	value      BLOB    NOT NULL,
 	PRIMARY KEY (rev, sub)
 );
-CREATE UNIQUE INDEX kv_log_key_rev ON kv_log (key, rev);
+CREATE UNIQUE INDEX kv_log_key_rev ON kv_log (key, rev, sub);
 
 -- kv_current: the live version of each key, so latest reads never scan history.
 CREATE TABLE kv_current (
