@@ -29,6 +29,8 @@ var (
 	ErrLeaseNotFound = errors.New("lease not found")
 	// ErrLeaseExists: LeaseGrant with an ID that is already in use.
 	ErrLeaseExists = errors.New("lease already exists")
+	// ErrKeyTooLarge: the key is longer than the database can index.
+	ErrKeyTooLarge = errors.New("key too large")
 	// ErrClosed: the backend is shutting down.
 	ErrClosed = errors.New("backend closed")
 )
@@ -107,4 +109,11 @@ type RangeStreamer interface {
 	// roughly chunkBytes; the returned response carries the header
 	// revision, count and more, and no kvs.
 	RangeStream(ctx context.Context, r *pb.RangeRequest, chunkBytes int, send func([]*mvccpb.KeyValue) error) (*pb.RangeResponse, error)
+}
+
+// Member is one kvsql instance, as Cluster.MemberList reports it.
+type Member struct {
+	ID         uint64
+	Name       string
+	ClientURLs []string
 }

@@ -13,17 +13,23 @@ type clusterService struct {
 	s *Server
 }
 
-// MemberList lists this instance. (Backends shared by several instances
-// list every live instance once they record members.)
+// MemberList lists the live kvsql instances sharing this database (on the
+// embedded SQLite default: this one), so that clientv3's endpoint sync
+// finds every instance.
 func (c *clusterService) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.MemberListResponse, error) {
 	cur, err := c.s.currentRev(ctx)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	return &pb.MemberListResponse{
-		Header:  c.s.header(cur),
-		Members: []*pb.Member{{ID: c.s.memberID, Name: c.s.cfg.Name, ClientURLs: c.s.cfg.ClientURLs}},
-	}, nil
+	ms, err := c.s.members(ctx)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	resp := &pb.MemberListResponse{Header: c.s.header(cur)}
+	for _, m := range ms {
+		resp.Members = append(resp.Members, &pb.Member{ID: m.ID, Name: m.Name, ClientURLs: m.ClientURLs})
+	}
+	return resp, nil
 }
 
 var errMembership = status.Error(codes.Unimplemented, "kvsql: membership is not managed through etcd's API; start or stop kvsql instances against the same database instead")

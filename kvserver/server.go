@@ -10,6 +10,7 @@ import (
 	"errors"
 	"hash/fnv"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -115,7 +116,7 @@ func New(cfg Config) (*Server, error) {
 		be:        cfg.Backend,
 		log:       cfg.Logger,
 		clusterID: idOf(cfg.ClusterName),
-		memberID:  idOf(cfg.ClusterName + "/" + cfg.Name),
+		memberID:  idOf(cfg.ClusterName + "/" + cfg.Name + "/" + strings.Join(cfg.ClientURLs, ",")),
 		health:    health.NewServer(),
 		shutdown:  make(chan struct{}),
 	}
@@ -163,6 +164,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.hub.run(ctx) })
 	g.Go(func() error { return s.expireLeases(ctx) })
+	g.Go(func() error { return s.heartbeat(ctx) })
 	err := g.Wait()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	return err
@@ -185,6 +187,9 @@ func (s *Server) expireLeases(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		}
+		if !s.isLeader(ctx) {
+			continue
 		}
 		n, err := s.be.ExpireLeases(ctx)
 		if err != nil {

@@ -26,10 +26,13 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/kvsql/kvsql/backends"
+	"github.com/kvsql/kvsql/backends/postgres"
 	"github.com/kvsql/kvsql/backends/sqlite"
 	"github.com/kvsql/kvsql/kvserver"
 	"github.com/kvsql/kvsql/notify"
 	"github.com/kvsql/kvsql/notify/local"
+	"github.com/kvsql/kvsql/notify/pgnotify"
+	"github.com/kvsql/kvsql/notify/poll"
 )
 
 // Version is kvsql's own version, set at build time with
@@ -48,6 +51,10 @@ type config struct {
 	maxReqBytes   int
 	maxTxnOps     int
 	progressEvery time.Duration
+	notifyMode    string
+	pollInterval  time.Duration
+	safetyPoll    time.Duration
+	stmtTimeout   time.Duration
 	certFile      string
 	keyFile       string
 	caFile        string
@@ -91,7 +98,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.advertiseURLs, "advertise-client-urls", "", "comma-separated client URLs to report in MemberList (default: --listen-client-urls)")
 	fs.StringVar(&c.name, "name", "default", "this member's name")
 	fs.StringVar(&c.dataDir, "data-dir", "kvsql-data", "directory for the embedded SQLite database")
-	fs.StringVar(&c.endpoint, "endpoint", "", "database URL; the scheme picks the backend: sqlite://PATH (default: sqlite://<data-dir>/state.db)")
+	fs.StringVar(&c.endpoint, "endpoint", "", "database URL; the scheme picks the backend: sqlite://PATH (default: sqlite://<data-dir>/state.db) or postgres://USER:PASS@HOST:PORT/DB?sslmode=...")
+	fs.StringVar(&c.notifyMode, "notify", "auto", "how watches learn of commits: auto (the database's change stream: in-process for SQLite, LISTEN/NOTIFY for PostgreSQL) or poll (read the log every --notify-poll-interval; for PgBouncer in transaction mode and other poolers where LISTEN cannot work)")
+	fs.DurationVar(&c.pollInterval, "notify-poll-interval", 100*time.Millisecond, "with --notify=poll: how often to read the log")
+	fs.DurationVar(&c.safetyPoll, "watch-safety-poll", kvserver.DefaultSafetyPoll, "how often watches re-read the log even without a notification (a safety net; never needed for correctness after a reconnect)")
+	fs.DurationVar(&c.stmtTimeout, "db-statement-timeout", 0, "PostgreSQL: statement_timeout for kvsql's statements (0: the server's default)")
 	fs.IntVar(&c.maxReqBytes, "max-request-bytes", kvserver.DefaultMaxRequestBytes, "maximum client request size in bytes")
 	fs.IntVar(&c.maxTxnOps, "max-txn-ops", kvserver.DefaultMaxTxnOps, "maximum operations per txn branch")
 	fs.DurationVar(&c.progressEvery, "watch-progress-notify-interval", kvserver.DefaultProgressNotifyInterval, "how often watches with progress_notify get a progress notification")
@@ -166,11 +177,27 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger) (backends.Bac
 		if err != nil {
 			return nil, nil, err
 		}
+		if c.notifyMode == "poll" {
+			return be, poll.Source{Interval: c.pollInterval}, nil
+		}
 		return be, src, nil
-	case "postgres", "postgresql", "mysql":
-		return nil, nil, fmt.Errorf("--endpoint: the %s backend is not implemented yet; use sqlite:// (the default)", scheme)
+	case "postgres", "postgresql":
+		st, err := postgres.Open(ctx, postgres.Config{
+			URL:              ep,
+			StatementTimeout: c.stmtTimeout,
+			Engine:           backends.EngineConfig{Logger: log.With("component", "postgres")},
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, redact(ep))
+		}
+		if c.notifyMode == "poll" {
+			return st, poll.Source{Interval: c.pollInterval}, nil
+		}
+		return st, pgnotify.New(st.Pool(), postgres.NotifyChannel, log.With("component", "pgnotify")), nil
+	case "mysql":
+		return nil, nil, fmt.Errorf("--endpoint: the %s backend is not implemented yet; use sqlite:// or postgres://", scheme)
 	}
-	return nil, nil, fmt.Errorf("--endpoint: unknown scheme %q; supported: sqlite://", scheme)
+	return nil, nil, fmt.Errorf("--endpoint: unknown scheme %q; supported: sqlite://, postgres://", scheme)
 }
 
 // redact hides a password in a URL-like string.
@@ -260,6 +287,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if c.notifyMode != "auto" && c.notifyMode != "poll" {
+		return fmt.Errorf("--notify %q: want auto or poll", c.notifyMode)
+	}
 	lns, err := listen(c)
 	if err != nil {
 		return err
@@ -289,6 +319,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		MaxRequestBytes:        c.maxReqBytes,
 		MaxTxnOps:              c.maxTxnOps,
 		ProgressNotifyInterval: c.progressEvery,
+		SafetyPoll:             c.safetyPoll,
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,486 @@
+// Package postgres is the PostgreSQL (13+) dialect. Writers serialise on the
+// kv_meta row (SELECT ... FOR UPDATE), so revisions commit in order; each
+// write transaction ends with NOTIFY carrying its newest revision, which
+// notify/pgnotify turns into watch wake-ups on every instance. Reads run in
+// REPEATABLE READ read-only transactions: one snapshot per request. Lease
+// expiry uses the database clock, so all instances agree on it.
+package postgres
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/kvsql/kvsql/backends"
+)
+
+//go:embed schema/*.sql
+var schemaFS embed.FS
+
+// Config configures Open.
+type Config struct {
+	// URL is a libpq-style connection URL or DSN, parsed by
+	// pgxpool.ParseConfig (pool_max_conns, sslmode, ... are honoured).
+	URL string
+	// StatementTimeout, if set, bounds every statement on the server.
+	StatementTimeout time.Duration
+	Engine           backends.EngineConfig
+}
+
+// Store is a backends.Engine on PostgreSQL plus what several instances
+// sharing one database need: leader election and a member registry.
+type Store struct {
+	*backends.Engine
+	pool *pgxpool.Pool
+	log  *slog.Logger
+
+	leadMu   sync.Mutex // guards leadConn
+	leadConn *pgx.Conn  // holds the leader advisory lock while open
+}
+
+var _ backends.Backend = (*Store)(nil)
+
+// Open connects, migrates the schema and starts the engine.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	pcfg, err := pgxpool.ParseConfig(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: parse endpoint: %w", err)
+	}
+	if cfg.StatementTimeout > 0 {
+		pcfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(cfg.StatementTimeout.Milliseconds(), 10)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: connect: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: connect to %s:%d: %w", pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, err)
+	}
+	if err := migrate(ctx, pool); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: migrate: %w", err)
+	}
+	log := cfg.Engine.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &dialect{pool: pool}
+	return &Store{Engine: backends.NewEngine(d, cfg.Engine), pool: pool, log: log}, nil
+}
+
+// Pool returns the connection pool (notify/pgnotify takes its listener
+// connection from it).
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// Close stops the engine, gives up leadership and closes the pool.
+func (s *Store) Close() error {
+	err := s.Engine.Close()
+	s.leadMu.Lock()
+	if s.leadConn != nil {
+		_ = s.leadConn.Close(context.Background())
+		s.leadConn = nil
+	}
+	s.leadMu.Unlock()
+	return err
+}
+
+// TryLead reports whether this instance holds the leader lock, taking it if
+// it is free. The lock is a session advisory lock on a connection of its
+// own: if this process dies, PostgreSQL drops the session and the lock, and
+// another instance takes over on its next try.
+func (s *Store) TryLead(ctx context.Context) (bool, error) {
+	s.leadMu.Lock()
+	defer s.leadMu.Unlock()
+	if s.leadConn != nil {
+		if err := s.leadConn.Ping(ctx); err == nil {
+			return true, nil
+		}
+		_ = s.leadConn.Close(context.Background())
+		s.leadConn = nil
+	}
+	c, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return false, err
+	}
+	conn := c.Hijack()
+	var ok bool
+	if err := conn.QueryRow(ctx, qTryLead, int64(leaderLockKey)).Scan(&ok); err != nil {
+		_ = conn.Close(context.Background())
+		return false, err
+	}
+	if !ok {
+		_ = conn.Close(context.Background())
+		return false, nil
+	}
+	s.leadConn = conn
+	return true, nil
+}
+
+// Member is one live instance.
+type Member = backends.Member
+
+// Heartbeat records this instance as alive.
+func (s *Store) Heartbeat(ctx context.Context, m backends.Member) error {
+	_, err := s.pool.Exec(ctx, qHeartbeat, int64(m.ID), m.Name, strings.Join(m.ClientURLs, ","))
+	return err
+}
+
+// Members lists instances that sent a heartbeat within maxAge.
+func (s *Store) Members(ctx context.Context, maxAge time.Duration) ([]backends.Member, error) {
+	rows, err := s.pool.Query(ctx, qMembers, maxAge.Milliseconds())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []backends.Member
+	for rows.Next() {
+		var id int64
+		var m backends.Member
+		var urls string
+		if err := rows.Scan(&id, &m.Name, &urls); err != nil {
+			return nil, err
+		}
+		m.ID = uint64(id)
+		if urls != "" {
+			m.ClientURLs = strings.Split(urls, ",")
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// Forget removes a member record (on clean shutdown).
+func (s *Store) Forget(ctx context.Context, id uint64) error {
+	_, err := s.pool.Exec(ctx, qForgetMember, int64(id))
+	return err
+}
+
+// migrate applies schema/NNN_*.sql above the recorded version, under a
+// transaction-scoped advisory lock so that instances starting together
+// against an empty database apply each migration exactly once.
+func migrate(ctx context.Context, pool *pgxpool.Pool) error {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(migrateLockKey)); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS kv_schema (version integer NOT NULL)`); err != nil {
+		return err
+	}
+	var have int
+	if err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(version), 0) FROM kv_schema`).Scan(&have); err != nil {
+		return err
+	}
+	files, err := fs.Glob(schemaFS, "schema/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		n, err := strconv.Atoi(strings.SplitN(filepath.Base(f), "_", 2)[0])
+		if err != nil {
+			return fmt.Errorf("migration %s: bad name: %w", f, err)
+		}
+		if n <= have {
+			continue
+		}
+		body, err := schemaFS.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, string(body)); err != nil {
+			return fmt.Errorf("migration %s: %w", f, err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO kv_schema (version) VALUES ($1)`, n); err != nil {
+			return fmt.Errorf("migration %s: %w", f, err)
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+type dialect struct {
+	pool *pgxpool.Pool
+}
+
+var _ backends.Dialect = (*dialect)(nil)
+
+func (d *dialect) BeginRead(ctx context.Context) (backends.Tx, error) {
+	tx, err := d.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, err
+	}
+	return &txn{tx: tx}, nil
+}
+
+func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
+	tx, err := d.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if err != nil {
+		return nil, err
+	}
+	t := &txn{tx: tx}
+	// Take the global write lock before reading anything.
+	if err := tx.QueryRow(ctx, qLockMeta).Scan(&t.lockedRev, &t.lockedCompact); err != nil {
+		_ = tx.Rollback(context.Background())
+		return nil, fmt.Errorf("lock kv_meta: %w", err)
+	}
+	t.locked = true
+	return t, nil
+}
+
+func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
+	var n int64
+	if err := d.pool.QueryRow(ctx, qSize).Scan(&n); err != nil {
+		return 0, 0, err
+	}
+	return n, n, nil
+}
+
+// Defragment runs VACUUM on kvsql's tables (VACUUM FULL would lock them).
+func (d *dialect) Defragment(ctx context.Context) error {
+	for _, t := range []string{"kv_log", "kv_current", "kv_lease", "kv_meta"} {
+		if _, err := d.pool.Exec(ctx, "VACUUM "+t); err != nil {
+			return fmt.Errorf("vacuum %s: %w", t, err)
+		}
+	}
+	return nil
+}
+
+func (d *dialect) Close() error {
+	d.pool.Close()
+	return nil
+}
+
+type txn struct {
+	tx pgx.Tx
+	// locked is set for write transactions, whose kv_meta row was read
+	// (and locked) at begin; SetRevision/SetCompact keep these current.
+	locked                   bool
+	lockedRev, lockedCompact int64
+}
+
+func (t *txn) Commit() error   { return t.tx.Commit(context.Background()) }
+func (t *txn) Rollback() error { return t.tx.Rollback(context.Background()) }
+
+func (t *txn) Revisions(ctx context.Context) (int64, int64, error) {
+	if t.locked {
+		return t.lockedRev, t.lockedCompact, nil
+	}
+	var cur, compact int64
+	err := t.tx.QueryRow(ctx, qRevisions).Scan(&cur, &compact)
+	return cur, compact, err
+}
+
+func (t *txn) SetRevision(ctx context.Context, rev int64) error {
+	if _, err := t.tx.Exec(ctx, qSetRevision, rev); err != nil {
+		return err
+	}
+	t.lockedRev = rev
+	return nil
+}
+
+func (t *txn) SetCompact(ctx context.Context, rev int64) error {
+	if _, err := t.tx.Exec(ctx, qSetCompact, rev); err != nil {
+		return err
+	}
+	t.lockedCompact = rev
+	return nil
+}
+
+func sqlLimit(limit int64) any {
+	if limit <= 0 {
+		return nil
+	}
+	return limit
+}
+
+func (t *txn) Range(ctx context.Context, kr backends.KeyRange, rev, limit int64, keysOnly bool) ([]*mvccpb.KeyValue, error) {
+	var q string
+	var args []any
+	lim := sqlLimit(limit)
+	switch {
+	case rev == 0 && kr.Single():
+		q, args = qCurrentSingle, []any{keysOnly, kr.Key, lim}
+	case rev == 0 && kr.FromKey:
+		q, args = qCurrentFromKey, []any{keysOnly, kr.Key, lim}
+	case rev == 0:
+		q, args = qCurrentRange, []any{keysOnly, kr.Key, kr.End, lim}
+	case kr.Single():
+		q, args = qLogSingle, []any{keysOnly, kr.Key, rev, lim}
+	case kr.FromKey:
+		q, args = qLogFromKey, []any{keysOnly, kr.Key, rev, lim}
+	default:
+		q, args = qLogRange, []any{keysOnly, kr.Key, kr.End, rev, lim}
+	}
+	return t.queryKVs(ctx, q, args...)
+}
+
+func (t *txn) queryKVs(ctx context.Context, q string, args ...any) ([]*mvccpb.KeyValue, error) {
+	rows, err := t.tx.Query(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var kvs []*mvccpb.KeyValue
+	for rows.Next() {
+		kv := &mvccpb.KeyValue{}
+		if err := rows.Scan(&kv.Key, &kv.CreateRevision, &kv.ModRevision, &kv.Version, &kv.Lease, &kv.Value); err != nil {
+			return nil, err
+		}
+		kvs = append(kvs, kv)
+	}
+	return kvs, rows.Err()
+}
+
+func (t *txn) Count(ctx context.Context, kr backends.KeyRange, rev int64) (int64, error) {
+	var q string
+	var args []any
+	switch {
+	case rev == 0 && kr.Single():
+		q, args = qCountCurSingle, []any{kr.Key}
+	case rev == 0 && kr.FromKey:
+		q, args = qCountCurFromKey, []any{kr.Key}
+	case rev == 0:
+		q, args = qCountCurRange, []any{kr.Key, kr.End}
+	case kr.Single():
+		q, args = qCountLogSngl, []any{kr.Key, rev}
+	case kr.FromKey:
+		q, args = qCountLogFrom, []any{kr.Key, rev}
+	default:
+		q, args = qCountLogRange, []any{kr.Key, kr.End, rev}
+	}
+	var n int64
+	err := t.tx.QueryRow(ctx, q, args...).Scan(&n)
+	return n, err
+}
+
+func (t *txn) Write(ctx context.Context, rows []backends.LogRow) error {
+	n := len(rows)
+	revs, subs, creates, prevs, versions, leases := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+	keys, values := make([][]byte, n), make([][]byte, n)
+	deleted := make([]bool, n)
+	for i, r := range rows {
+		revs[i], subs[i], keys[i], deleted[i] = r.Rev, r.Sub, r.Key, r.Deleted
+		creates[i], prevs[i], versions[i], leases[i], values[i] = r.CreateRev, r.PrevRev, r.Version, r.Lease, r.Value
+		if values[i] == nil {
+			values[i] = []byte{}
+		}
+	}
+	if _, err := t.tx.Exec(ctx, qWrite, revs, subs, keys, deleted, creates, prevs, versions, leases, values); err != nil {
+		return fmt.Errorf("write revision %d: %w", rows[0].Rev, err)
+	}
+	return nil
+}
+
+func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error) {
+	rows, err := t.tx.Query(ctx, qChanges, after, upTo)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var evs []*mvccpb.Event
+	for rows.Next() {
+		kv := &mvccpb.KeyValue{}
+		var deleted bool
+		var pCreate, pMod, pVersion, pLease *int64
+		var pValue []byte
+		if err := rows.Scan(&kv.ModRevision, &kv.Key, &deleted, &kv.CreateRevision, &kv.Version, &kv.Lease, &kv.Value,
+			&pCreate, &pMod, &pVersion, &pLease, &pValue); err != nil {
+			return nil, err
+		}
+		ev := &mvccpb.Event{Type: mvccpb.PUT, Kv: kv}
+		if deleted {
+			ev.Type = mvccpb.DELETE
+			ev.Kv = &mvccpb.KeyValue{Key: kv.Key, ModRevision: kv.ModRevision}
+		}
+		if pMod != nil {
+			ev.PrevKv = &mvccpb.KeyValue{Key: kv.Key, CreateRevision: *pCreate, ModRevision: *pMod,
+				Version: *pVersion, Lease: *pLease, Value: pValue}
+		}
+		evs = append(evs, ev)
+	}
+	return evs, rows.Err()
+}
+
+func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error) {
+	tag, err := t.tx.Exec(ctx, qDeleteHistory, compact, from, to)
+	if err != nil {
+		return 0, err
+	}
+	return tag.RowsAffected(), nil
+}
+
+func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {
+	tag, err := t.tx.Exec(ctx, qLeaseInsert, id, ttl)
+	if err != nil {
+		return false, err
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+func (t *txn) LeaseGet(ctx context.Context, id int64) (ttl, remaining int64, found bool, err error) {
+	err = t.tx.QueryRow(ctx, qLeaseGet, id).Scan(&ttl, &remaining)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, 0, false, nil
+	}
+	return ttl, remaining, err == nil, err
+}
+
+func (t *txn) LeaseRenew(ctx context.Context, id int64) (int64, bool, error) {
+	var ttl int64
+	err := t.tx.QueryRow(ctx, qLeaseRenew, id).Scan(&ttl)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	return ttl, err == nil, err
+}
+
+func (t *txn) LeaseDelete(ctx context.Context, id int64) error {
+	_, err := t.tx.Exec(ctx, qLeaseDelete, id)
+	return err
+}
+
+func (t *txn) LeaseKeys(ctx context.Context, id int64) ([]*mvccpb.KeyValue, error) {
+	return t.queryKVs(ctx, qLeaseKeys, id)
+}
+
+func (t *txn) Leases(ctx context.Context) ([]int64, error) {
+	return t.queryIDs(ctx, qLeases)
+}
+
+func (t *txn) ExpiredLeases(ctx context.Context, limit int) ([]int64, error) {
+	return t.queryIDs(ctx, qLeaseExpired, limit)
+}
+
+func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, error) {
+	rows, err := t.tx.Query(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}

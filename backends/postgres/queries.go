@@ -1,0 +1,86 @@
+package postgres
+
+// Every statement the PostgreSQL dialect runs. Range statements take
+// ($1 keysOnly, $2 key[, $3 end][, rev], limit); a NULL limit means none.
+// bytea compares bytewise, so key order is etcd's.
+const (
+	// NotifyChannel is the LISTEN/NOTIFY channel; the payload is the newest
+	// committed revision.
+	NotifyChannel = "kvsql_commits"
+
+	qRevisions   = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1`
+	qLockMeta    = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1 FOR UPDATE`
+	qSetRevision = `WITH u AS (UPDATE kv_meta SET rev = $1 WHERE id = 1)
+		SELECT pg_notify('` + NotifyChannel + `', $1::text)`
+	qSetCompact = `UPDATE kv_meta SET compact_rev = $1 WHERE id = 1`
+
+	curCols          = `key, create_rev, mod_rev, version, lease, CASE WHEN $1 THEN ''::bytea ELSE value END`
+	qCurrentSingle   = `SELECT ` + curCols + ` FROM kv_current WHERE key = $2 LIMIT $3`
+	qCurrentRange    = `SELECT ` + curCols + ` FROM kv_current WHERE key >= $2 AND key < $3 ORDER BY key LIMIT $4`
+	qCurrentFromKey  = `SELECT ` + curCols + ` FROM kv_current WHERE key >= $2 ORDER BY key LIMIT $3`
+	qCountCurSingle  = `SELECT COUNT(*) FROM kv_current WHERE key = $1`
+	qCountCurRange   = `SELECT COUNT(*) FROM kv_current WHERE key >= $1 AND key < $2`
+	qCountCurFromKey = `SELECT COUNT(*) FROM kv_current WHERE key >= $1`
+
+	// A key's state at rev is its newest kv_log row at or below rev, if
+	// that row is not a tombstone.
+	logCols        = `l.key, l.create_rev, l.rev, l.version, l.lease, CASE WHEN $1 THEN ''::bytea ELSE l.value END`
+	qLogSingle     = `SELECT ` + logCols + ` FROM kv_log l WHERE l.key = $2 AND l.rev <= $3 AND NOT l.deleted AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= $3) LIMIT $4`
+	qLogRange      = `SELECT ` + logCols + ` FROM kv_log l WHERE l.key >= $2 AND l.key < $3 AND l.rev <= $4 AND NOT l.deleted AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= $4) ORDER BY l.key LIMIT $5`
+	qLogFromKey    = `SELECT ` + logCols + ` FROM kv_log l WHERE l.key >= $2 AND l.rev <= $3 AND NOT l.deleted AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= $3) ORDER BY l.key LIMIT $4`
+	qCountLogSngl  = `SELECT COUNT(*) FROM kv_log l WHERE l.key = $1 AND l.rev <= $2 AND NOT l.deleted AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= $2)`
+	qCountLogRange = `SELECT COUNT(*) FROM kv_log l WHERE l.key >= $1 AND l.key < $2 AND l.rev <= $3 AND NOT l.deleted AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= $3)`
+	qCountLogFrom  = `SELECT COUNT(*) FROM kv_log l WHERE l.key >= $1 AND l.rev <= $2 AND NOT l.deleted AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= $2)`
+
+	// qWrite appends a batch of rows (as parallel arrays) to kv_log and
+	// applies them to kv_current in one round trip. Keys are distinct
+	// within one call.
+	qWrite = `WITH rows AS (
+			SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::boolean[], $5::bigint[],
+				$6::bigint[], $7::bigint[], $8::bigint[], $9::bytea[])
+				AS r(rev, sub, key, deleted, create_rev, prev_rev, version, lease, value)
+		), logged AS (
+			INSERT INTO kv_log (rev, sub, key, deleted, create_rev, prev_rev, version, lease, value)
+			SELECT rev, sub, key, deleted, create_rev, prev_rev, version, lease, value FROM rows
+		), removed AS (
+			DELETE FROM kv_current c USING rows WHERE rows.deleted AND c.key = rows.key
+		)
+		INSERT INTO kv_current (key, create_rev, mod_rev, version, lease, value)
+		SELECT key, create_rev, rev, version, lease, value FROM rows WHERE NOT deleted
+		ON CONFLICT (key) DO UPDATE SET create_rev = excluded.create_rev, mod_rev = excluded.mod_rev,
+			version = excluded.version, lease = excluded.lease, value = excluded.value`
+
+	qChanges = `SELECT l.rev, l.key, l.deleted, l.create_rev, l.version, l.lease, l.value,
+			p.create_rev, p.rev, p.version, p.lease, p.value
+		FROM kv_log l LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.key = l.key AND p.rev = l.prev_rev AND NOT p.deleted
+		WHERE l.rev > $1 AND l.rev <= $2 ORDER BY l.rev, l.sub`
+
+	qDeleteHistory = `DELETE FROM kv_log o WHERE o.rev >= $2 AND o.rev < $3 AND o.rev < $1 AND (o.deleted OR EXISTS
+		(SELECT 1 FROM kv_log n WHERE n.key = o.key AND (n.rev, n.sub) > (o.rev, o.sub) AND n.rev <= $1))`
+
+	qLeaseInsert = `INSERT INTO kv_lease (id, ttl, expiry) VALUES ($1, $2::bigint, clock_timestamp() + $2::bigint * interval '1 second')
+		ON CONFLICT (id) DO NOTHING`
+	qLeaseGet = `SELECT ttl, (EXTRACT(EPOCH FROM (expiry - clock_timestamp())) * 1000)::bigint FROM kv_lease WHERE id = $1`
+	// An expired lease is not renewed: it is about to be revoked (etcd does the same).
+	qLeaseRenew = `UPDATE kv_lease SET expiry = clock_timestamp() + ttl * interval '1 second'
+		WHERE id = $1 AND expiry > clock_timestamp() RETURNING ttl`
+	qLeaseDelete  = `DELETE FROM kv_lease WHERE id = $1`
+	qLeaseKeys    = `SELECT key, create_rev, mod_rev, version, lease, value FROM kv_current WHERE lease = $1 ORDER BY key`
+	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
+	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry <= clock_timestamp() ORDER BY expiry LIMIT $1`
+
+	qSize = `SELECT pg_database_size(current_database())`
+
+	qHeartbeat = `INSERT INTO kv_member (id, name, client_urls, heartbeat) VALUES ($1, $2, $3, clock_timestamp())
+		ON CONFLICT (id) DO UPDATE SET name = excluded.name, client_urls = excluded.client_urls, heartbeat = excluded.heartbeat`
+	qMembers      = `SELECT id, name, client_urls FROM kv_member WHERE heartbeat > clock_timestamp() - $1 * interval '1 millisecond' ORDER BY id`
+	qForgetMember = `DELETE FROM kv_member WHERE id = $1`
+
+	// leaderLockKey is the advisory lock that elects the instance doing
+	// lease expiry ("kvsql" in ASCII).
+	leaderLockKey = 0x6b7673716c
+	qTryLead      = `SELECT pg_try_advisory_lock($1)`
+
+	// migrateLockKey serialises schema migrations of instances starting at once.
+	migrateLockKey = 0x6b7673716d
+)

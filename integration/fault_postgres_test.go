@@ -1,0 +1,257 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/kvsql/kvsql/backends"
+)
+
+// ackedPut is a put a client got an answer for.
+type ackedPut struct {
+	key, val string
+	rev      int64
+}
+
+// writeUntil puts unique keys through c until stop is closed, retrying
+// failed puts (a failure during a database outage is expected), and returns
+// the puts that were acknowledged.
+func writeUntil(ctx context.Context, c *clientv3.Client, prefix string, stop <-chan struct{}) []ackedPut {
+	var acked []ackedPut
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return acked
+		default:
+		}
+		key, val := fmt.Sprintf("%s/%05d", prefix, i), fmt.Sprintf("v%d", i)
+		for {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			resp, err := c.Put(pctx, key, val)
+			cancel()
+			if err == nil {
+				acked = append(acked, ackedPut{key, val, resp.Header.Revision})
+				break
+			}
+			select {
+			case <-stop:
+				return acked
+			case <-ctx.Done():
+				return acked
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// checkHistory asserts that every acknowledged put is in the store and that
+// each watch saw exactly kv_log's events, in order, without gaps.
+func checkHistory(t *testing.T, ctx context.Context, c *clientv3.Client, be backends.Backend, acked []ackedPut, watches map[string][]*clientv3.Event, rev int64) {
+	t.Helper()
+	for _, a := range acked {
+		resp, err := c.Get(ctx, a.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != a.val || resp.Kvs[0].ModRevision != a.rev {
+			t.Fatalf("acknowledged put %s=%s at revision %d is not there: %v", a.key, a.val, a.rev, resp.Kvs)
+		}
+		if a.rev > rev {
+			t.Fatalf("put acknowledged at revision %d above the final revision %d", a.rev, rev)
+		}
+	}
+	logEvs, err := be.Changes(ctx, 0, rev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, evs := range watches {
+		if len(evs) != len(logEvs) {
+			t.Errorf("%s: %d events, kv_log has %d", name, len(evs), len(logEvs))
+			continue
+		}
+		for i, ev := range evs {
+			want := (*clientv3.Event)(logEvs[i])
+			want = &clientv3.Event{Type: want.Type, Kv: want.Kv}
+			if got, exp := eventString(ev), eventString(want); got != exp {
+				t.Errorf("%s: event %d = %s, kv_log has %s", name, i, got, exp)
+				break
+			}
+		}
+	}
+}
+
+// TestPostgresRestartDuringWritesAndWatches restarts PostgreSQL twice (fast
+// and immediate shutdown) under a write load through two kvsql instances
+// with watchers on both: nothing acknowledged is lost and every watcher ends
+// with exactly the log's history.
+func TestPostgresRestartDuringWritesAndWatches(t *testing.T) {
+	t.Parallel()
+	p, err := newPGServer()
+	if err != nil {
+		skipOrFail(t, err)
+	}
+	t.Cleanup(p.destroy)
+	url := freshPostgresURLOn(t, p)
+	var clients []*clientv3.Client
+	var first backends.Backend
+	for range 2 {
+		st, src := openPostgres(t, url)
+		t.Cleanup(func() { _ = src.Close() })
+		clients = append(clients, newClient(t, serveKVSQL(t, st, src, serverOptions{SafetyPoll: time.Hour})))
+		if first == nil {
+			first = st
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	upTo := map[string]chan int64{}
+	results := map[string][]*clientv3.Event{}
+	var mu sync.Mutex
+	var wwg sync.WaitGroup
+	for i, c := range clients {
+		name := fmt.Sprintf("watch on instance %d", i)
+		ch := make(chan int64, 1)
+		upTo[name] = ch
+		wch := c.Watch(ctx, "w/", clientv3.WithPrefix(), clientv3.WithRev(1))
+		wwg.Add(1)
+		go func() {
+			defer wwg.Done()
+			evs, err := collect(ctx, wch, ch)
+			if err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+			mu.Lock()
+			results[name] = evs
+			mu.Unlock()
+		}()
+	}
+	stop := make(chan struct{})
+	var acked [][]ackedPut = make([][]ackedPut, len(clients))
+	var pwg sync.WaitGroup
+	for i, c := range clients {
+		pwg.Add(1)
+		go func() {
+			defer pwg.Done()
+			acked[i] = writeUntil(ctx, c, fmt.Sprintf("w/%d", i), stop)
+		}()
+	}
+	waitForRevision(t, ctx, clients[0], 30)
+	p.stop(syscall.SIGINT) // fast shutdown
+	if err := p.start(); err != nil {
+		t.Fatal(err)
+	}
+	waitForRevision(t, ctx, clients[1], 60)
+	p.stop(syscall.SIGQUIT) // immediate: like a crash
+	if err := p.start(); err != nil {
+		t.Fatal(err)
+	}
+	waitForRevision(t, ctx, clients[0], 90)
+	close(stop)
+	pwg.Wait()
+	resp, err := clients[0].Get(ctx, "w/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range upTo {
+		ch <- resp.Header.Revision
+	}
+	wwg.Wait()
+	checkHistory(t, ctx, clients[0], first, append(acked[0], acked[1]...), results, resp.Header.Revision)
+}
+
+// TestPostgresListenConnectionKilled terminates the LISTEN connections; the
+// instances reconnect, re-read the log and keep delivering, with the safety
+// poll off.
+func TestPostgresListenConnectionKilled(t *testing.T) {
+	t.Parallel()
+	url := freshPostgresURL(t)
+	var clients []*clientv3.Client
+	var first backends.Backend
+	for range 2 {
+		st, src := openPostgres(t, url)
+		t.Cleanup(func() { _ = src.Close() })
+		clients = append(clients, newClient(t, serveKVSQL(t, st, src, serverOptions{SafetyPoll: time.Hour})))
+		if first == nil {
+			first = st
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	wch := clients[1].Watch(ctx, "k", clientv3.WithPrefix())
+	ch := make(chan int64, 1)
+	var evs []*clientv3.Event
+	var werr error
+	done := make(chan struct{})
+	go func() { defer close(done); evs, werr = collect(ctx, wch, ch) }()
+
+	var acked []ackedPut
+	put := func(k string) {
+		resp, err := clients[0].Put(ctx, k, "v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		acked = append(acked, ackedPut{k, "v", resp.Header.Revision})
+	}
+	put("k1")
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var killed int
+	if err := conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND query LIKE 'LISTEN%'`).Scan(&killed); err != nil {
+		t.Fatal(err)
+	}
+	if killed != 2 {
+		t.Fatalf("terminated %d LISTEN connections, want 2", killed)
+	}
+	for i := 2; i <= 20; i++ {
+		put(fmt.Sprintf("k%d", i))
+	}
+	ch <- acked[len(acked)-1].rev
+	<-done
+	if werr != nil {
+		t.Fatalf("watch across the killed LISTEN connection: %v", werr)
+	}
+	checkHistory(t, ctx, clients[0], first, acked, map[string][]*clientv3.Event{"watch on instance 1": evs}, acked[len(acked)-1].rev)
+}
+
+// waitForRevision polls until the store reaches rev.
+func waitForRevision(t *testing.T, ctx context.Context, c *clientv3.Client, rev int64) {
+	t.Helper()
+	for {
+		resp, err := c.Get(ctx, "x", clientv3.WithCountOnly())
+		if err == nil && resp.Header.Revision >= rev {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("revision %d not reached: %v", rev, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// freshPostgresURLOn creates a database on a specific throwaway server.
+func freshPostgresURLOn(t *testing.T, p *pgServer) string {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, p.url("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE kvsql_fault"); err != nil {
+		t.Fatal(err)
+	}
+	return p.url("kvsql_fault")
+}

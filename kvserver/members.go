@@ -1,0 +1,92 @@
+package kvserver
+
+import (
+	"context"
+	"time"
+
+	"github.com/kvsql/kvsql/backends"
+)
+
+const (
+	// heartbeatInterval is how often an instance records itself as alive;
+	// an instance silent for memberTimeout is left out of MemberList.
+	heartbeatInterval = 2 * time.Second
+	memberTimeout     = 3 * heartbeatInterval
+)
+
+// leaderElector is implemented by backends that several instances share:
+// one instance at a time holds leadership and does the leader duties
+// (revoking expired leases). Backends without it are always leader.
+type leaderElector interface {
+	TryLead(ctx context.Context) (bool, error)
+}
+
+// memberRegistry is implemented by backends that several instances share,
+// so that MemberList reports every live instance.
+type memberRegistry interface {
+	Heartbeat(ctx context.Context, m backends.Member) error
+	Members(ctx context.Context, maxAge time.Duration) ([]backends.Member, error)
+	Forget(ctx context.Context, id uint64) error
+}
+
+func (s *Server) self() backends.Member {
+	return backends.Member{ID: s.memberID, Name: s.cfg.Name, ClientURLs: s.cfg.ClientURLs}
+}
+
+// isLeader reports whether this instance should do the leader duties now.
+func (s *Server) isLeader(ctx context.Context) bool {
+	le, ok := s.be.(leaderElector)
+	if !ok {
+		return true
+	}
+	lead, err := le.TryLead(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("leader election failed; will retry", "err", err)
+		}
+		return false
+	}
+	return lead
+}
+
+// heartbeat records this instance in the member registry until ctx ends,
+// then removes it.
+func (s *Server) heartbeat(ctx context.Context) error {
+	reg, ok := s.be.(memberRegistry)
+	if !ok {
+		return nil
+	}
+	t := time.NewTicker(heartbeatInterval)
+	defer t.Stop()
+	for {
+		if err := reg.Heartbeat(ctx, s.self()); err != nil && ctx.Err() == nil {
+			s.log.Warn("member heartbeat failed; will retry", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			defer cancel()
+			_ = reg.Forget(cctx, s.memberID)
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// members lists the live instances (this one at least).
+func (s *Server) members(ctx context.Context) ([]backends.Member, error) {
+	reg, ok := s.be.(memberRegistry)
+	if !ok {
+		return []backends.Member{s.self()}, nil
+	}
+	ms, err := reg.Members(ctx, memberTimeout)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range ms {
+		if m.ID == s.memberID {
+			return ms, nil
+		}
+	}
+	return append(ms, s.self()), nil
+}
