@@ -32,6 +32,9 @@ type serverOptions struct {
 	MaxRequestBytes        int
 	MaxTxnOps              int
 	ProgressNotifyInterval time.Duration
+	// SafetyPoll, if set, replaces the tailer's safety poll interval; tests
+	// of a change stream set it high so that only the stream delivers.
+	SafetyPoll time.Duration
 }
 
 // starter starts a fresh, empty server for one test and stops it at cleanup.
@@ -68,6 +71,7 @@ func serveKVSQL(t testing.TB, be backends.Backend, src interface {
 		MaxRequestBytes:        opts.MaxRequestBytes,
 		MaxTxnOps:              opts.MaxTxnOps,
 		ProgressNotifyInterval: opts.ProgressNotifyInterval,
+		SafetyPoll:             opts.SafetyPoll,
 		LeaseCheckInterval:     100 * time.Millisecond,
 	})
 	if err != nil {
@@ -154,10 +158,11 @@ func newClient(t testing.TB, s server) *clientv3.Client {
 }
 
 // kvsqlBackends lists the backends every backend-agnostic suite runs on.
-// PostgreSQL and MySQL join here when their backends land.
 var kvsqlBackends = []struct {
 	name  string
 	start starter
 }{
 	{"sqlite", startSQLite},
+	{"postgres", startPostgres},
+	{"mysql", startMySQL},
 }

@@ -1,0 +1,534 @@
+// Package mysql is the MySQL 8 / MariaDB 10.6+ dialect, through
+// go-sql-driver/mysql. Writers serialise on the kv_meta row (SELECT ... FOR
+// UPDATE), so revisions commit in order; every write transaction updates
+// kv_meta, which notify/binlog sees in the binary log as the commit's
+// revision. Reads run in REPEATABLE READ read-only transactions: one
+// snapshot per request. Lease expiry uses the database clock.
+package mysql
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	gomysql "github.com/go-sql-driver/mysql"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/kvsql/kvsql/backends"
+)
+
+//go:embed schema/*.sql
+var schemaFS embed.FS
+
+// MaxKeyBytes is the longest key this dialect stores (an InnoDB index limit).
+const MaxKeyBytes = 2048
+
+// Config configures Open.
+type Config struct {
+	// DSN is a go-sql-driver/mysql DSN: user:pass@tcp(host:3306)/db.
+	DSN string
+	// MaxOpenConns caps the connection pool (default 32).
+	MaxOpenConns int
+	Engine       backends.EngineConfig
+}
+
+// ParseEndpoint turns a kvsql endpoint (mysql://user:pass@tcp(host:port)/db)
+// into a driver config.
+func ParseEndpoint(endpoint string) (*gomysql.Config, error) {
+	dsn := strings.TrimPrefix(endpoint, "mysql://")
+	cfg, err := gomysql.ParseDSN(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("mysql: parse endpoint (want mysql://user:pass@tcp(host:3306)/db): %w", err)
+	}
+	if cfg.DBName == "" {
+		return nil, errors.New("mysql: the endpoint names no database (want mysql://user:pass@tcp(host:3306)/db)")
+	}
+	return cfg, nil
+}
+
+// Store is a backends.Engine on MySQL plus leader election and a member
+// registry for several instances sharing one database.
+type Store struct {
+	*backends.Engine
+	db     *sql.DB
+	cfg    *gomysql.Config
+	leader string // GET_LOCK name, per database
+
+	leadMu   sync.Mutex // guards leadConn
+	leadConn *sql.Conn  // holds the leader lock while open
+}
+
+var _ backends.Backend = (*Store)(nil)
+
+// Open connects, migrates the schema and starts the engine.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	dc, err := ParseEndpoint(cfg.DSN)
+	if err != nil {
+		return nil, err
+	}
+	dc.ClientFoundRows = true // UPDATE reports matched rows
+	dc.ParseTime = false
+	conn, err := gomysql.NewConnector(dc)
+	if err != nil {
+		return nil, fmt.Errorf("mysql: %w", err)
+	}
+	db := sql.OpenDB(conn)
+	n := cfg.MaxOpenConns
+	if n <= 0 {
+		n = 32
+	}
+	db.SetMaxOpenConns(n)
+	db.SetMaxIdleConns(n)
+	db.SetConnMaxLifetime(time.Hour)
+	if err := db.PingContext(ctx); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("mysql: connect to %s: %w", dc.Addr, err)
+	}
+	if err := migrate(ctx, db, migrateLock+"."+dc.DBName); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("mysql: migrate: %w", err)
+	}
+	d := &dialect{db: db}
+	return &Store{Engine: backends.NewEngine(d, cfg.Engine), db: db, cfg: dc, leader: leaderLock + "." + dc.DBName}, nil
+}
+
+// DB returns the connection pool.
+func (s *Store) DB() *sql.DB { return s.db }
+
+// DriverConfig returns the parsed connection settings (notify/binlog
+// connects as a replica with them).
+func (s *Store) DriverConfig() *gomysql.Config { return s.cfg.Clone() }
+
+// Close stops the engine, gives up leadership and closes the pool.
+func (s *Store) Close() error {
+	err := s.Engine.Close()
+	s.leadMu.Lock()
+	if s.leadConn != nil {
+		_ = s.leadConn.Close()
+		s.leadConn = nil
+	}
+	s.leadMu.Unlock()
+	return err
+}
+
+// TryLead reports whether this instance holds the leader lock (GET_LOCK on
+// a connection of its own), taking it if free. If this process dies its
+// session ends and the server releases the lock.
+func (s *Store) TryLead(ctx context.Context) (bool, error) {
+	s.leadMu.Lock()
+	defer s.leadMu.Unlock()
+	if s.leadConn != nil {
+		if err := s.leadConn.PingContext(ctx); err == nil {
+			return true, nil
+		}
+		_ = s.leadConn.Close()
+		s.leadConn = nil
+	}
+	c, err := s.db.Conn(ctx)
+	if err != nil {
+		return false, err
+	}
+	var got sql.NullInt64
+	if err := c.QueryRowContext(ctx, qGetLock, s.leader, 0).Scan(&got); err != nil {
+		_ = c.Close()
+		return false, err
+	}
+	if got.Int64 != 1 {
+		_ = c.Close()
+		return false, nil
+	}
+	s.leadConn = c
+	return true, nil
+}
+
+// Heartbeat records this instance as alive.
+func (s *Store) Heartbeat(ctx context.Context, m backends.Member) error {
+	_, err := s.db.ExecContext(ctx, qHeartbeat, m.ID, m.Name, strings.Join(m.ClientURLs, ","))
+	return err
+}
+
+// Members lists instances that sent a heartbeat within maxAge.
+func (s *Store) Members(ctx context.Context, maxAge time.Duration) ([]backends.Member, error) {
+	rows, err := s.db.QueryContext(ctx, qMembers, maxAge.Milliseconds())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []backends.Member
+	for rows.Next() {
+		var m backends.Member
+		var urls string
+		if err := rows.Scan(&m.ID, &m.Name, &urls); err != nil {
+			return nil, err
+		}
+		if urls != "" {
+			m.ClientURLs = strings.Split(urls, ",")
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// Forget removes a member record (on clean shutdown).
+func (s *Store) Forget(ctx context.Context, id uint64) error {
+	_, err := s.db.ExecContext(ctx, qForgetMember, id)
+	return err
+}
+
+// migrate applies schema/NNN_*.sql above the recorded version. MySQL DDL
+// commits implicitly, so instances starting together serialise on a named
+// lock instead of a transaction; each statement of a file runs in order.
+func migrate(ctx context.Context, db *sql.DB, lock string) error {
+	c, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var got sql.NullInt64
+	if err := c.QueryRowContext(ctx, qGetLock, lock, 60).Scan(&got); err != nil || got.Int64 != 1 {
+		return fmt.Errorf("take migration lock %s: %v (another instance may be stuck migrating)", lock, err)
+	}
+	defer func() { _, _ = c.ExecContext(context.WithoutCancel(ctx), qReleaseLck, lock) }()
+	if _, err := c.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS kv_schema (version INT NOT NULL) ENGINE=InnoDB`); err != nil {
+		return err
+	}
+	var have int
+	if err := c.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM kv_schema`).Scan(&have); err != nil {
+		return err
+	}
+	files, err := fs.Glob(schemaFS, "schema/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		n, err := strconv.Atoi(strings.SplitN(filepath.Base(f), "_", 2)[0])
+		if err != nil {
+			return fmt.Errorf("migration %s: bad name: %w", f, err)
+		}
+		if n <= have {
+			continue
+		}
+		body, err := schemaFS.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		for _, stmt := range splitStatements(string(body)) {
+			if _, err := c.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("migration %s: %w", f, err)
+			}
+		}
+		if _, err := c.ExecContext(ctx, `INSERT INTO kv_schema (version) VALUES (?)`, n); err != nil {
+			return fmt.Errorf("migration %s: %w", f, err)
+		}
+	}
+	return nil
+}
+
+// splitStatements splits a schema file on semicolons that end a line,
+// dropping comment lines.
+func splitStatements(body string) []string {
+	var out []string
+	var cur strings.Builder
+	for _, line := range strings.Split(body, "\n") {
+		if t := strings.TrimSpace(line); t == "" || strings.HasPrefix(t, "--") {
+			continue
+		}
+		cur.WriteString(line)
+		cur.WriteByte('\n')
+		if strings.HasSuffix(strings.TrimSpace(line), ";") {
+			out = append(out, strings.TrimSuffix(strings.TrimSpace(cur.String()), ";"))
+			cur.Reset()
+		}
+	}
+	return out
+}
+
+type dialect struct {
+	db *sql.DB
+}
+
+var _ backends.Dialect = (*dialect)(nil)
+
+func (d *dialect) BeginRead(ctx context.Context) (backends.Tx, error) {
+	tx, err := d.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	return &txn{tx: tx}, nil
+}
+
+func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
+	tx, err := d.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		return nil, err
+	}
+	t := &txn{tx: tx, locked: true}
+	if err := tx.QueryRowContext(ctx, qLockMeta).Scan(&t.lockedRev, &t.lockedCompact); err != nil {
+		_ = tx.Rollback()
+		return nil, fmt.Errorf("lock kv_meta: %w", err)
+	}
+	return t, nil
+}
+
+func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
+	var size, inUse int64
+	err := d.db.QueryRowContext(ctx, qSize).Scan(&size, &inUse)
+	return size, inUse, err
+}
+
+func (d *dialect) Defragment(ctx context.Context) error {
+	rows, err := d.db.QueryContext(ctx, `OPTIMIZE TABLE kv_log, kv_current, kv_lease`)
+	if err != nil {
+		return err
+	}
+	return rows.Close()
+}
+
+func (d *dialect) Close() error { return d.db.Close() }
+
+type txn struct {
+	tx                       *sql.Tx
+	locked                   bool
+	lockedRev, lockedCompact int64
+}
+
+func (t *txn) Commit() error   { return t.tx.Commit() }
+func (t *txn) Rollback() error { return t.tx.Rollback() }
+
+func (t *txn) Revisions(ctx context.Context) (int64, int64, error) {
+	if t.locked {
+		return t.lockedRev, t.lockedCompact, nil
+	}
+	var cur, compact int64
+	err := t.tx.QueryRowContext(ctx, qRevisions).Scan(&cur, &compact)
+	return cur, compact, err
+}
+
+func (t *txn) SetRevision(ctx context.Context, rev int64) error {
+	if _, err := t.tx.ExecContext(ctx, qSetRevision, rev); err != nil {
+		return err
+	}
+	t.lockedRev = rev
+	return nil
+}
+
+func (t *txn) SetCompact(ctx context.Context, rev int64) error {
+	if _, err := t.tx.ExecContext(ctx, qSetCompact, rev); err != nil {
+		return err
+	}
+	t.lockedCompact = rev
+	return nil
+}
+
+func sqlLimit(limit int64) int64 {
+	if limit <= 0 {
+		return math.MaxInt64
+	}
+	return limit
+}
+
+func (t *txn) Range(ctx context.Context, kr backends.KeyRange, rev, limit int64, keysOnly bool) ([]*mvccpb.KeyValue, error) {
+	var q string
+	var args []any
+	lim := sqlLimit(limit)
+	switch {
+	case rev == 0 && kr.Single():
+		q, args = qCurrentSingle, []any{keysOnly, kr.Key, lim}
+	case rev == 0 && kr.FromKey:
+		q, args = qCurrentFromKey, []any{keysOnly, kr.Key, lim}
+	case rev == 0:
+		q, args = qCurrentRange, []any{keysOnly, kr.Key, kr.End, lim}
+	case kr.Single():
+		q, args = qLogSingle, []any{keysOnly, kr.Key, rev, rev, lim}
+	case kr.FromKey:
+		q, args = qLogFromKey, []any{keysOnly, kr.Key, rev, rev, lim}
+	default:
+		q, args = qLogRange, []any{keysOnly, kr.Key, kr.End, rev, rev, lim}
+	}
+	return t.queryKVs(ctx, q, args...)
+}
+
+func (t *txn) queryKVs(ctx context.Context, q string, args ...any) ([]*mvccpb.KeyValue, error) {
+	rows, err := t.tx.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var kvs []*mvccpb.KeyValue
+	for rows.Next() {
+		kv := &mvccpb.KeyValue{}
+		if err := rows.Scan(&kv.Key, &kv.CreateRevision, &kv.ModRevision, &kv.Version, &kv.Lease, &kv.Value); err != nil {
+			return nil, err
+		}
+		kvs = append(kvs, kv)
+	}
+	return kvs, rows.Err()
+}
+
+func (t *txn) Count(ctx context.Context, kr backends.KeyRange, rev int64) (int64, error) {
+	var q string
+	var args []any
+	switch {
+	case rev == 0 && kr.Single():
+		q, args = qCountCurSingle, []any{kr.Key}
+	case rev == 0 && kr.FromKey:
+		q, args = qCountCurFromKey, []any{kr.Key}
+	case rev == 0:
+		q, args = qCountCurRange, []any{kr.Key, kr.End}
+	case kr.Single():
+		q, args = qCountLogSngl, []any{kr.Key, rev, rev}
+	case kr.FromKey:
+		q, args = qCountLogFrom, []any{kr.Key, rev, rev}
+	default:
+		q, args = qCountLogRange, []any{kr.Key, kr.End, rev, rev}
+	}
+	var n int64
+	err := t.tx.QueryRowContext(ctx, q, args...).Scan(&n)
+	return n, err
+}
+
+// errKeyTooLong is returned for a key the schema cannot hold.
+var errKeyTooLong = fmt.Errorf("%w: the MySQL backend stores keys of at most %d bytes", backends.ErrKeyTooLarge, MaxKeyBytes)
+
+func (t *txn) Write(ctx context.Context, rows []backends.LogRow) error {
+	for _, r := range rows {
+		if len(r.Key) > MaxKeyBytes {
+			return errKeyTooLong
+		}
+		if _, err := t.tx.ExecContext(ctx, qInsertLog, r.Rev, r.Sub, r.Key, r.Deleted, r.CreateRev, r.PrevRev, r.Version, r.Lease, nonNil(r.Value)); err != nil {
+			return fmt.Errorf("append revision %d.%d: %w", r.Rev, r.Sub, err)
+		}
+		var err error
+		if r.Deleted {
+			_, err = t.tx.ExecContext(ctx, qDeleteCurrent, r.Key)
+		} else {
+			_, err = t.tx.ExecContext(ctx, qUpsertCurrent, r.Key, r.CreateRev, r.Rev, r.Version, r.Lease, nonNil(r.Value))
+		}
+		if err != nil {
+			return fmt.Errorf("apply revision %d.%d: %w", r.Rev, r.Sub, err)
+		}
+	}
+	return nil
+}
+
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
+
+func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error) {
+	rows, err := t.tx.QueryContext(ctx, qChanges, after, upTo)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var evs []*mvccpb.Event
+	for rows.Next() {
+		kv := &mvccpb.KeyValue{}
+		var deleted bool
+		var pCreate, pMod, pVersion, pLease sql.NullInt64
+		var pValue []byte
+		if err := rows.Scan(&kv.ModRevision, &kv.Key, &deleted, &kv.CreateRevision, &kv.Version, &kv.Lease, &kv.Value,
+			&pCreate, &pMod, &pVersion, &pLease, &pValue); err != nil {
+			return nil, err
+		}
+		ev := &mvccpb.Event{Type: mvccpb.PUT, Kv: kv}
+		if deleted {
+			ev.Type = mvccpb.DELETE
+			ev.Kv = &mvccpb.KeyValue{Key: kv.Key, ModRevision: kv.ModRevision}
+		}
+		if pMod.Valid {
+			ev.PrevKv = &mvccpb.KeyValue{Key: kv.Key, CreateRevision: pCreate.Int64, ModRevision: pMod.Int64,
+				Version: pVersion.Int64, Lease: pLease.Int64, Value: pValue}
+		}
+		evs = append(evs, ev)
+	}
+	return evs, rows.Err()
+}
+
+func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error) {
+	res, err := t.tx.ExecContext(ctx, qDeleteHistory, from, to, compact, compact)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {
+	res, err := t.tx.ExecContext(ctx, qLeaseInsert, id, ttl, ttl)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+func (t *txn) LeaseGet(ctx context.Context, id int64) (ttl, remaining int64, found bool, err error) {
+	err = t.tx.QueryRowContext(ctx, qLeaseGet, id).Scan(&ttl, &remaining)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, 0, false, nil
+	}
+	return ttl, remaining, err == nil, err
+}
+
+func (t *txn) LeaseRenew(ctx context.Context, id int64) (int64, bool, error) {
+	res, err := t.tx.ExecContext(ctx, qLeaseRenew, id)
+	if err != nil {
+		return 0, false, err
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return 0, false, err
+	}
+	var ttl int64
+	if err := t.tx.QueryRowContext(ctx, qLeaseTTL, id).Scan(&ttl); err != nil {
+		return 0, false, err
+	}
+	return ttl, true, nil
+}
+
+func (t *txn) LeaseDelete(ctx context.Context, id int64) error {
+	_, err := t.tx.ExecContext(ctx, qLeaseDelete, id)
+	return err
+}
+
+func (t *txn) LeaseKeys(ctx context.Context, id int64) ([]*mvccpb.KeyValue, error) {
+	return t.queryKVs(ctx, qLeaseKeys, id)
+}
+
+func (t *txn) Leases(ctx context.Context) ([]int64, error) {
+	return t.queryIDs(ctx, qLeases)
+}
+
+func (t *txn) ExpiredLeases(ctx context.Context, limit int) ([]int64, error) {
+	return t.queryIDs(ctx, qLeaseExpired, limit)
+}
+
+func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, error) {
+	rows, err := t.tx.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}

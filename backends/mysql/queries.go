@@ -1,0 +1,77 @@
+package mysql
+
+// Every statement the MySQL/MariaDB dialect runs, with ? placeholders (each
+// argument is passed once per placeholder). Keys are VARBINARY, which
+// compares bytewise. nowMS is the database clock in Unix milliseconds.
+const (
+	nowMS = `CAST(ROUND(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED)`
+
+	qRevisions   = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1`
+	qLockMeta    = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1 FOR UPDATE`
+	qSetRevision = `UPDATE kv_meta SET rev = ? WHERE id = 1`
+	qSetCompact  = `UPDATE kv_meta SET compact_rev = ? WHERE id = 1`
+
+	// Range statements take (keysOnly, key[, end][, rev], limit).
+	curCols          = `k, create_rev, mod_rev, version, lease, IF(?, '', v)`
+	qCurrentSingle   = `SELECT ` + curCols + ` FROM kv_current WHERE k = ? LIMIT ?`
+	qCurrentRange    = `SELECT ` + curCols + ` FROM kv_current WHERE k >= ? AND k < ? ORDER BY k LIMIT ?`
+	qCurrentFromKey  = `SELECT ` + curCols + ` FROM kv_current WHERE k >= ? ORDER BY k LIMIT ?`
+	qCountCurSingle  = `SELECT COUNT(*) FROM kv_current WHERE k = ?`
+	qCountCurRange   = `SELECT COUNT(*) FROM kv_current WHERE k >= ? AND k < ?`
+	qCountCurFromKey = `SELECT COUNT(*) FROM kv_current WHERE k >= ?`
+
+	// A key's state at rev is its newest kv_log row at or below rev, if
+	// that row is not a tombstone. These take rev twice.
+	logCols        = `l.k, l.create_rev, l.rev, l.version, l.lease, IF(?, '', l.v)`
+	newest         = ` AND l.deleted = 0 AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.k = l.k AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= ?)`
+	qLogSingle     = `SELECT ` + logCols + ` FROM kv_log l WHERE l.k = ? AND l.rev <= ?` + newest + ` LIMIT ?`
+	qLogRange      = `SELECT ` + logCols + ` FROM kv_log l WHERE l.k >= ? AND l.k < ? AND l.rev <= ?` + newest + ` ORDER BY l.k LIMIT ?`
+	qLogFromKey    = `SELECT ` + logCols + ` FROM kv_log l WHERE l.k >= ? AND l.rev <= ?` + newest + ` ORDER BY l.k LIMIT ?`
+	qCountLogSngl  = `SELECT COUNT(*) FROM kv_log l WHERE l.k = ? AND l.rev <= ?` + newest
+	qCountLogRange = `SELECT COUNT(*) FROM kv_log l WHERE l.k >= ? AND l.k < ? AND l.rev <= ?` + newest
+	qCountLogFrom  = `SELECT COUNT(*) FROM kv_log l WHERE l.k >= ? AND l.rev <= ?` + newest
+
+	qInsertLog = `INSERT INTO kv_log (rev, sub, k, deleted, create_rev, prev_rev, version, lease, v)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	qUpsertCurrent = `INSERT INTO kv_current (k, create_rev, mod_rev, version, lease, v) VALUES (?, ?, ?, ?, ?, ?)
+		ON DUPLICATE KEY UPDATE create_rev = VALUES(create_rev), mod_rev = VALUES(mod_rev),
+			version = VALUES(version), lease = VALUES(lease), v = VALUES(v)`
+	qDeleteCurrent = `DELETE FROM kv_current WHERE k = ?`
+
+	qChanges = `SELECT l.rev, l.k, l.deleted, l.create_rev, l.version, l.lease, l.v,
+			p.create_rev, p.rev, p.version, p.lease, p.v
+		FROM kv_log l LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.k = l.k AND p.rev = l.prev_rev AND p.deleted = 0
+		WHERE l.rev > ? AND l.rev <= ? ORDER BY l.rev, l.sub`
+
+	// qDeleteHistory takes (from, to, compact, compact). MySQL cannot
+	// delete from a table it reads in a subquery, so the rows to delete are
+	// selected through a derived table.
+	qDeleteHistory = `DELETE o FROM kv_log o JOIN (
+			SELECT l.rev, l.sub FROM kv_log l WHERE l.rev >= ? AND l.rev < ? AND l.rev < ? AND (l.deleted = 1 OR EXISTS
+				(SELECT 1 FROM kv_log n WHERE n.k = l.k AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= ?))
+		) d ON o.rev = d.rev AND o.sub = d.sub`
+
+	qLeaseInsert  = `INSERT IGNORE INTO kv_lease (id, ttl, expiry_ms) VALUES (?, ?, ` + nowMS + ` + ? * 1000)`
+	qLeaseGet     = `SELECT ttl, expiry_ms - ` + nowMS + ` FROM kv_lease WHERE id = ?`
+	qLeaseRenew   = `UPDATE kv_lease SET expiry_ms = ` + nowMS + ` + ttl * 1000 WHERE id = ? AND expiry_ms > ` + nowMS
+	qLeaseTTL     = `SELECT ttl FROM kv_lease WHERE id = ?`
+	qLeaseDelete  = `DELETE FROM kv_lease WHERE id = ?`
+	qLeaseKeys    = `SELECT k, create_rev, mod_rev, version, lease, v FROM kv_current WHERE lease = ? ORDER BY k`
+	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
+	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry_ms <= ` + nowMS + ` ORDER BY expiry_ms LIMIT ?`
+
+	qSize = `SELECT COALESCE(SUM(data_length + index_length), 0), COALESCE(SUM(data_length + index_length - data_free), 0)
+		FROM information_schema.tables WHERE table_schema = DATABASE()`
+
+	qHeartbeat = `INSERT INTO kv_member (id, name, client_urls, heartbeat_ms) VALUES (?, ?, ?, ` + nowMS + `)
+		ON DUPLICATE KEY UPDATE name = VALUES(name), client_urls = VALUES(client_urls), heartbeat_ms = VALUES(heartbeat_ms)`
+	qMembers      = `SELECT id, name, client_urls FROM kv_member WHERE heartbeat_ms > ` + nowMS + ` - ? ORDER BY id`
+	qForgetMember = `DELETE FROM kv_member WHERE id = ?`
+
+	// Named locks: one elects the instance doing lease expiry, one
+	// serialises schema migrations of instances starting together.
+	leaderLock  = "kvsql_leader"
+	migrateLock = "kvsql_migrate"
+	qGetLock    = `SELECT GET_LOCK(?, ?)`
+	qReleaseLck = `SELECT RELEASE_LOCK(?)`
+)
