@@ -31,6 +31,9 @@ type EngineConfig struct {
 	// OnCommit, if set, is called after every commit that created new
 	// revisions, with the newest revision. It must not block.
 	OnCommit func(rev int64)
+	// MaxKeyBytes, if set, is the longest key the database can store; a put
+	// of a longer key fails with ErrKeyTooLarge before anything is written.
+	MaxKeyBytes int
 }
 
 // Engine implements Backend on a Dialect. Writes are group-committed: one
@@ -400,5 +403,5 @@ func checkRev(rev, cur, compact int64) error {
 func isUserErr(err error) bool {
 	return errors.Is(err, ErrCompacted) || errors.Is(err, ErrFutureRev) ||
 		errors.Is(err, ErrKeyNotFound) || errors.Is(err, ErrLeaseNotFound) ||
-		errors.Is(err, ErrLeaseExists)
+		errors.Is(err, ErrLeaseExists) || errors.Is(err, ErrKeyTooLarge)
 }

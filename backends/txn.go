@@ -19,7 +19,7 @@ func (e *Engine) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, er
 			if err != nil {
 				return err
 			}
-			t := &txnState{tx: tx, base: cur, compact: compact}
+			t := &txnState{tx: tx, base: cur, compact: compact, maxKey: e.cfg.MaxKeyBytes}
 			resp, err = t.run(ctx, r)
 			return err
 		})
@@ -32,7 +32,7 @@ func (e *Engine) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, er
 		if err != nil {
 			return cur, err
 		}
-		t := &txnState{tx: tx, base: cur, compact: compact}
+		t := &txnState{tx: tx, base: cur, compact: compact, maxKey: e.cfg.MaxKeyBytes}
 		resp, err = t.run(ctx, r)
 		if err != nil {
 			if isUserErr(err) && t.sub == 0 {
@@ -74,6 +74,7 @@ type txnState struct {
 	base    int64 // the revision before this txn
 	compact int64
 	sub     int64 // sub-revisions written so far; > 0 means the txn writes base+1
+	maxKey  int   // longest storable key, 0: no limit
 	// pre maps each key this txn touched to the mod revision of its live
 	// version before the txn (0: absent). A watch event's prev_kv is the
 	// key's state at the previous revision, as in etcd, even when the same
@@ -226,6 +227,9 @@ func (t *txnState) check(ctx context.Context, r *pb.TxnRequest, path []bool) (in
 }
 
 func (t *txnState) checkPut(ctx context.Context, p *pb.PutRequest) error {
+	if t.maxKey > 0 && len(p.Key) > t.maxKey {
+		return ErrKeyTooLarge
+	}
 	if p.Lease != 0 {
 		_, _, found, err := t.tx.LeaseGet(ctx, p.Lease)
 		if err != nil {

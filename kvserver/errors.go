@@ -35,6 +35,8 @@ func toGRPC(err error) error {
 		return rpctypes.ErrGRPCLeaseNotFound
 	case errors.Is(err, backends.ErrLeaseExists):
 		return rpctypes.ErrGRPCLeaseExist
+	case errors.Is(err, backends.ErrKeyTooLarge):
+		return status.Error(codes.InvalidArgument, "kvsql: key is longer than this database backend can store (MySQL: 2048 bytes)")
 	case errors.Is(err, backends.ErrClosed):
 		return errShuttingDown
 	case errors.Is(err, context.Canceled):

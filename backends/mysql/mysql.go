@@ -99,6 +99,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("mysql: migrate: %w", err)
 	}
 	d := &dialect{db: db}
+	cfg.Engine.MaxKeyBytes = MaxKeyBytes
 	return &Store{Engine: backends.NewEngine(d, cfg.Engine), db: db, cfg: dc, leader: leaderLock + "." + dc.DBName}, nil
 }
 
@@ -398,14 +399,8 @@ func (t *txn) Count(ctx context.Context, kr backends.KeyRange, rev int64) (int64
 	return n, err
 }
 
-// errKeyTooLong is returned for a key the schema cannot hold.
-var errKeyTooLong = fmt.Errorf("%w: the MySQL backend stores keys of at most %d bytes", backends.ErrKeyTooLarge, MaxKeyBytes)
-
 func (t *txn) Write(ctx context.Context, rows []backends.LogRow) error {
 	for _, r := range rows {
-		if len(r.Key) > MaxKeyBytes {
-			return errKeyTooLong
-		}
 		if _, err := t.tx.ExecContext(ctx, qInsertLog, r.Rev, r.Sub, r.Key, r.Deleted, r.CreateRev, r.PrevRev, r.Version, r.Lease, nonNil(r.Value)); err != nil {
 			return fmt.Errorf("append revision %d.%d: %w", r.Rev, r.Sub, err)
 		}

@@ -26,10 +26,12 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/kvsql/kvsql/backends"
+	"github.com/kvsql/kvsql/backends/mysql"
 	"github.com/kvsql/kvsql/backends/postgres"
 	"github.com/kvsql/kvsql/backends/sqlite"
 	"github.com/kvsql/kvsql/kvserver"
 	"github.com/kvsql/kvsql/notify"
+	"github.com/kvsql/kvsql/notify/binlog"
 	"github.com/kvsql/kvsql/notify/local"
 	"github.com/kvsql/kvsql/notify/pgnotify"
 	"github.com/kvsql/kvsql/notify/poll"
@@ -55,6 +57,7 @@ type config struct {
 	pollInterval  time.Duration
 	safetyPoll    time.Duration
 	stmtTimeout   time.Duration
+	serverID      uint
 	certFile      string
 	keyFile       string
 	caFile        string
@@ -98,8 +101,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.advertiseURLs, "advertise-client-urls", "", "comma-separated client URLs to report in MemberList (default: --listen-client-urls)")
 	fs.StringVar(&c.name, "name", "default", "this member's name")
 	fs.StringVar(&c.dataDir, "data-dir", "kvsql-data", "directory for the embedded SQLite database")
-	fs.StringVar(&c.endpoint, "endpoint", "", "database URL; the scheme picks the backend: sqlite://PATH (default: sqlite://<data-dir>/state.db) or postgres://USER:PASS@HOST:PORT/DB?sslmode=...")
-	fs.StringVar(&c.notifyMode, "notify", "auto", "how watches learn of commits: auto (the database's change stream: in-process for SQLite, LISTEN/NOTIFY for PostgreSQL) or poll (read the log every --notify-poll-interval; for PgBouncer in transaction mode and other poolers where LISTEN cannot work)")
+	fs.StringVar(&c.endpoint, "endpoint", "", "database URL; the scheme picks the backend: sqlite://PATH (default: sqlite://<data-dir>/state.db) or postgres://USER:PASS@HOST:PORT/DB?sslmode=... or mysql://USER:PASS@tcp(HOST:PORT)/DB")
+	fs.StringVar(&c.notifyMode, "notify", "auto", "how watches learn of commits: auto (the database's change stream: in-process for SQLite, LISTEN/NOTIFY for PostgreSQL, the binlog for MySQL) or poll (read the log every --notify-poll-interval; for PgBouncer in transaction mode and other poolers where LISTEN cannot work, or MySQL servers whose binlog cannot be read)")
+	fs.UintVar(&c.serverID, "mysql-server-id", 0, "MySQL: the replica server_id this instance follows the binlog with; unique per instance (0: random)")
 	fs.DurationVar(&c.pollInterval, "notify-poll-interval", 100*time.Millisecond, "with --notify=poll: how often to read the log")
 	fs.DurationVar(&c.safetyPoll, "watch-safety-poll", kvserver.DefaultSafetyPoll, "how often watches re-read the log even without a notification (a safety net; never needed for correctness after a reconnect)")
 	fs.DurationVar(&c.stmtTimeout, "db-statement-timeout", 0, "PostgreSQL: statement_timeout for kvsql's statements (0: the server's default)")
@@ -195,9 +199,20 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger) (backends.Bac
 		}
 		return st, pgnotify.New(st.Pool(), postgres.NotifyChannel, log.With("component", "pgnotify")), nil
 	case "mysql":
-		return nil, nil, fmt.Errorf("--endpoint: the %s backend is not implemented yet; use sqlite:// or postgres://", scheme)
+		st, err := mysql.Open(ctx, mysql.Config{DSN: ep, Engine: backends.EngineConfig{Logger: log.With("component", "mysql")}})
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, redactMySQL(ep))
+		}
+		if c.notifyMode == "poll" {
+			return st, poll.Source{Interval: c.pollInterval}, nil
+		}
+		if err := binlog.Check(ctx, st.DB()); err != nil {
+			_ = st.Close()
+			return nil, nil, err
+		}
+		return st, binlog.New(binlog.Config{Driver: st.DriverConfig(), DB: st.DB(), ServerID: uint32(c.serverID), Logger: log.With("component", "binlog")}), nil
 	}
-	return nil, nil, fmt.Errorf("--endpoint: unknown scheme %q; supported: sqlite://, postgres://", scheme)
+	return nil, nil, fmt.Errorf("--endpoint: unknown scheme %q; supported: sqlite://, postgres://, mysql://", scheme)
 }
 
 // redact hides a password in a URL-like string.
@@ -209,6 +224,20 @@ func redact(s string) string {
 		}
 	}
 	return s
+}
+
+// redactMySQL hides the password of a mysql://user:pass@tcp(...)/db endpoint.
+func redactMySQL(s string) string {
+	rest := strings.TrimPrefix(s, "mysql://")
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return s
+	}
+	user, _, hasPass := strings.Cut(rest[:at], ":")
+	if !hasPass {
+		return s
+	}
+	return "mysql://" + user + ":xxxxx" + rest[at:]
 }
 
 func tlsConfig(c *config) (*tls.Config, error) {

@@ -40,3 +40,11 @@ func TestRedactHidesPassword(t *testing.T) {
 		t.Fatalf("redact left the password in %q", got)
 	}
 }
+
+func TestRedactMySQLHidesPassword(t *testing.T) {
+	t.Parallel()
+	got := redactMySQL("mysql://kv:s3cret@tcp(db:3306)/kv")
+	if strings.Contains(got, "s3cret") || !strings.Contains(got, "tcp(db:3306)/kv") {
+		t.Fatalf("redactMySQL = %q", got)
+	}
+}
