@@ -43,7 +43,10 @@ type hub struct {
 	// been read. start is the revision before the oldest one in the window.
 	rev, start int64
 	events     []*mvccpb.Event
-	changed    chan struct{} // closed and replaced when rev advances
+	// want is the newest revision the notify source reported; the tailer
+	// keeps reading until rev reaches it.
+	want    int64
+	changed chan struct{} // closed and replaced when rev advances
 }
 
 func newHub(be backends.Backend, src notify.Source, poll time.Duration, log *slog.Logger) *hub {
@@ -127,22 +130,31 @@ func (h *hub) run(ctx context.Context) error {
 	defer func() { <-done }()
 	go func() {
 		defer close(done)
+		failWait := 50 * time.Millisecond
 		for ctx.Err() == nil {
 			h.mu.Lock()
 			after := h.rev
 			h.mu.Unlock()
-			if _, err := h.src.Next(ctx, after); err != nil {
+			rev, err := h.src.Next(ctx, after)
+			if err != nil {
 				if ctx.Err() != nil {
 					return
 				}
-				h.log.Warn("notify source failed; relying on the safety poll", "err", err)
+				// The source reconnects on its next call and then makes us
+				// re-read the log; the safety poll covers the gap.
+				h.log.Warn("notify source failed; reconnecting", "err", err, "retry_in", failWait)
 				select {
-				case <-time.After(time.Second):
+				case <-time.After(failWait):
 				case <-ctx.Done():
 					return
 				}
+				failWait = min(failWait*2, 2*time.Second)
 				continue
 			}
+			failWait = 50 * time.Millisecond
+			h.mu.Lock()
+			h.want = max(h.want, rev)
+			h.mu.Unlock()
 			select {
 			case wake <- struct{}{}:
 			default:
@@ -159,6 +171,7 @@ func (h *hub) run(ctx context.Context) error {
 	t := time.NewTicker(h.poll)
 	defer t.Stop()
 	backoff := 10 * time.Millisecond
+	retryWait := time.Millisecond
 	for {
 		if err := h.catchUp(ctx); err != nil {
 			if ctx.Err() != nil {
@@ -174,10 +187,25 @@ func (h *hub) run(ctx context.Context) error {
 			continue
 		}
 		backoff = 10 * time.Millisecond
+		// A source may report a commit before this instance can read it:
+		// MySQL sends a transaction's binlog events before InnoDB makes its
+		// rows visible. Until the log shows what was reported, read again
+		// soon instead of waiting for the next notification.
+		h.mu.Lock()
+		behind := h.rev < h.want
+		h.mu.Unlock()
+		var retry <-chan time.Time
+		if behind {
+			retry = time.After(retryWait)
+			retryWait = min(retryWait*2, 200*time.Millisecond)
+		} else {
+			retryWait = time.Millisecond
+		}
 		select {
 		case <-wake:
 		case <-h.kickCh:
 		case <-t.C:
+		case <-retry:
 		case <-ctx.Done():
 			return nil
 		}

@@ -68,14 +68,17 @@ type config struct {
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	// After the first signal, a second one stops the process at once.
+	// The first SIGINT/SIGTERM starts a graceful stop; a second one exits at
+	// once. One channel, never unregistered, so that no signal falls in a
+	// gap between the two.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	go func() {
-		<-ctx.Done()
-		stop()
-		again := make(chan os.Signal, 1)
-		signal.Notify(again, os.Interrupt, syscall.SIGTERM)
-		<-again
+		<-sigs
+		cancel()
+		<-sigs
 		fmt.Fprintln(os.Stderr, "kvsql: second signal, exiting now")
 		os.Exit(1)
 	}()
