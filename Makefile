@@ -1,0 +1,44 @@
+# kvsql: `make help` lists the targets.
+
+GO          ?= go
+CACHE       := $(CURDIR)/.cache
+# etcdctl pinned in tools/etcdctl/go.mod, built once into the (gitignored)
+# cache; `make test ETCDCTL=/path/to/etcdctl` uses another one instead.
+ETCDCTL_BIN := $(CACHE)/bin/etcdctl
+ETCDCTL     ?=
+TEST_FLAGS  := -race -count=1 -timeout 45m
+ARGS        ?=
+GOFILES      = $(shell find . -name '*.go' -not -path './.cache/*' -not -path './.git/*')
+
+.DEFAULT_GOAL := help
+.PHONY: help build run test test-race etcdctl lint fmt bench readme
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build bin/kvsql
+	$(GO) build -o bin/kvsql ./cmd/kvsql
+
+run: ## run kvsql on the embedded SQLite default (./kvsql-data, 127.0.0.1:2379); flags in ARGS="..."
+	$(GO) run ./cmd/kvsql $(ARGS)
+
+etcdctl: ## build the pinned etcdctl into .cache/bin
+	cd tools/etcdctl && $(GO) build -buildvcs=false -o $(ETCDCTL_BIN) go.etcd.io/etcd/etcdctl/v3
+
+test: $(if $(ETCDCTL),,etcdctl) ## run the whole suite with -race (what CI runs)
+	ETCDCTL=$(or $(ETCDCTL),$(ETCDCTL_BIN)) $(GO) test $(TEST_FLAGS) ./...
+
+test-race: test ## same as test
+
+lint: ## gofmt -l and go vet
+	@out=$$(gofmt -l $(GOFILES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+fmt: ## gofmt -w the tree
+	gofmt -w $(GOFILES)
+
+bench: ## run the benchmarks (bench/run.sh)
+	@if [ -f bench/run.sh ]; then bash bench/run.sh; else echo "bench/run.sh does not exist yet"; fi
+
+readme: ## regenerate README.md's flags table from kvsql --help
+	$(GO) test ./integration -run '^TestProcessReadmeFlags$$' -count=1 -update-readme

@@ -1,0 +1,23 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"testing"
+)
+
+// toolDir holds binaries built for this test run (the kvsql binary, and
+// etcdctl when $ETCDCTL is not set); TestMain removes it at the end.
+var toolDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kvsql-integration-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		os.Exit(2)
+	}
+	toolDir = dir
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
