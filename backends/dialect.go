@@ -106,3 +106,12 @@ type Tx interface {
 	Commit() error
 	Rollback() error
 }
+
+// LatestGetter is implemented by dialects that can read the current
+// revision and one key's latest version in a single statement (one
+// snapshot, one round trip): the common Get then skips a transaction.
+type LatestGetter interface {
+	// GetLatest returns the current revision and key's live version (nil
+	// if absent); keysOnly leaves the value empty.
+	GetLatest(ctx context.Context, key []byte, keysOnly bool) (cur int64, kv *mvccpb.KeyValue, err error)
+}

@@ -64,7 +64,8 @@ var _ Backend = (*Engine)(nil)
 // back; a request's own (user-facing) failure goes into res.err instead.
 type writeReq struct {
 	ctx   context.Context
-	apply func(ctx context.Context, tx Tx, rev int64) (int64, error)
+	keys  [][]byte // single keys apply will read: loaded for the whole batch at once
+	apply func(ctx context.Context, o *overlay, rev int64) (int64, error)
 	done  chan error
 }
 
@@ -100,8 +101,14 @@ func (e *Engine) Close() error {
 }
 
 // write queues apply for the writer and waits for the batch to commit.
-func (e *Engine) write(ctx context.Context, apply func(ctx context.Context, tx Tx, rev int64) (int64, error)) error {
-	req := &writeReq{ctx: ctx, apply: apply, done: make(chan error, 1)}
+func (e *Engine) write(ctx context.Context, apply func(ctx context.Context, o *overlay, rev int64) (int64, error)) error {
+	return e.writeKeys(ctx, nil, apply)
+}
+
+// writeKeys is write with the single keys apply will read, so that the
+// writer loads them for the whole batch in one statement.
+func (e *Engine) writeKeys(ctx context.Context, keys [][]byte, apply func(ctx context.Context, o *overlay, rev int64) (int64, error)) error {
+	req := &writeReq{ctx: ctx, keys: keys, apply: apply, done: make(chan error, 1)}
 	select {
 	case e.writes <- req:
 	case <-e.stop:
@@ -166,19 +173,34 @@ func (e *Engine) commitBatch(batch []*writeReq) {
 		return
 	}
 	rev := start
+	o := newOverlay(tx)
+	var keys [][]byte
+	for _, req := range batch {
+		keys = append(keys, req.keys...)
+	}
+	if err := o.prefetch(ctx, keys); err != nil {
+		_ = tx.Rollback()
+		fail(fmt.Errorf("load keys: %w", err))
+		return
+	}
 	results := make([]error, len(batch))
 	for i, req := range batch {
 		if err := req.ctx.Err(); err != nil {
 			results[i] = err
 			continue
 		}
-		next, err := req.apply(ctx, tx, rev)
+		next, err := req.apply(ctx, o, rev)
 		if err != nil {
 			_ = tx.Rollback()
 			fail(err)
 			return
 		}
 		rev = next
+	}
+	if err := o.flush(ctx); err != nil {
+		_ = tx.Rollback()
+		fail(fmt.Errorf("write revisions %d..%d: %w", start+1, rev, err))
+		return
 	}
 	if rev != start {
 		if err := tx.SetRevision(ctx, rev); err != nil {
@@ -225,6 +247,9 @@ func (e *Engine) Revisions(ctx context.Context) (current, compact int64, err err
 
 // Range implements Backend.
 func (e *Engine) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	if g, ok := e.d.(LatestGetter); ok && isPlainGet(r) {
+		return e.getLatest(ctx, g, r)
+	}
 	var resp *pb.RangeResponse
 	err := e.read(ctx, func(tx Tx) error {
 		cur, compact, err := tx.Revisions(ctx)
@@ -240,6 +265,37 @@ func (e *Engine) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRespon
 		return err
 	})
 	return resp, err
+}
+
+// isPlainGet reports whether r reads one key's latest version with no
+// filter, so that a LatestGetter can answer it in one statement.
+func isPlainGet(r *pb.RangeRequest) bool {
+	return r.Revision <= 0 && len(r.RangeEnd) == 0 && !r.CountOnly &&
+		r.MinModRevision == 0 && r.MaxModRevision == 0 && r.MinCreateRevision == 0 && r.MaxCreateRevision == 0
+}
+
+func (e *Engine) getLatest(ctx context.Context, g LatestGetter, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	select {
+	case <-e.stop:
+		return nil, ErrClosed
+	default:
+	}
+	cur, kv, err := g.GetLatest(ctx, r.Key, r.KeysOnly)
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: cur}}
+	if kv != nil {
+		if r.KeysOnly {
+			// as rangeAt: etcd answers keys_only from its index, which has no lease
+			kv.Value = nil
+			if r.SortTarget != pb.RangeRequest_VALUE {
+				kv.Lease = 0
+			}
+		}
+		resp.Kvs, resp.Count = []*mvccpb.KeyValue{kv}, 1
+	}
+	return resp, nil
 }
 
 // Changes implements Backend.
@@ -271,7 +327,11 @@ func (e *Engine) Compact(ctx context.Context, rev int64) error {
 	defer e.compactMu.Unlock()
 	var prevCompact int64
 	var userErr error
-	err := e.write(ctx, func(ctx context.Context, tx Tx, cur int64) (int64, error) {
+	err := e.write(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
+		tx, err := o.db(ctx)
+		if err != nil {
+			return cur, err
+		}
 		_, compact, err := tx.Revisions(ctx)
 		if err != nil {
 			return cur, err

@@ -8,8 +8,8 @@ import (
 // LeaseGrant implements Backend.
 func (e *Engine) LeaseGrant(ctx context.Context, id, ttl int64) error {
 	var userErr error
-	err := e.write(ctx, func(ctx context.Context, tx Tx, cur int64) (int64, error) {
-		ok, err := tx.LeaseInsert(ctx, id, ttl)
+	err := e.write(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
+		ok, err := o.tx.LeaseInsert(ctx, id, ttl)
 		if err != nil {
 			return cur, fmt.Errorf("insert lease %d: %w", id, err)
 		}
@@ -27,8 +27,8 @@ func (e *Engine) LeaseGrant(ctx context.Context, id, ttl int64) error {
 // LeaseRevoke implements Backend.
 func (e *Engine) LeaseRevoke(ctx context.Context, id int64) error {
 	var userErr error
-	err := e.write(ctx, func(ctx context.Context, tx Tx, cur int64) (int64, error) {
-		next, found, err := revokeIn(ctx, tx, cur, id)
+	err := e.write(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
+		next, found, err := revokeIn(ctx, o, cur, id)
 		if err == nil && !found {
 			userErr = ErrLeaseNotFound
 		}
@@ -42,7 +42,11 @@ func (e *Engine) LeaseRevoke(ctx context.Context, id int64) error {
 
 // revokeIn deletes lease id and its keys inside tx, all keys in one new
 // revision in key order (as etcd does). It returns the revision after it.
-func revokeIn(ctx context.Context, tx Tx, cur, id int64) (int64, bool, error) {
+func revokeIn(ctx context.Context, o *overlay, cur, id int64) (int64, bool, error) {
+	tx, err := o.db(ctx) // the lease's keys are found by a query
+	if err != nil {
+		return cur, false, err
+	}
 	_, _, found, err := tx.LeaseGet(ctx, id)
 	if err != nil || !found {
 		return cur, false, err
@@ -61,9 +65,7 @@ func revokeIn(ctx context.Context, tx Tx, cur, id int64) (int64, bool, error) {
 	for i, kv := range kvs {
 		rows[i] = LogRow{Rev: cur + 1, Sub: int64(i), Key: kv.Key, Deleted: true, PrevRev: kv.ModRevision, Value: []byte{}}
 	}
-	if err := tx.Write(ctx, rows); err != nil {
-		return cur, true, fmt.Errorf("delete keys of lease %d: %w", id, err)
-	}
+	o.write(rows...)
 	return cur + 1, true, nil
 }
 
@@ -71,9 +73,9 @@ func revokeIn(ctx context.Context, tx Tx, cur, id int64) (int64, bool, error) {
 func (e *Engine) LeaseRenew(ctx context.Context, id int64) (int64, error) {
 	var ttl int64
 	var found bool
-	err := e.write(ctx, func(ctx context.Context, tx Tx, cur int64) (int64, error) {
+	err := e.write(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
 		var err error
-		ttl, found, err = tx.LeaseRenew(ctx, id)
+		ttl, found, err = o.tx.LeaseRenew(ctx, id)
 		return cur, err
 	})
 	if err != nil {
@@ -126,13 +128,13 @@ func (e *Engine) Leases(ctx context.Context) ([]int64, error) {
 // revision, inside one group-commit batch.
 func (e *Engine) ExpireLeases(ctx context.Context) (int, error) {
 	n := 0
-	err := e.write(ctx, func(ctx context.Context, tx Tx, cur int64) (int64, error) {
-		ids, err := tx.ExpiredLeases(ctx, expireBatch)
+	err := e.write(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
+		ids, err := o.tx.ExpiredLeases(ctx, expireBatch)
 		if err != nil {
 			return cur, fmt.Errorf("list expired leases: %w", err)
 		}
 		for _, id := range ids {
-			next, found, err := revokeIn(ctx, tx, cur, id)
+			next, found, err := revokeIn(ctx, o, cur, id)
 			if err != nil {
 				return cur, err
 			}

@@ -38,6 +38,14 @@ func (e *Engine) RangeStream(ctx context.Context, r *pb.RangeRequest, chunkBytes
 		total := r.Limit // 0: everything
 		var sent int64
 		chunk := int64(firstStreamChunk)
+		// As in etcd, the last chunk of kvs travels in the final message
+		// with the header, count and more: each chunk is held back until
+		// the next one is read, and the last one is returned in resp.Kvs.
+		// kube-apiserver depends on this framing: it stops reading a
+		// limited list at the message that fills the page and takes the
+		// revision and count from that message, and it treats any message
+		// after a chunk as "more keys follow".
+		var held []*mvccpb.KeyValue
 		for {
 			want := chunk
 			if total > 0 {
@@ -62,11 +70,15 @@ func (e *Engine) RangeStream(ctx context.Context, r *pb.RangeRequest, chunkBytes
 				}
 			}
 			if len(kvs) > 0 {
-				if err := send(kvs); err != nil {
-					return err
+				if len(held) > 0 {
+					if err := send(held); err != nil {
+						return err
+					}
 				}
+				held = kvs
 			}
 			sent += int64(len(kvs))
+			resp.Kvs = held
 			if !more || kr.Single() {
 				resp.Count = sent
 				return nil

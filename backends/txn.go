@@ -19,7 +19,10 @@ func (e *Engine) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, er
 			if err != nil {
 				return err
 			}
-			t := &txnState{tx: tx, base: cur, compact: compact, maxKey: e.cfg.MaxKeyBytes}
+			t := &txnState{o: newOverlay(tx), base: cur, compact: compact, maxKey: e.cfg.MaxKeyBytes}
+			if err := t.o.prefetch(ctx, txnKeys(r, nil)); err != nil {
+				return err
+			}
 			resp, err = t.run(ctx, r)
 			return err
 		})
@@ -27,12 +30,12 @@ func (e *Engine) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, er
 	}
 	var resp *pb.TxnResponse
 	var userErr error
-	err := e.write(ctx, func(ctx context.Context, tx Tx, cur int64) (int64, error) {
-		_, compact, err := tx.Revisions(ctx)
+	err := e.writeKeys(ctx, txnKeys(r, nil), func(ctx context.Context, o *overlay, cur int64) (int64, error) {
+		_, compact, err := o.tx.Revisions(ctx)
 		if err != nil {
 			return cur, err
 		}
-		t := &txnState{tx: tx, base: cur, compact: compact, maxKey: e.cfg.MaxKeyBytes}
+		t := &txnState{o: o, base: cur, compact: compact, maxKey: e.cfg.MaxKeyBytes}
 		resp, err = t.run(ctx, r)
 		if err != nil {
 			if isUserErr(err) && t.sub == 0 {
@@ -68,9 +71,38 @@ func isReadOnly(r *pb.TxnRequest) bool {
 	return true
 }
 
+// txnKeys appends every single key r names (compares, ops, nested txns)
+// to keys: what the writer loads up front.
+func txnKeys(r *pb.TxnRequest, keys [][]byte) [][]byte {
+	for _, c := range r.Compare {
+		if len(c.RangeEnd) == 0 {
+			keys = append(keys, c.Key)
+		}
+	}
+	for _, ops := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, op := range ops {
+			switch v := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+				if len(v.RequestRange.RangeEnd) == 0 {
+					keys = append(keys, v.RequestRange.Key)
+				}
+			case *pb.RequestOp_RequestPut:
+				keys = append(keys, v.RequestPut.Key)
+			case *pb.RequestOp_RequestDeleteRange:
+				if len(v.RequestDeleteRange.RangeEnd) == 0 {
+					keys = append(keys, v.RequestDeleteRange.Key)
+				}
+			case *pb.RequestOp_RequestTxn:
+				keys = txnKeys(v.RequestTxn, keys)
+			}
+		}
+	}
+	return keys
+}
+
 // txnState evaluates one client Txn inside a database transaction.
 type txnState struct {
-	tx      Tx
+	o       *overlay
 	base    int64 // the revision before this txn
 	compact int64
 	sub     int64 // sub-revisions written so far; > 0 means the txn writes base+1
@@ -145,7 +177,7 @@ func branch(r *pb.TxnRequest, success bool) []*pb.RequestOp {
 // compare evaluates one Compare: true when every key in its range matches.
 // A missing key compares as a zero KeyValue, except for VALUE where it fails.
 func (t *txnState) compare(ctx context.Context, c *pb.Compare) (bool, error) {
-	kvs, err := t.tx.Range(ctx, NewKeyRange(c.Key, c.RangeEnd), 0, 0, c.Target != pb.Compare_VALUE)
+	kvs, err := t.current(ctx, NewKeyRange(c.Key, c.RangeEnd), c.Target != pb.Compare_VALUE)
 	if err != nil {
 		return false, err
 	}
@@ -231,7 +263,7 @@ func (t *txnState) checkPut(ctx context.Context, p *pb.PutRequest) error {
 		return ErrKeyTooLarge
 	}
 	if p.Lease != 0 {
-		_, _, found, err := t.tx.LeaseGet(ctx, p.Lease)
+		_, _, found, err := t.o.tx.LeaseGet(ctx, p.Lease)
 		if err != nil {
 			return err
 		}
@@ -240,11 +272,11 @@ func (t *txnState) checkPut(ctx context.Context, p *pb.PutRequest) error {
 		}
 	}
 	if p.IgnoreValue || p.IgnoreLease {
-		kvs, err := t.tx.Range(ctx, KeyRange{Key: p.Key}, 0, 1, true)
+		kv, err := t.o.get(ctx, p.Key)
 		if err != nil {
 			return err
 		}
-		if len(kvs) == 0 {
+		if kv == nil {
 			return ErrKeyNotFound
 		}
 	}
@@ -293,7 +325,28 @@ func (t *txnState) exec(ctx context.Context, r *pb.TxnRequest, path []bool) (*pb
 }
 
 func (t *txnState) rangeOp(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
-	return rangeAt(ctx, t.tx, r, t.rev(), t.sub > 0)
+	tx, err := t.o.db(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return rangeAt(ctx, tx, r, t.rev(), t.sub > 0)
+}
+
+// current returns the latest versions of the keys in kr: a single key from
+// the overlay, a range from the database (after flushing the overlay).
+func (t *txnState) current(ctx context.Context, kr KeyRange, keysOnly bool) ([]*mvccpb.KeyValue, error) {
+	if kr.Single() {
+		kv, err := t.o.get(ctx, kr.Key)
+		if err != nil || kv == nil {
+			return nil, err
+		}
+		return []*mvccpb.KeyValue{kv}, nil
+	}
+	tx, err := t.o.db(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return tx.Range(ctx, kr, 0, 0, keysOnly)
 }
 
 // preRev records and returns the mod revision key had before this txn;
@@ -315,17 +368,13 @@ func (t *txnState) preRev(key []byte, cur *mvccpb.KeyValue) int64 {
 }
 
 func (t *txnState) put(ctx context.Context, p *pb.PutRequest) (*pb.PutResponse, error) {
-	prev, err := t.tx.Range(ctx, KeyRange{Key: p.Key}, 0, 1, false)
+	old, err := t.o.get(ctx, p.Key)
 	if err != nil {
 		return nil, err
 	}
 	rev := t.base + 1
 	row := LogRow{Rev: rev, Sub: t.sub, Key: p.Key, CreateRev: rev, Version: 1, Lease: p.Lease, Value: p.Value}
 	resp := &pb.PutResponse{}
-	var old *mvccpb.KeyValue
-	if len(prev) == 1 {
-		old = prev[0]
-	}
 	// A put that creates the key has no prev_kv in its watch event.
 	if pre := t.preRev(p.Key, old); old != nil {
 		row.PrevRev = pre
@@ -346,16 +395,14 @@ func (t *txnState) put(ctx context.Context, p *pb.PutRequest) (*pb.PutResponse, 
 	if row.Value == nil {
 		row.Value = []byte{}
 	}
-	if err := t.tx.Write(ctx, []LogRow{row}); err != nil {
-		return nil, err
-	}
+	t.o.write(row)
 	t.sub++
 	resp.Header = &pb.ResponseHeader{Revision: rev}
 	return resp, nil
 }
 
 func (t *txnState) deleteRange(ctx context.Context, d *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
-	kvs, err := t.tx.Range(ctx, NewKeyRange(d.Key, d.RangeEnd), 0, 0, !d.PrevKv)
+	kvs, err := t.current(ctx, NewKeyRange(d.Key, d.RangeEnd), !d.PrevKv)
 	if err != nil {
 		return nil, err
 	}
@@ -368,9 +415,7 @@ func (t *txnState) deleteRange(ctx context.Context, d *pb.DeleteRangeRequest) (*
 		for i, kv := range kvs {
 			rows[i] = LogRow{Rev: t.base + 1, Sub: t.sub + int64(i), Key: kv.Key, Deleted: true, PrevRev: t.preRev(kv.Key, kv), Value: []byte{}}
 		}
-		if err := t.tx.Write(ctx, rows); err != nil {
-			return nil, err
-		}
+		t.o.write(rows...)
 		t.sub += int64(len(kvs))
 	}
 	resp.Header = &pb.ResponseHeader{Revision: t.rev()}

@@ -282,6 +282,24 @@ func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
 	return t, nil
 }
 
+var _ backends.LatestGetter = (*dialect)(nil)
+
+func (d *dialect) GetLatest(ctx context.Context, key []byte, keysOnly bool) (int64, *mvccpb.KeyValue, error) {
+	var cur int64
+	var create, mod, version, lease sql.NullInt64
+	var value []byte
+	if err := d.db.QueryRowContext(ctx, qGetLatest, keysOnly, key).Scan(&cur, &create, &mod, &version, &lease, &value); err != nil {
+		return 0, nil, err
+	}
+	if !mod.Valid {
+		return cur, nil, nil
+	}
+	if value == nil {
+		value = []byte{}
+	}
+	return cur, &mvccpb.KeyValue{Key: key, CreateRevision: create.Int64, ModRevision: mod.Int64, Version: version.Int64, Lease: lease.Int64, Value: value}, nil
+}
+
 func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
 	var size, inUse int64
 	err := d.db.QueryRowContext(ctx, qSize).Scan(&size, &inUse)
@@ -399,22 +417,82 @@ func (t *txn) Count(ctx context.Context, kr backends.KeyRange, rev int64) (int64
 	return n, err
 }
 
+// writeChunk bounds the rows per statement (MySQL allows 65535 placeholders).
+const writeChunk = 500
+
+// repeatGroup returns n copies of group joined by commas.
+func repeatGroup(group string, n int) string {
+	return strings.TrimSuffix(strings.Repeat(group+",", n), ",")
+}
+
+// Write appends rows to kv_log and applies the newest row of each key to
+// kv_current, a few multi-row statements per chunk of rows.
 func (t *txn) Write(ctx context.Context, rows []backends.LogRow) error {
-	for _, r := range rows {
-		if _, err := t.tx.ExecContext(ctx, qInsertLog, r.Rev, r.Sub, r.Key, r.Deleted, r.CreateRev, r.PrevRev, r.Version, r.Lease, nonNil(r.Value)); err != nil {
-			return fmt.Errorf("append revision %d.%d: %w", r.Rev, r.Sub, err)
+	for len(rows) > 0 {
+		n := min(len(rows), writeChunk)
+		if err := t.writeChunk(ctx, rows[:n]); err != nil {
+			return err
 		}
-		var err error
+		rows = rows[n:]
+	}
+	return nil
+}
+
+func (t *txn) writeChunk(ctx context.Context, rows []backends.LogRow) error {
+	args := make([]any, 0, len(rows)*9)
+	last := make(map[string]int, len(rows))
+	for i, r := range rows {
+		args = append(args, r.Rev, r.Sub, r.Key, r.Deleted, r.CreateRev, r.PrevRev, r.Version, r.Lease, nonNil(r.Value))
+		last[string(r.Key)] = i
+	}
+	if _, err := t.tx.ExecContext(ctx, qInsertLogHead+repeatGroup(qInsertLogRow, len(rows)), args...); err != nil {
+		return fmt.Errorf("append revisions %d..%d: %w", rows[0].Rev, rows[len(rows)-1].Rev, err)
+	}
+	var dels, puts []any
+	nPuts := 0
+	for i, r := range rows {
+		if last[string(r.Key)] != i {
+			continue
+		}
 		if r.Deleted {
-			_, err = t.tx.ExecContext(ctx, qDeleteCurrent, r.Key)
+			dels = append(dels, r.Key)
 		} else {
-			_, err = t.tx.ExecContext(ctx, qUpsertCurrent, r.Key, r.CreateRev, r.Rev, r.Version, r.Lease, nonNil(r.Value))
+			puts = append(puts, r.Key, r.CreateRev, r.Rev, r.Version, r.Lease, nonNil(r.Value))
+			nPuts++
 		}
-		if err != nil {
-			return fmt.Errorf("apply revision %d.%d: %w", r.Rev, r.Sub, err)
+	}
+	if len(dels) > 0 {
+		if _, err := t.tx.ExecContext(ctx, qDeleteCurHead+repeatGroup("?", len(dels))+qPlaceholderTail, dels...); err != nil {
+			return fmt.Errorf("apply deletes of revisions %d..%d: %w", rows[0].Rev, rows[len(rows)-1].Rev, err)
+		}
+	}
+	if nPuts > 0 {
+		if _, err := t.tx.ExecContext(ctx, qUpsertCurHead+repeatGroup(qUpsertCurRow, nPuts)+qUpsertCurTail, puts...); err != nil {
+			return fmt.Errorf("apply puts of revisions %d..%d: %w", rows[0].Rev, rows[len(rows)-1].Rev, err)
 		}
 	}
 	return nil
+}
+
+var _ backends.CurrentGetter = (*txn)(nil)
+
+// Current implements backends.CurrentGetter.
+func (t *txn) Current(ctx context.Context, keys [][]byte) ([]*mvccpb.KeyValue, error) {
+	var out []*mvccpb.KeyValue
+	for len(keys) > 0 {
+		n := min(len(keys), writeChunk)
+		args := make([]any, n)
+		for i, k := range keys[:n] {
+			args[i] = k
+		}
+		kvs, err := t.queryKVs(ctx, qCurrentManyHead+repeatGroup("?", n)+qPlaceholderTail, args...)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, kvs...)
+		keys = keys[n:]
+	}
+	return out, nil
 }
 
 func nonNil(b []byte) []byte {

@@ -12,10 +12,14 @@ const (
 	qSetCompact  = `UPDATE kv_meta SET compact_rev = ? WHERE id = 1`
 
 	// Range statements take (keysOnly, key[, end][, rev], limit).
-	curCols          = `k, create_rev, mod_rev, version, lease, IF(?, '', v)`
-	qCurrentSingle   = `SELECT ` + curCols + ` FROM kv_current WHERE k = ? LIMIT ?`
-	qCurrentRange    = `SELECT ` + curCols + ` FROM kv_current WHERE k >= ? AND k < ? ORDER BY k LIMIT ?`
-	qCurrentFromKey  = `SELECT ` + curCols + ` FROM kv_current WHERE k >= ? ORDER BY k LIMIT ?`
+	curCols         = `k, create_rev, mod_rev, version, lease, IF(?, '', v)`
+	qCurrentSingle  = `SELECT ` + curCols + ` FROM kv_current WHERE k = ? LIMIT ?`
+	qCurrentRange   = `SELECT ` + curCols + ` FROM kv_current WHERE k >= ? AND k < ? ORDER BY k LIMIT ?`
+	qCurrentFromKey = `SELECT ` + curCols + ` FROM kv_current WHERE k >= ? ORDER BY k LIMIT ?`
+	// qGetLatest reads the revision and one key in one statement: one
+	// consistent read. Takes (keysOnly, key).
+	qGetLatest = `SELECT m.rev, c.create_rev, c.mod_rev, c.version, c.lease, IF(?, '', c.v)
+		FROM kv_meta m LEFT JOIN kv_current c ON c.k = ? WHERE m.id = 1`
 	qCountCurSingle  = `SELECT COUNT(*) FROM kv_current WHERE k = ?`
 	qCountCurRange   = `SELECT COUNT(*) FROM kv_current WHERE k >= ? AND k < ?`
 	qCountCurFromKey = `SELECT COUNT(*) FROM kv_current WHERE k >= ?`
@@ -31,12 +35,17 @@ const (
 	qCountLogRange = `SELECT COUNT(*) FROM kv_log l WHERE l.k >= ? AND l.k < ? AND l.rev <= ?` + newest
 	qCountLogFrom  = `SELECT COUNT(*) FROM kv_log l WHERE l.k >= ? AND l.rev <= ?` + newest
 
-	qInsertLog = `INSERT INTO kv_log (rev, sub, k, deleted, create_rev, prev_rev, version, lease, v)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
-	qUpsertCurrent = `INSERT INTO kv_current (k, create_rev, mod_rev, version, lease, v) VALUES (?, ?, ?, ?, ?, ?)
-		ON DUPLICATE KEY UPDATE create_rev = VALUES(create_rev), mod_rev = VALUES(mod_rev),
-			version = VALUES(version), lease = VALUES(lease), v = VALUES(v)`
-	qDeleteCurrent = `DELETE FROM kv_current WHERE k = ?`
+	// Multi-row statements: the Write method repeats the row placeholder
+	// group once per row (placeholders only; values are always bound).
+	qInsertLogHead = `INSERT INTO kv_log (rev, sub, k, deleted, create_rev, prev_rev, version, lease, v) VALUES `
+	qInsertLogRow  = `(?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	qUpsertCurHead = `INSERT INTO kv_current (k, create_rev, mod_rev, version, lease, v) VALUES `
+	qUpsertCurRow  = `(?, ?, ?, ?, ?, ?)`
+	qUpsertCurTail = ` ON DUPLICATE KEY UPDATE create_rev = VALUES(create_rev), mod_rev = VALUES(mod_rev),
+		version = VALUES(version), lease = VALUES(lease), v = VALUES(v)`
+	qDeleteCurHead   = `DELETE FROM kv_current WHERE k IN (`
+	qCurrentManyHead = `SELECT k, create_rev, mod_rev, version, lease, v FROM kv_current WHERE k IN (`
+	qPlaceholderTail = `)`
 
 	qChanges = `SELECT l.rev, l.k, l.deleted, l.create_rev, l.version, l.lease, l.v,
 			p.create_rev, p.rev, p.version, p.lease, p.v

@@ -244,6 +244,21 @@ func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
 	return t, nil
 }
 
+var _ backends.LatestGetter = (*dialect)(nil)
+
+func (d *dialect) GetLatest(ctx context.Context, key []byte, keysOnly bool) (int64, *mvccpb.KeyValue, error) {
+	var cur int64
+	var create, mod, version, lease *int64
+	var value []byte
+	if err := d.pool.QueryRow(ctx, qGetLatest, key, keysOnly).Scan(&cur, &create, &mod, &version, &lease, &value); err != nil {
+		return 0, nil, err
+	}
+	if mod == nil {
+		return cur, nil, nil
+	}
+	return cur, &mvccpb.KeyValue{Key: key, CreateRevision: *create, ModRevision: *mod, Version: *version, Lease: *lease, Value: value}, nil
+}
+
 func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
 	var n int64
 	if err := d.pool.QueryRow(ctx, qSize).Scan(&n); err != nil {
@@ -370,22 +385,47 @@ func (t *txn) Count(ctx context.Context, kr backends.KeyRange, rev int64) (int64
 	return n, err
 }
 
+// Write appends rows to kv_log and applies the newest row of each key to
+// kv_current: two statements however many rows there are.
 func (t *txn) Write(ctx context.Context, rows []backends.LogRow) error {
 	n := len(rows)
 	revs, subs, creates, prevs, versions, leases := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
 	keys, values := make([][]byte, n), make([][]byte, n)
 	deleted := make([]bool, n)
+	last := make(map[string]int, n)
 	for i, r := range rows {
 		revs[i], subs[i], keys[i], deleted[i] = r.Rev, r.Sub, r.Key, r.Deleted
 		creates[i], prevs[i], versions[i], leases[i], values[i] = r.CreateRev, r.PrevRev, r.Version, r.Lease, r.Value
 		if values[i] == nil {
 			values[i] = []byte{}
 		}
+		last[string(r.Key)] = i
 	}
-	if _, err := t.tx.Exec(ctx, qWrite, revs, subs, keys, deleted, creates, prevs, versions, leases, values); err != nil {
-		return fmt.Errorf("write revision %d: %w", rows[0].Rev, err)
+	if _, err := t.tx.Exec(ctx, qAppendLog, revs, subs, keys, deleted, creates, prevs, versions, leases, values); err != nil {
+		return fmt.Errorf("append revisions %d..%d: %w", rows[0].Rev, rows[n-1].Rev, err)
+	}
+	m := len(last)
+	cKeys, cValues := make([][]byte, 0, m), make([][]byte, 0, m)
+	cDeleted := make([]bool, 0, m)
+	cCreates, cMods, cVersions, cLeases := make([]int64, 0, m), make([]int64, 0, m), make([]int64, 0, m), make([]int64, 0, m)
+	for i := range rows {
+		if last[string(rows[i].Key)] != i {
+			continue
+		}
+		cKeys, cDeleted, cValues = append(cKeys, keys[i]), append(cDeleted, deleted[i]), append(cValues, values[i])
+		cCreates, cMods, cVersions, cLeases = append(cCreates, creates[i]), append(cMods, revs[i]), append(cVersions, versions[i]), append(cLeases, leases[i])
+	}
+	if _, err := t.tx.Exec(ctx, qApplyCurrent, cKeys, cDeleted, cCreates, cMods, cVersions, cLeases, cValues); err != nil {
+		return fmt.Errorf("apply revisions %d..%d: %w", rows[0].Rev, rows[n-1].Rev, err)
 	}
 	return nil
+}
+
+var _ backends.CurrentGetter = (*txn)(nil)
+
+// Current implements backends.CurrentGetter.
+func (t *txn) Current(ctx context.Context, keys [][]byte) ([]*mvccpb.KeyValue, error) {
+	return t.queryKVs(ctx, qCurrentMany, keys)
 }
 
 func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error) {

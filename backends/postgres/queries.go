@@ -14,10 +14,13 @@ const (
 		SELECT pg_notify('` + NotifyChannel + `', $1::text)`
 	qSetCompact = `UPDATE kv_meta SET compact_rev = $1 WHERE id = 1`
 
-	curCols          = `key, create_rev, mod_rev, version, lease, CASE WHEN $1 THEN ''::bytea ELSE value END`
-	qCurrentSingle   = `SELECT ` + curCols + ` FROM kv_current WHERE key = $2 LIMIT $3`
-	qCurrentRange    = `SELECT ` + curCols + ` FROM kv_current WHERE key >= $2 AND key < $3 ORDER BY key LIMIT $4`
-	qCurrentFromKey  = `SELECT ` + curCols + ` FROM kv_current WHERE key >= $2 ORDER BY key LIMIT $3`
+	curCols         = `key, create_rev, mod_rev, version, lease, CASE WHEN $1 THEN ''::bytea ELSE value END`
+	qCurrentSingle  = `SELECT ` + curCols + ` FROM kv_current WHERE key = $2 LIMIT $3`
+	qCurrentRange   = `SELECT ` + curCols + ` FROM kv_current WHERE key >= $2 AND key < $3 ORDER BY key LIMIT $4`
+	qCurrentFromKey = `SELECT ` + curCols + ` FROM kv_current WHERE key >= $2 ORDER BY key LIMIT $3`
+	// qGetLatest reads the revision and one key in one statement: one snapshot.
+	qGetLatest = `SELECT m.rev, c.create_rev, c.mod_rev, c.version, c.lease, CASE WHEN $2 THEN ''::bytea ELSE c.value END
+		FROM kv_meta m LEFT JOIN kv_current c ON c.key = $1 WHERE m.id = 1`
 	qCountCurSingle  = `SELECT COUNT(*) FROM kv_current WHERE key = $1`
 	qCountCurRange   = `SELECT COUNT(*) FROM kv_current WHERE key >= $1 AND key < $2`
 	qCountCurFromKey = `SELECT COUNT(*) FROM kv_current WHERE key >= $1`
@@ -32,23 +35,25 @@ const (
 	qCountLogRange = `SELECT COUNT(*) FROM kv_log l WHERE l.key >= $1 AND l.key < $2 AND l.rev <= $3 AND NOT l.deleted AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= $3)`
 	qCountLogFrom  = `SELECT COUNT(*) FROM kv_log l WHERE l.key >= $1 AND l.rev <= $2 AND NOT l.deleted AND NOT EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= $2)`
 
-	// qWrite appends a batch of rows (as parallel arrays) to kv_log and
-	// applies them to kv_current in one round trip. Keys are distinct
-	// within one call.
-	qWrite = `WITH rows AS (
-			SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::boolean[], $5::bigint[],
-				$6::bigint[], $7::bigint[], $8::bigint[], $9::bytea[])
-				AS r(rev, sub, key, deleted, create_rev, prev_rev, version, lease, value)
-		), logged AS (
-			INSERT INTO kv_log (rev, sub, key, deleted, create_rev, prev_rev, version, lease, value)
-			SELECT rev, sub, key, deleted, create_rev, prev_rev, version, lease, value FROM rows
+	// qAppendLog appends rows (as parallel arrays) to kv_log.
+	qAppendLog = `INSERT INTO kv_log (rev, sub, key, deleted, create_rev, prev_rev, version, lease, value)
+		SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::boolean[], $5::bigint[],
+			$6::bigint[], $7::bigint[], $8::bigint[], $9::bytea[])`
+
+	// qApplyCurrent brings kv_current up to date with the newest row of each
+	// key (the keys are distinct): deletes, then upserts.
+	qApplyCurrent = `WITH rows AS (
+			SELECT * FROM unnest($1::bytea[], $2::boolean[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bytea[])
+				AS r(key, deleted, create_rev, mod_rev, version, lease, value)
 		), removed AS (
 			DELETE FROM kv_current c USING rows WHERE rows.deleted AND c.key = rows.key
 		)
 		INSERT INTO kv_current (key, create_rev, mod_rev, version, lease, value)
-		SELECT key, create_rev, rev, version, lease, value FROM rows WHERE NOT deleted
+		SELECT key, create_rev, mod_rev, version, lease, value FROM rows WHERE NOT deleted
 		ON CONFLICT (key) DO UPDATE SET create_rev = excluded.create_rev, mod_rev = excluded.mod_rev,
 			version = excluded.version, lease = excluded.lease, value = excluded.value`
+
+	qCurrentMany = `SELECT key, create_rev, mod_rev, version, lease, value FROM kv_current WHERE key = ANY($1::bytea[])`
 
 	qChanges = `SELECT l.rev, l.key, l.deleted, l.create_rev, l.version, l.lease, l.value,
 			p.create_rev, p.rev, p.version, p.lease, p.value

@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 
 	"github.com/kvsql/kvsql/backends"
 )
@@ -62,11 +61,6 @@ type dialect struct {
 
 var _ backends.Dialect = (*dialect)(nil)
 
-func dsn(path, txlock string) string {
-	return "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
-		"&_pragma=busy_timeout(10000)&_pragma=foreign_keys(OFF)&_txlock=" + txlock
-}
-
 func openDialect(ctx context.Context, cfg Config) (*dialect, error) {
 	if cfg.Path == "" {
 		return nil, errors.New("sqlite: no database path given")
@@ -76,7 +70,7 @@ func openDialect(ctx context.Context, cfg Config) (*dialect, error) {
 			return nil, fmt.Errorf("sqlite: create data directory: %w", err)
 		}
 	}
-	w, err := sql.Open("sqlite", dsn(cfg.Path, "immediate"))
+	w, err := sql.Open(driverName, dsn(cfg.Path, "immediate"))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: %w", cfg.Path, err)
 	}
@@ -87,7 +81,7 @@ func openDialect(ctx context.Context, cfg Config) (*dialect, error) {
 		_ = w.Close()
 		return nil, fmt.Errorf("sqlite: migrate %s: %w", cfg.Path, err)
 	}
-	r, err := sql.Open("sqlite", dsn(cfg.Path, "deferred"))
+	r, err := sql.Open(driverName, dsn(cfg.Path, "deferred"))
 	if err != nil {
 		_ = w.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", cfg.Path, err)

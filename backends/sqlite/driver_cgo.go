@@ -1,0 +1,20 @@
+//go:build sqlite_cgo
+
+package sqlite
+
+import _ "github.com/mattn/go-sqlite3" // registers the "sqlite3" database/sql driver
+
+// driverName is github.com/mattn/go-sqlite3: the SQLite C library through
+// cgo. Selected by -tags sqlite_cgo; it needs CGO_ENABLED=1 and a C compiler,
+// and the binary links libc dynamically (see docs/benchmarks.md for when it
+// is worth it). The default is the pure-Go driver in driver_modernc.go.
+const driverName = "sqlite3"
+
+// dsn opens path in WAL mode with every commit synced (synchronous=FULL).
+// txlock is "immediate" for the writer (BEGIN IMMEDIATE takes the write lock
+// up front) and "deferred" for readers. Same settings as driver_modernc.go,
+// spelled in go-sqlite3's parameter names.
+func dsn(path, txlock string) string {
+	return "file:" + path + "?_journal_mode=WAL&_synchronous=FULL" +
+		"&_busy_timeout=10000&_foreign_keys=0&_txlock=" + txlock
+}

@@ -1,0 +1,18 @@
+//go:build !sqlite_cgo
+
+package sqlite
+
+import _ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+
+// driverName is modernc.org/sqlite: SQLite translated to Go, so kvsql builds
+// with CGO_ENABLED=0 into a static binary. This is the default; build with
+// -tags sqlite_cgo for the C library instead (driver_cgo.go).
+const driverName = "sqlite"
+
+// dsn opens path in WAL mode with every commit synced (synchronous=FULL).
+// txlock is "immediate" for the writer (BEGIN IMMEDIATE takes the write lock
+// up front) and "deferred" for readers.
+func dsn(path, txlock string) string {
+	return "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
+		"&_pragma=busy_timeout(10000)&_pragma=foreign_keys(OFF)&_txlock=" + txlock
+}
