@@ -6,6 +6,10 @@
 //
 //	go run ./bench/watchlat -write 127.0.0.1:2379 -watch 127.0.0.1:2479 \
 //	    -load 127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579 -load-writers 16
+//
+// With -count 0 -load-only 20s it only runs the CAS load (Kubernetes'
+// GuaranteedUpdate shape: get, then txn compare mod_revision, put, else get)
+// and prints its rate.
 package main
 
 import (
@@ -44,6 +48,7 @@ func run() error {
 	loadWriters := flag.Int("load-writers", 16, "CAS writers per load endpoint")
 	loadKeys := flag.Int("load-keys", 64, "keys the CAS writers share")
 	maxTime := flag.Duration("max-time", 5*time.Minute, "stop after this long whatever the count")
+	loadOnly := flag.Duration("load-only", 0, "with -count 0: only run the CAS load for this long and print its rate")
 	flag.Parse()
 
 	ctx, cancel := context.WithTimeout(context.Background(), *maxTime)
@@ -98,6 +103,21 @@ func run() error {
 		time.Sleep(time.Second) // let the load reach a steady state
 	}
 
+	if *count == 0 {
+		if *load == "" || *loadOnly <= 0 {
+			return fmt.Errorf("-count 0 needs -load and -load-only")
+		}
+		start, n0 := time.Now(), cas.Load()
+		select {
+		case <-time.After(*loadOnly):
+		case <-ctx.Done():
+		}
+		rate := float64(cas.Load()-n0) / time.Since(start).Seconds()
+		stopLoad()
+		wg.Wait()
+		fmt.Printf("load_cas_per_s=%.0f writers=%d\n", rate, *loadWriters*len(strings.Split(*load, ",")))
+		return nil
+	}
 	wch := rc.Watch(ctx, "lat/", clientv3.WithPrefix())
 	// Make sure the watch is established before timing.
 	if _, err := wc.Put(ctx, "lat/warmup", "x"); err != nil {
