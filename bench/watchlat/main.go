@@ -148,7 +148,9 @@ func run() error {
 	wg.Wait()
 	summary := func(ds []time.Duration) string {
 		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-		pct := func(p float64) time.Duration { return ds[min(len(ds)-1, int(p*float64(len(ds))))].Round(10 * time.Microsecond) }
+		pct := func(p float64) time.Duration {
+			return ds[min(len(ds)-1, int(p*float64(len(ds))))].Round(10 * time.Microsecond)
+		}
 		return fmt.Sprintf("p50=%v p99=%v max=%v", pct(0.50), pct(0.99), ds[len(ds)-1].Round(10*time.Microsecond))
 	}
 	// put_to_event: from issuing the put to receiving its event (etcd's
