@@ -18,6 +18,9 @@ const (
 	// hubWindowEvents is how many recent events the hub keeps in memory.
 	// Watchers whose next revision is older read from the backend instead.
 	hubWindowEvents = 20000
+	// hubWindowBytes caps the window's size (keys and values, with prev_kv):
+	// Kubernetes objects can be large, so the event count alone is no bound.
+	hubWindowBytes = 64 << 20
 	// hubReadRevs is how many revisions the tailer reads per query.
 	hubReadRevs = 1000
 	// catchupRevs is how many revisions a lagging watcher reads per query.
@@ -43,6 +46,8 @@ type hub struct {
 	// been read. start is the revision before the oldest one in the window.
 	rev, start int64
 	events     []*mvccpb.Event
+	sizes      []int // sizes[i] is the approximate size of events[i]
+	bytes      int   // sum of sizes
 	// want is the newest revision the notify source reported; the tailer
 	// keeps reading until rev reaches it.
 	want    int64
@@ -229,7 +234,7 @@ func (h *hub) catchUp(ctx context.Context) error {
 				return rerr
 			}
 			h.mu.Lock()
-			h.events = nil
+			h.events, h.sizes, h.bytes = nil, nil, 0
 			h.rev, h.start = compact-1, compact-1
 			h.mu.Unlock()
 			h.log.Warn("history after the watch cursor was compacted", "cursor", after, "compact", compact)
@@ -245,20 +250,44 @@ func (h *hub) catchUp(ctx context.Context) error {
 	}
 }
 
+// eventSize approximates the memory an event holds.
+func eventSize(ev *mvccpb.Event) int {
+	n := 64 + len(ev.Kv.Key) + len(ev.Kv.Value)
+	if ev.PrevKv != nil {
+		n += 64 + len(ev.PrevKv.Value)
+	}
+	return n
+}
+
 func (h *hub) publish(evs []*mvccpb.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.events = append(h.events, evs...)
+	for _, ev := range evs {
+		sz := eventSize(ev)
+		h.events = append(h.events, ev)
+		h.sizes = append(h.sizes, sz)
+		h.bytes += sz
+	}
 	h.rev = evs[len(evs)-1].Kv.ModRevision
-	// Trim only once a quarter over the limit, so the copy is amortised.
-	if len(h.events) > hubWindowEvents+hubWindowEvents/4 {
-		// drop whole revisions from the front
-		cut := len(h.events) - hubWindowEvents
-		for cut < len(h.events) && h.events[cut].Kv.ModRevision == h.events[cut-1].Kv.ModRevision {
+	// Trim once over a limit by a quarter, so the copy is amortised; drop
+	// whole revisions from the front. Watchers older than the window read
+	// from the backend instead.
+	if len(h.events) > hubWindowEvents+hubWindowEvents/4 || h.bytes > hubWindowBytes+hubWindowBytes/4 {
+		cut, dropped := 0, 0
+		for cut < len(h.events) && (len(h.events)-cut > hubWindowEvents || h.bytes-dropped > hubWindowBytes) {
+			dropped += h.sizes[cut]
 			cut++
 		}
-		h.start = h.events[cut-1].Kv.ModRevision
-		h.events = append([]*mvccpb.Event(nil), h.events[cut:]...)
+		for cut < len(h.events) && cut > 0 && h.events[cut].Kv.ModRevision == h.events[cut-1].Kv.ModRevision {
+			dropped += h.sizes[cut]
+			cut++
+		}
+		if cut > 0 {
+			h.start = h.events[cut-1].Kv.ModRevision
+			h.events = append([]*mvccpb.Event(nil), h.events[cut:]...)
+			h.sizes = append([]int(nil), h.sizes[cut:]...)
+			h.bytes -= dropped
+		}
 	}
 	close(h.changed)
 	h.changed = make(chan struct{})
