@@ -55,3 +55,12 @@ const (
 	qPageSize  = `PRAGMA page_size`
 	qFreePages = `PRAGMA freelist_count`
 )
+
+// statements lists every statement a transaction runs, to prepare them once.
+var statements = []string{
+	qRevisions, qSetRevision, qSetCompact,
+	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
+	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
+	qInsertLog, qUpsertCurrent, qDeleteCurrent, qChanges, qDeleteHistory,
+	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
+}
