@@ -16,8 +16,8 @@ GOFILES      = $(shell find . -name '*.go' -not -path './.cache/*' -not -path '.
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-build: ## build bin/kvsql
-	$(GO) build -o bin/kvsql ./cmd/kvsql
+build: ## build bin/kvsql (static: pure-Go SQLite driver, no cgo)
+	CGO_ENABLED=0 $(GO) build -o bin/kvsql ./cmd/kvsql
 
 run: ## run kvsql on the embedded SQLite default (./kvsql-data, 127.0.0.1:2379); flags in ARGS="..."
 	$(GO) run ./cmd/kvsql $(ARGS)
