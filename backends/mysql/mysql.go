@@ -12,11 +12,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
 	"math"
-	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -207,30 +203,21 @@ func migrate(ctx context.Context, db *sql.DB, lock string) error {
 	if err := c.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM kv_schema`).Scan(&have); err != nil {
 		return err
 	}
-	files, err := fs.Glob(schemaFS, "schema/*.sql")
+	ms, err := backends.Migrations(schemaFS, "schema")
 	if err != nil {
 		return err
 	}
-	sort.Strings(files)
-	for _, f := range files {
-		n, err := strconv.Atoi(strings.SplitN(filepath.Base(f), "_", 2)[0])
-		if err != nil {
-			return fmt.Errorf("migration %s: bad name: %w", f, err)
-		}
-		if n <= have {
+	for _, m := range ms {
+		if m.Version <= have {
 			continue
 		}
-		body, err := schemaFS.ReadFile(f)
-		if err != nil {
-			return err
-		}
-		for _, stmt := range splitStatements(string(body)) {
+		for _, stmt := range splitStatements(m.SQL) {
 			if _, err := c.ExecContext(ctx, stmt); err != nil {
-				return fmt.Errorf("migration %s: %w", f, err)
+				return fmt.Errorf("migration %s: %w", m.Name, err)
 			}
 		}
-		if _, err := c.ExecContext(ctx, `INSERT INTO kv_schema (version) VALUES (?)`, n); err != nil {
-			return fmt.Errorf("migration %s: %w", f, err)
+		if _, err := c.ExecContext(ctx, `INSERT INTO kv_schema (version) VALUES (?)`, m.Version); err != nil {
+			return fmt.Errorf("migration %s: %w", m.Name, err)
 		}
 	}
 	return nil
@@ -384,15 +371,7 @@ func (t *txn) queryKVs(ctx context.Context, q string, args ...any) ([]*mvccpb.Ke
 		return nil, err
 	}
 	defer rows.Close()
-	var kvs []*mvccpb.KeyValue
-	for rows.Next() {
-		kv := &mvccpb.KeyValue{}
-		if err := rows.Scan(&kv.Key, &kv.CreateRevision, &kv.ModRevision, &kv.Version, &kv.Lease, &kv.Value); err != nil {
-			return nil, err
-		}
-		kvs = append(kvs, kv)
-	}
-	return kvs, rows.Err()
+	return backends.ScanKVs(rows)
 }
 
 func (t *txn) Count(ctx context.Context, kr backends.KeyRange, rev int64) (int64, error) {
@@ -508,28 +487,7 @@ func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, 
 		return nil, err
 	}
 	defer rows.Close()
-	var evs []*mvccpb.Event
-	for rows.Next() {
-		kv := &mvccpb.KeyValue{}
-		var deleted bool
-		var pCreate, pMod, pVersion, pLease sql.NullInt64
-		var pValue []byte
-		if err := rows.Scan(&kv.ModRevision, &kv.Key, &deleted, &kv.CreateRevision, &kv.Version, &kv.Lease, &kv.Value,
-			&pCreate, &pMod, &pVersion, &pLease, &pValue); err != nil {
-			return nil, err
-		}
-		ev := &mvccpb.Event{Type: mvccpb.PUT, Kv: kv}
-		if deleted {
-			ev.Type = mvccpb.DELETE
-			ev.Kv = &mvccpb.KeyValue{Key: kv.Key, ModRevision: kv.ModRevision}
-		}
-		if pMod.Valid {
-			ev.PrevKv = &mvccpb.KeyValue{Key: kv.Key, CreateRevision: pCreate.Int64, ModRevision: pMod.Int64,
-				Version: pVersion.Int64, Lease: pLease.Int64, Value: pValue}
-		}
-		evs = append(evs, ev)
-	}
-	return evs, rows.Err()
+	return backends.ScanEvents(rows)
 }
 
 func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error) {
@@ -595,13 +553,5 @@ func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, err
 		return nil, err
 	}
 	defer rows.Close()
-	var ids []int64
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
+	return backends.ScanIDs(rows)
 }

@@ -11,10 +11,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -188,28 +185,19 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	if err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(version), 0) FROM kv_schema`).Scan(&have); err != nil {
 		return err
 	}
-	files, err := fs.Glob(schemaFS, "schema/*.sql")
+	ms, err := backends.Migrations(schemaFS, "schema")
 	if err != nil {
 		return err
 	}
-	sort.Strings(files)
-	for _, f := range files {
-		n, err := strconv.Atoi(strings.SplitN(filepath.Base(f), "_", 2)[0])
-		if err != nil {
-			return fmt.Errorf("migration %s: bad name: %w", f, err)
-		}
-		if n <= have {
+	for _, m := range ms {
+		if m.Version <= have {
 			continue
 		}
-		body, err := schemaFS.ReadFile(f)
-		if err != nil {
-			return err
+		if _, err := tx.Exec(ctx, m.SQL); err != nil {
+			return fmt.Errorf("migration %s: %w", m.Name, err)
 		}
-		if _, err := tx.Exec(ctx, string(body)); err != nil {
-			return fmt.Errorf("migration %s: %w", f, err)
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO kv_schema (version) VALUES ($1)`, n); err != nil {
-			return fmt.Errorf("migration %s: %w", f, err)
+		if _, err := tx.Exec(ctx, `INSERT INTO kv_schema (version) VALUES ($1)`, m.Version); err != nil {
+			return fmt.Errorf("migration %s: %w", m.Name, err)
 		}
 	}
 	return tx.Commit(ctx)
@@ -352,15 +340,7 @@ func (t *txn) queryKVs(ctx context.Context, q string, args ...any) ([]*mvccpb.Ke
 		return nil, err
 	}
 	defer rows.Close()
-	var kvs []*mvccpb.KeyValue
-	for rows.Next() {
-		kv := &mvccpb.KeyValue{}
-		if err := rows.Scan(&kv.Key, &kv.CreateRevision, &kv.ModRevision, &kv.Version, &kv.Lease, &kv.Value); err != nil {
-			return nil, err
-		}
-		kvs = append(kvs, kv)
-	}
-	return kvs, rows.Err()
+	return backends.ScanKVs(rows)
 }
 
 func (t *txn) Count(ctx context.Context, kr backends.KeyRange, rev int64) (int64, error) {
@@ -434,28 +414,7 @@ func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, 
 		return nil, err
 	}
 	defer rows.Close()
-	var evs []*mvccpb.Event
-	for rows.Next() {
-		kv := &mvccpb.KeyValue{}
-		var deleted bool
-		var pCreate, pMod, pVersion, pLease *int64
-		var pValue []byte
-		if err := rows.Scan(&kv.ModRevision, &kv.Key, &deleted, &kv.CreateRevision, &kv.Version, &kv.Lease, &kv.Value,
-			&pCreate, &pMod, &pVersion, &pLease, &pValue); err != nil {
-			return nil, err
-		}
-		ev := &mvccpb.Event{Type: mvccpb.PUT, Kv: kv}
-		if deleted {
-			ev.Type = mvccpb.DELETE
-			ev.Kv = &mvccpb.KeyValue{Key: kv.Key, ModRevision: kv.ModRevision}
-		}
-		if pMod != nil {
-			ev.PrevKv = &mvccpb.KeyValue{Key: kv.Key, CreateRevision: *pCreate, ModRevision: *pMod,
-				Version: *pVersion, Lease: *pLease, Value: pValue}
-		}
-		evs = append(evs, ev)
-	}
-	return evs, rows.Err()
+	return backends.ScanEvents(rows)
 }
 
 func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error) {
@@ -514,13 +473,5 @@ func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, err
 		return nil, err
 	}
 	defer rows.Close()
-	var ids []int64
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
+	return backends.ScanIDs(rows)
 }
