@@ -28,14 +28,16 @@ etcdctl: ## build the pinned etcdctl into .cache/bin
 test-deps: ## install the database servers and tools the tests need (as root), or name them
 	bash scripts/test-deps.sh
 
-test: test-deps $(if $(ETCDCTL),,etcdctl) ## run the whole suite with -race (what CI runs)
+test: test-deps $(if $(ETCDCTL),,etcdctl) ## run the whole suite with -race, Kubernetes' storage tests included (what CI runs)
 	ETCDCTL=$(or $(ETCDCTL),$(ETCDCTL_BIN)) $(GO) test $(TEST_FLAGS) ./...
+	cd integration/k8s && $(GO) test $(TEST_FLAGS) ./...
 
 test-race: test ## same as test
 
 lint: ## gofmt -l and go vet
 	@out=$$(gofmt -l $(GOFILES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	cd integration/k8s && $(GO) vet ./...
 
 fmt: ## gofmt -w the tree
 	gofmt -w $(GOFILES)

@@ -2,211 +2,53 @@ package integration
 
 import (
 	"context"
-	"database/sql"
-	"errors"
-	"fmt"
-	"os"
-	"os/exec"
-	"os/user"
-	"path/filepath"
-	"runtime"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
-
-	gomysql "github.com/go-sql-driver/mysql"
 
 	"github.com/kvsql/kvsql/backends/mysql"
+	"github.com/kvsql/kvsql/internal/testdb"
 	"github.com/kvsql/kvsql/notify/binlog"
 )
 
-// myServer is a throwaway MariaDB (or MySQL) server in a temp dir on a free
-// loopback port, with the binary log on in ROW format as kvsql needs. Like
-// pgServer it runs as a child that gets SIGKILL if the test process dies.
-type myServer struct {
-	mysqld  string
-	dir     string
-	port    int
-	cred    *syscall.Credential
-	extra   []string // extra server options
-	mu      sync.Mutex
-	proc    *os.Process
-	exited  chan struct{}
-	logFile string
-}
-
-func mysqlBinaries() (installDB, mysqld string, err error) {
-	for _, pair := range [][2]string{{"mariadb-install-db", "mariadbd"}, {"mysql_install_db", "mysqld"}} {
-		i, ierr := exec.LookPath(pair[0])
-		if ierr != nil {
-			i, ierr = exec.LookPath("/usr/bin/" + pair[0])
-		}
-		d, derr := exec.LookPath(pair[1])
-		if derr != nil {
-			d, derr = exec.LookPath("/usr/sbin/" + pair[1])
-		}
-		if ierr == nil && derr == nil {
-			return i, d, nil
-		}
-	}
-	return "", "", errors.New("no MariaDB server binaries (mariadb-install-db, mariadbd): install the Debian package mariadb-server")
-}
+// myServer is a throwaway MariaDB (or MySQL) server with the binary log on
+// in ROW format (see testdb.MariaDB).
+type myServer struct{ *testdb.MariaDB }
 
 // newMyServer initialises and starts a server; extra are mariadbd options
 // that replace the binlog defaults (for misconfiguration tests).
 func newMyServer(extra ...string) (*myServer, error) {
-	installDB, mysqld, err := mysqlBinaries()
+	m, err := testdb.NewMariaDB(extra...)
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "kvsql-mariadb-")
-	if err != nil {
-		return nil, err
-	}
-	m := &myServer{mysqld: mysqld, dir: dir, logFile: filepath.Join(dir, "mariadb.log"), extra: extra}
-	args := []string{"--no-defaults", "--datadir=" + filepath.Join(dir, "data"), "--auth-root-authentication-method=normal", "--skip-test-db"}
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("mysql")
-		if err != nil {
-			return nil, fmt.Errorf("running as root needs the mysql user to run MariaDB: %w", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		m.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-		if err := os.Chown(dir, uid, gid); err != nil {
-			return nil, err
-		}
-		args = append(args, "--user=mysql")
-	}
-	cmd := exec.Command(installDB, args...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("mariadb-install-db: %w\n%s", err, out)
-	}
-	if m.port, err = freePort(); err != nil {
-		return nil, err
-	}
-	if err := m.start(); err != nil {
-		return nil, err
-	}
-	db, err := sql.Open("mysql", "root@unix("+m.socket()+")/")
-	if err != nil {
-		return nil, err
-	}
-	defer db.Close()
-	for _, q := range []string{
-		"CREATE USER 'kvsql'@'%'",
-		"GRANT ALL PRIVILEGES ON *.* TO 'kvsql'@'%'",
-		// A user with only what kvsql's tables need, for the grant check.
-		"CREATE USER 'nobinlog'@'%'",
-		"GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER ON *.* TO 'nobinlog'@'%'",
-	} {
-		if _, err := db.Exec(q); err != nil {
-			return nil, fmt.Errorf("%s: %w", q, err)
-		}
-	}
-	return m, nil
+	return &myServer{m}, nil
 }
 
-func (m *myServer) socket() string { return filepath.Join(m.dir, "mysqld.sock") }
+func (m *myServer) socket() string { return m.Socket() }
 
-func (m *myServer) start() error {
-	started := make(chan error, 1)
-	exited := make(chan struct{})
-	go func() {
-		runtime.LockOSThread() // Pdeathsig is per thread: keep this one alive
-		logf, err := os.OpenFile(m.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
-			started <- err
-			return
-		}
-		defer logf.Close()
-		args := []string{"--no-defaults", "--datadir=" + filepath.Join(m.dir, "data"),
-			"--socket=" + m.socket(), "--port=" + strconv.Itoa(m.port), "--bind-address=127.0.0.1",
-			"--pid-file=" + filepath.Join(m.dir, "mysqld.pid"), "--skip-name-resolve",
-			"--innodb-flush-log-at-trx-commit=1", "--sync-binlog=1", "--max-connections=500",
-			"--max-allowed-packet=64M", "--innodb-buffer-pool-size=128M"}
-		if m.extra != nil {
-			args = append(args, m.extra...)
-		} else {
-			args = append(args, "--log-bin="+filepath.Join(m.dir, "data", "binlog"), "--binlog-format=ROW",
-				"--binlog-row-image=FULL", "--server-id=1")
-		}
-		cmd := exec.Command(m.mysqld, args...)
-		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: m.cred, Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		m.mu.Lock()
-		m.proc, m.exited = cmd.Process, exited
-		m.mu.Unlock()
-		started <- nil
-		_ = cmd.Wait()
-		close(exited)
-	}()
-	if err := <-started; err != nil {
-		return fmt.Errorf("start mariadbd: %w", err)
-	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		db, err := sql.Open("mysql", "root@unix("+m.socket()+")/")
-		if err == nil {
-			err = db.Ping()
-			_ = db.Close()
-			if err == nil {
-				return nil
-			}
-		}
-		select {
-		case <-exited:
-			log, _ := os.ReadFile(m.logFile)
-			return fmt.Errorf("mariadbd exited at start:\n%s", log)
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("mariadbd did not accept connections: %w", err)
-		}
-	}
-}
+func (m *myServer) start() error { return m.Start() }
 
 // stop sends sig (SIGTERM: clean shutdown, SIGKILL: crash) and waits.
-func (m *myServer) stop(sig syscall.Signal) {
-	m.mu.Lock()
-	proc, exited := m.proc, m.exited
-	m.mu.Unlock()
-	if proc == nil {
-		return
-	}
-	_ = proc.Signal(sig)
-	<-exited
-}
+func (m *myServer) stop(sig syscall.Signal) { m.Stop(sig) }
 
-func (m *myServer) destroy() {
-	m.stop(syscall.SIGKILL)
-	_ = os.RemoveAll(m.dir)
-}
+func (m *myServer) destroy() { m.Destroy() }
 
 // dsn returns a kvsql endpoint for database db as user.
-func (m *myServer) dsn(userName, db string) string {
-	return fmt.Sprintf("mysql://%s@tcp(127.0.0.1:%d)/%s", userName, m.port, db)
-}
+func (m *myServer) dsn(userName, db string) string { return m.DSN(userName, db) }
 
-func (m *myServer) createDB(name string) error {
-	db, err := sql.Open("mysql", "root@unix("+m.socket()+")/")
+func (m *myServer) createDB(name string) error { return m.CreateDB(name) }
+
+var sharedMy = sync.OnceValues(func() (*myServer, error) {
+	m, err := testdb.SharedMariaDB()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer db.Close()
-	_, err = db.Exec("CREATE DATABASE " + name)
-	return err
-}
+	return &myServer{m}, nil
+})
 
-var sharedMy = sync.OnceValues(func() (*myServer, error) { return newMyServer() })
-
+// myDBCounter numbers databases that tests create on sharedMy themselves.
 var myDBCounter atomic.Int64
 
 // freshMySQLEndpoint returns an endpoint for a new, empty database: on
@@ -214,31 +56,7 @@ var myDBCounter atomic.Int64
 // shared throwaway server.
 func freshMySQLEndpoint(t testing.TB) string {
 	t.Helper()
-	name := fmt.Sprintf("kvsql_test_%d_%d", os.Getpid(), myDBCounter.Add(1))
-	if dsn := os.Getenv("TEST_MYSQL_DSN"); dsn != "" {
-		cfg, err := gomysql.ParseDSN(dsn)
-		if err != nil {
-			t.Fatalf("TEST_MYSQL_DSN: %v", err)
-		}
-		db, err := sql.Open("mysql", dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
-		if _, err := db.Exec("CREATE DATABASE " + name); err != nil {
-			t.Fatalf("create database: %v", err)
-		}
-		cfg.DBName = name
-		return "mysql://" + cfg.FormatDSN()
-	}
-	m, err := sharedMy()
-	if err != nil {
-		skipOrFail(t, err)
-	}
-	if err := m.createDB(name); err != nil {
-		t.Fatalf("create database: %v", err)
-	}
-	return m.dsn("kvsql", name)
+	return testdb.FreshMySQLEndpoint(t)
 }
 
 // openMySQL opens a kvsql MySQL backend and its binlog source.

@@ -30,7 +30,9 @@ func (k *kvService) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRes
 
 // RangeStream streams a range from one snapshot in chunks of about
 // MaxRequestBytes. As in etcd, only the last message carries the header,
-// count and more; merging all messages gives the Range response.
+// count and more, and it also carries the last chunk of kvs (there is no
+// separate trailer: kube-apiserver reads one more message after a chunk as
+// "more keys follow"); merging all messages gives the Range response.
 func (k *kvService) RangeStream(r *pb.RangeRequest, stream pb.KV_RangeStreamServer) error {
 	if err := checkRangeStream(r); err != nil {
 		return err

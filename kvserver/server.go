@@ -158,6 +158,9 @@ func (s *Server) Register(g *grpc.Server) {
 // ctx ends (nil) or one of them fails.
 func (s *Server) Run(ctx context.Context) error {
 	if err := s.hub.init(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
 		return err
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)

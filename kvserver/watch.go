@@ -52,6 +52,12 @@ type watcher struct {
 	quiet bool
 	// compacted is set when the watch must be cancelled as compacted.
 	compacted int64
+	// compactRev is the compact revision when the watch was created. etcd
+	// reads an event's prev_kv at the event's revision - 1 and leaves it
+	// out when that revision is compacted, so an event at or below the
+	// compact revision (a watch can start at it) has no prev_kv, whether
+	// it comes from the hub's window or from the log.
+	compactRev int64
 }
 
 func (w *watcher) match(ev *mvccpb.Event) bool {
@@ -200,7 +206,7 @@ func (st *watchStream) create(ctx context.Context, c *pb.WatchCreateRequest) err
 	} else if st.watchers[id] != nil {
 		return fail(reasonDuplicateID)
 	}
-	w := &watcher{id: id, kr: kr, next: c.StartRevision, prevKV: c.PrevKv, progress: c.ProgressNotify, fragment: c.Fragment, quiet: true}
+	w := &watcher{id: id, kr: kr, next: c.StartRevision, prevKV: c.PrevKv, progress: c.ProgressNotify, fragment: c.Fragment, quiet: true, compactRev: compact}
 	for _, f := range c.Filters {
 		switch f {
 		case pb.WatchCreateRequest_NOPUT:
@@ -287,7 +293,7 @@ func (st *watchStream) deliver(ctx context.Context, w *watcher, rev int64) error
 			if ev.Kv.ModRevision < w.next || !w.match(ev) {
 				continue
 			}
-			if !w.prevKV && ev.PrevKv != nil {
+			if ev.PrevKv != nil && (!w.prevKV || ev.Kv.ModRevision <= w.compactRev) {
 				ev = &mvccpb.Event{Type: ev.Type, Kv: ev.Kv}
 			}
 			out = append(out, ev)

@@ -1,0 +1,215 @@
+package testdb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Postgres is a throwaway PostgreSQL cluster in a temp dir on a free
+// loopback port. It runs as a child of the test process (as the postgres
+// user when the tests run as root, since PostgreSQL refuses root) and
+// receives SIGQUIT if the test process dies, so it never outlives the tests.
+type Postgres struct {
+	bin     string
+	dir     string
+	port    int
+	cred    *syscall.Credential
+	mu      sync.Mutex // guards proc
+	proc    *os.Process
+	exited  chan struct{}
+	logFile string
+}
+
+// pgBinDir finds PostgreSQL's server binaries: $PG_BIN, else the newest
+// /usr/lib/postgresql/*/bin.
+func pgBinDir() (string, error) {
+	if d := os.Getenv("PG_BIN"); d != "" {
+		return d, nil
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	sort.Slice(dirs, func(i, j int) bool {
+		a, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[i])))
+		b, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[j])))
+		return a > b
+	})
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
+			return d, nil
+		}
+	}
+	if p, err := exec.LookPath("initdb"); err == nil {
+		return filepath.Dir(p), nil
+	}
+	return "", errors.New("no PostgreSQL server binaries (initdb, postgres): install the Debian package postgresql (or set PG_BIN)")
+}
+
+// NewPostgres initialises and starts a cluster.
+func NewPostgres() (*Postgres, error) {
+	bin, err := pgBinDir()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "kvsql-pg-")
+	if err != nil {
+		return nil, err
+	}
+	p := &Postgres{bin: bin, dir: dir, logFile: filepath.Join(dir, "postgres.log")}
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return nil, fmt.Errorf("running as root needs the postgres user to run PostgreSQL: %w", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		p.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		if err := os.Chown(dir, uid, gid); err != nil {
+			return nil, err
+		}
+	}
+	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", filepath.Join(dir, "data"), "-U", "kvsql",
+		"--auth=trust", "--encoding=UTF8", "--no-sync")
+	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred}
+	if out, err := initdb.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("initdb: %w\n%s", err, out)
+	}
+	if p.port, err = FreePort(); err != nil {
+		return nil, err
+	}
+	if err := p.Start(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Start runs postgres and waits until it accepts connections.
+func (p *Postgres) Start() error {
+	started := make(chan error, 1)
+	exited := make(chan struct{})
+	// Pdeathsig fires when the thread that started the child exits, so
+	// the child is started from a locked thread that lives as long as it.
+	go func() {
+		runtime.LockOSThread()
+		logf, err := os.OpenFile(p.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			started <- err
+			return
+		}
+		defer logf.Close()
+		cmd := exec.Command(filepath.Join(p.bin, "postgres"), "-D", filepath.Join(p.dir, "data"),
+			"-p", strconv.Itoa(p.port), "-k", p.dir, "-c", "listen_addresses=127.0.0.1",
+			"-c", "fsync=on", "-c", "max_connections=400", "-c", "shared_buffers=64MB")
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred, Pdeathsig: syscall.SIGQUIT}
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		p.mu.Lock()
+		p.proc, p.exited = cmd.Process, exited
+		p.mu.Unlock()
+		started <- nil
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	if err := <-started; err != nil {
+		return fmt.Errorf("start postgres: %w", err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		conn, err := pgx.Connect(context.Background(), p.URL("postgres"))
+		if err == nil {
+			_ = conn.Close(context.Background())
+			return nil
+		}
+		select {
+		case <-exited:
+			log, _ := os.ReadFile(p.logFile)
+			return fmt.Errorf("postgres exited at start:\n%s", log)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("postgres did not accept connections: %w", err)
+		}
+	}
+}
+
+// Stop stops the server with sig (SIGINT: fast shutdown, SIGQUIT:
+// immediate, like a crash) and waits for it to exit.
+func (p *Postgres) Stop(sig syscall.Signal) {
+	p.mu.Lock()
+	proc, exited := p.proc, p.exited
+	p.mu.Unlock()
+	if proc == nil {
+		return
+	}
+	_ = proc.Signal(sig)
+	<-exited
+}
+
+// URL returns the connection URL of database db as the superuser kvsql.
+func (p *Postgres) URL(db string) string {
+	return fmt.Sprintf("postgres://kvsql@127.0.0.1:%d/%s?sslmode=disable", p.port, db)
+}
+
+// Destroy kills the server and removes its files.
+func (p *Postgres) Destroy() {
+	p.Stop(syscall.SIGQUIT)
+	_ = os.RemoveAll(p.dir)
+}
+
+// SharedPostgres is one cluster for every test that only needs a fresh
+// database.
+var SharedPostgres = sync.OnceValues(NewPostgres)
+
+var pgDBCounter atomic.Int64
+
+// FreshPostgresURL returns the URL of a new, empty database: on
+// $TEST_POSTGRES_URL's server if set, else on the shared throwaway cluster.
+func FreshPostgresURL(t testing.TB) string {
+	t.Helper()
+	admin := os.Getenv("TEST_POSTGRES_URL")
+	var urlFor func(string) string
+	if admin == "" {
+		p, err := SharedPostgres()
+		if err != nil {
+			SkipOrFail(t, err)
+		}
+		admin = p.URL("postgres")
+		urlFor = p.URL
+	} else {
+		cfg, err := pgx.ParseConfig(admin)
+		if err != nil {
+			t.Fatalf("TEST_POSTGRES_URL: %v", err)
+		}
+		urlFor = func(db string) string {
+			return fmt.Sprintf("postgres://%s:%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Password, cfg.Host, cfg.Port, db)
+		}
+	}
+	name := fmt.Sprintf("kvsql_test_%d_%d", os.Getpid(), pgDBCounter.Add(1))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		t.Fatalf("connect to postgres: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("create database: %v", err)
+	}
+	return urlFor(name)
+}

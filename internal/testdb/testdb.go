@@ -1,0 +1,31 @@
+// Package testdb starts throwaway PostgreSQL and MariaDB servers for tests:
+// each runs in a temp dir on a free loopback port as a child of the test
+// process and dies with it. It is shared by the integration tests and by
+// separate test modules in this repository (integration/k8s).
+package testdb
+
+import (
+	"net"
+	"os"
+	"testing"
+)
+
+// SkipOrFail skips a test that needs a missing database, but fails it on
+// CI, where every database must be present.
+func SkipOrFail(t testing.TB, err error) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("required on CI: %v", err)
+	}
+	t.Skip(err)
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
