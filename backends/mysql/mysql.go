@@ -94,7 +94,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("mysql: migrate: %w", err)
 	}
-	d := &dialect{db: db}
+	stmts, err := backends.PrepareAll(ctx, db, statements)
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("mysql: %w", err)
+	}
+	d := &dialect{db: db, stmts: stmts}
 	cfg.Engine.MaxKeyBytes = MaxKeyBytes
 	return &Store{Engine: backends.NewEngine(d, cfg.Engine), db: db, cfg: dc, leader: leaderLock + "." + dc.DBName}, nil
 }
@@ -243,7 +248,8 @@ func splitStatements(body string) []string {
 }
 
 type dialect struct {
-	db *sql.DB
+	db    *sql.DB
+	stmts *backends.Prepared
 }
 
 var _ backends.Dialect = (*dialect)(nil)
@@ -253,7 +259,7 @@ func (d *dialect) BeginRead(ctx context.Context) (backends.Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &txn{tx: tx}, nil
+	return &txn{tx: tx, st: backends.StmtTx{Tx: tx, Prepared: d.stmts}}, nil
 }
 
 func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
@@ -261,8 +267,8 @@ func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &txn{tx: tx, locked: true}
-	if err := tx.QueryRowContext(ctx, qLockMeta).Scan(&t.lockedRev, &t.lockedCompact); err != nil {
+	t := &txn{tx: tx, st: backends.StmtTx{Tx: tx, Prepared: d.stmts}, locked: true}
+	if err := t.st.QueryRow(ctx, qLockMeta, nil, &t.lockedRev, &t.lockedCompact); err != nil {
 		_ = tx.Rollback()
 		return nil, fmt.Errorf("lock kv_meta: %w", err)
 	}
@@ -275,7 +281,7 @@ func (d *dialect) GetLatest(ctx context.Context, key []byte, keysOnly bool) (int
 	var cur int64
 	var create, mod, version, lease sql.NullInt64
 	var value []byte
-	if err := d.db.QueryRowContext(ctx, qGetLatest, keysOnly, key).Scan(&cur, &create, &mod, &version, &lease, &value); err != nil {
+	if err := d.stmts.Stmt(qGetLatest).QueryRowContext(ctx, keysOnly, key).Scan(&cur, &create, &mod, &version, &lease, &value); err != nil {
 		return 0, nil, err
 	}
 	if !mod.Valid {
@@ -301,10 +307,14 @@ func (d *dialect) Defragment(ctx context.Context) error {
 	return rows.Close()
 }
 
-func (d *dialect) Close() error { return d.db.Close() }
+func (d *dialect) Close() error {
+	d.stmts.Close()
+	return d.db.Close()
+}
 
 type txn struct {
 	tx                       *sql.Tx
+	st                       backends.StmtTx
 	locked                   bool
 	lockedRev, lockedCompact int64
 }
@@ -317,12 +327,12 @@ func (t *txn) Revisions(ctx context.Context) (int64, int64, error) {
 		return t.lockedRev, t.lockedCompact, nil
 	}
 	var cur, compact int64
-	err := t.tx.QueryRowContext(ctx, qRevisions).Scan(&cur, &compact)
+	err := t.st.QueryRow(ctx, qRevisions, nil, &cur, &compact)
 	return cur, compact, err
 }
 
 func (t *txn) SetRevision(ctx context.Context, rev int64) error {
-	if _, err := t.tx.ExecContext(ctx, qSetRevision, rev); err != nil {
+	if _, err := t.st.Exec(ctx, qSetRevision, rev); err != nil {
 		return err
 	}
 	t.lockedRev = rev
@@ -330,7 +340,7 @@ func (t *txn) SetRevision(ctx context.Context, rev int64) error {
 }
 
 func (t *txn) SetCompact(ctx context.Context, rev int64) error {
-	if _, err := t.tx.ExecContext(ctx, qSetCompact, rev); err != nil {
+	if _, err := t.st.Exec(ctx, qSetCompact, rev); err != nil {
 		return err
 	}
 	t.lockedCompact = rev
@@ -366,7 +376,7 @@ func (t *txn) Range(ctx context.Context, kr backends.KeyRange, rev, limit int64,
 }
 
 func (t *txn) queryKVs(ctx context.Context, q string, args ...any) ([]*mvccpb.KeyValue, error) {
-	rows, err := t.tx.QueryContext(ctx, q, args...)
+	rows, err := t.st.Query(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -392,7 +402,7 @@ func (t *txn) Count(ctx context.Context, kr backends.KeyRange, rev int64) (int64
 		q, args = qCountLogRange, []any{kr.Key, kr.End, rev, rev}
 	}
 	var n int64
-	err := t.tx.QueryRowContext(ctx, q, args...).Scan(&n)
+	err := t.st.QueryRow(ctx, q, args, &n)
 	return n, err
 }
 
@@ -424,7 +434,7 @@ func (t *txn) writeChunk(ctx context.Context, rows []backends.LogRow) error {
 		args = append(args, r.Rev, r.Sub, r.Key, r.Deleted, r.CreateRev, r.PrevRev, r.Version, r.Lease, nonNil(r.Value))
 		last[string(r.Key)] = i
 	}
-	if _, err := t.tx.ExecContext(ctx, qInsertLogHead+repeatGroup(qInsertLogRow, len(rows)), args...); err != nil {
+	if _, err := t.st.Exec(ctx, qInsertLogHead+repeatGroup(qInsertLogRow, len(rows)), args...); err != nil {
 		return fmt.Errorf("append revisions %d..%d: %w", rows[0].Rev, rows[len(rows)-1].Rev, err)
 	}
 	var dels, puts []any
@@ -441,12 +451,12 @@ func (t *txn) writeChunk(ctx context.Context, rows []backends.LogRow) error {
 		}
 	}
 	if len(dels) > 0 {
-		if _, err := t.tx.ExecContext(ctx, qDeleteCurHead+repeatGroup("?", len(dels))+qPlaceholderTail, dels...); err != nil {
+		if _, err := t.st.Exec(ctx, qDeleteCurHead+repeatGroup("?", len(dels))+qPlaceholderTail, dels...); err != nil {
 			return fmt.Errorf("apply deletes of revisions %d..%d: %w", rows[0].Rev, rows[len(rows)-1].Rev, err)
 		}
 	}
 	if nPuts > 0 {
-		if _, err := t.tx.ExecContext(ctx, qUpsertCurHead+repeatGroup(qUpsertCurRow, nPuts)+qUpsertCurTail, puts...); err != nil {
+		if _, err := t.st.Exec(ctx, qUpsertCurHead+repeatGroup(qUpsertCurRow, nPuts)+qUpsertCurTail, puts...); err != nil {
 			return fmt.Errorf("apply puts of revisions %d..%d: %w", rows[0].Rev, rows[len(rows)-1].Rev, err)
 		}
 	}
@@ -482,7 +492,7 @@ func nonNil(b []byte) []byte {
 }
 
 func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error) {
-	rows, err := t.tx.QueryContext(ctx, qChanges, after, upTo)
+	rows, err := t.st.Query(ctx, qChanges, after, upTo)
 	if err != nil {
 		return nil, err
 	}
@@ -491,7 +501,7 @@ func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, 
 }
 
 func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error) {
-	res, err := t.tx.ExecContext(ctx, qDeleteHistory, from, to, compact, compact)
+	res, err := t.st.Exec(ctx, qDeleteHistory, from, to, compact, compact)
 	if err != nil {
 		return 0, err
 	}
@@ -499,7 +509,7 @@ func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64
 }
 
 func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {
-	res, err := t.tx.ExecContext(ctx, qLeaseInsert, id, ttl, ttl)
+	res, err := t.st.Exec(ctx, qLeaseInsert, id, ttl, ttl)
 	if err != nil {
 		return false, err
 	}
@@ -508,7 +518,7 @@ func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {
 }
 
 func (t *txn) LeaseGet(ctx context.Context, id int64) (ttl, remaining int64, found bool, err error) {
-	err = t.tx.QueryRowContext(ctx, qLeaseGet, id).Scan(&ttl, &remaining)
+	err = t.st.QueryRow(ctx, qLeaseGet, []any{id}, &ttl, &remaining)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, 0, false, nil
 	}
@@ -516,7 +526,7 @@ func (t *txn) LeaseGet(ctx context.Context, id int64) (ttl, remaining int64, fou
 }
 
 func (t *txn) LeaseRenew(ctx context.Context, id int64) (int64, bool, error) {
-	res, err := t.tx.ExecContext(ctx, qLeaseRenew, id)
+	res, err := t.st.Exec(ctx, qLeaseRenew, id)
 	if err != nil {
 		return 0, false, err
 	}
@@ -524,14 +534,14 @@ func (t *txn) LeaseRenew(ctx context.Context, id int64) (int64, bool, error) {
 		return 0, false, err
 	}
 	var ttl int64
-	if err := t.tx.QueryRowContext(ctx, qLeaseTTL, id).Scan(&ttl); err != nil {
+	if err := t.st.QueryRow(ctx, qLeaseTTL, []any{id}, &ttl); err != nil {
 		return 0, false, err
 	}
 	return ttl, true, nil
 }
 
 func (t *txn) LeaseDelete(ctx context.Context, id int64) error {
-	_, err := t.tx.ExecContext(ctx, qLeaseDelete, id)
+	_, err := t.st.Exec(ctx, qLeaseDelete, id)
 	return err
 }
 
@@ -548,7 +558,7 @@ func (t *txn) ExpiredLeases(ctx context.Context, limit int) ([]int64, error) {
 }
 
 func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, error) {
-	rows, err := t.tx.QueryContext(ctx, q, args...)
+	rows, err := t.st.Query(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}

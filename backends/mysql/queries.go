@@ -84,3 +84,12 @@ const (
 	qGetLock    = `SELECT GET_LOCK(?, ?)`
 	qReleaseLck = `SELECT RELEASE_LOCK(?)`
 )
+
+// statements lists the fixed statements, prepared once at open.
+var statements = []string{
+	qRevisions, qLockMeta, qSetRevision, qSetCompact, qGetLatest,
+	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
+	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
+	qChanges, qDeleteHistory,
+	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseTTL, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
+}

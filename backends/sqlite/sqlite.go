@@ -54,37 +54,8 @@ func Open(ctx context.Context, cfg Config) (*backends.Engine, error) {
 type dialect struct {
 	w      *sql.DB // one connection, BEGIN IMMEDIATE
 	r      *sql.DB // WAL readers
-	wStmts *stmtCache
-	rStmts *stmtCache
-}
-
-// stmtCache holds every statement of queries.go prepared once per database
-// handle, at open: a transaction then reuses the statement its connection
-// already prepared (database/sql keeps one per connection) instead of
-// parsing the SQL again on every call. Preparing at open matters: the
-// writer has a single connection, which a transaction holds, so a prepare
-// on the handle during a transaction would wait for itself.
-type stmtCache struct {
-	m map[string]*sql.Stmt // read-only after newStmtCache
-}
-
-func newStmtCache(ctx context.Context, db *sql.DB) (*stmtCache, error) {
-	c := &stmtCache{m: map[string]*sql.Stmt{}}
-	for _, q := range statements {
-		s, err := db.PrepareContext(ctx, q)
-		if err != nil {
-			c.close()
-			return nil, fmt.Errorf("prepare %q: %w", q, err)
-		}
-		c.m[q] = s
-	}
-	return c, nil
-}
-
-func (c *stmtCache) close() {
-	for _, s := range c.m {
-		_ = s.Close()
-	}
+	wStmts *backends.Prepared
+	rStmts *backends.Prepared
 }
 
 var _ backends.Dialect = (*dialect)(nil)
@@ -121,15 +92,15 @@ func openDialect(ctx context.Context, cfg Config) (*dialect, error) {
 	r.SetMaxOpenConns(n)
 	r.SetMaxIdleConns(n)
 	r.SetConnMaxLifetime(0)
-	ws, err := newStmtCache(ctx, w)
+	ws, err := backends.PrepareAll(ctx, w, statements)
 	if err != nil {
 		_ = r.Close()
 		_ = w.Close()
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
-	rs, err := newStmtCache(ctx, r)
+	rs, err := backends.PrepareAll(ctx, r, statements)
 	if err != nil {
-		ws.close()
+		ws.Close()
 		_ = r.Close()
 		_ = w.Close()
 		return nil, fmt.Errorf("sqlite: %w", err)
@@ -176,7 +147,7 @@ func (d *dialect) BeginRead(ctx context.Context) (backends.Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &txn{tx: tx, stmts: d.rStmts}, nil
+	return &txn{tx: tx, st: backends.StmtTx{Tx: tx, Prepared: d.rStmts}}, nil
 }
 
 func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
@@ -184,7 +155,7 @@ func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &txn{tx: tx, stmts: d.wStmts}, nil
+	return &txn{tx: tx, st: backends.StmtTx{Tx: tx, Prepared: d.wStmts}}, nil
 }
 
 func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
@@ -206,64 +177,31 @@ func (d *dialect) Defragment(ctx context.Context) error {
 }
 
 func (d *dialect) Close() error {
-	d.rStmts.close()
-	d.wStmts.close()
+	d.rStmts.Close()
+	d.wStmts.Close()
 	return errors.Join(d.r.Close(), d.w.Close())
 }
 
 type txn struct {
-	tx    *sql.Tx
-	stmts *stmtCache
-}
-
-// stmt returns q prepared, bound to this transaction.
-func (t *txn) stmt(ctx context.Context, q string) (*sql.Stmt, error) {
-	if s, ok := t.stmts.m[q]; ok {
-		return t.tx.StmtContext(ctx, s), nil
-	}
-	return t.tx.PrepareContext(ctx, q) // not in queries.go's list: prepared for this transaction only
-}
-
-func (t *txn) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
-	s, err := t.stmt(ctx, q)
-	if err != nil {
-		return nil, err
-	}
-	return s.QueryContext(ctx, args...)
-}
-
-func (t *txn) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
-	s, err := t.stmt(ctx, q)
-	if err != nil {
-		return nil, err
-	}
-	return s.ExecContext(ctx, args...)
-}
-
-// queryRow runs q and scans its one row into dst (sql.ErrNoRows if none).
-func (t *txn) queryRow(ctx context.Context, q string, args []any, dst ...any) error {
-	s, err := t.stmt(ctx, q)
-	if err != nil {
-		return err
-	}
-	return s.QueryRowContext(ctx, args...).Scan(dst...)
+	tx *sql.Tx
+	st backends.StmtTx
 }
 
 func (t *txn) Commit() error   { return t.tx.Commit() }
 func (t *txn) Rollback() error { return t.tx.Rollback() }
 
 func (t *txn) Revisions(ctx context.Context) (cur, compact int64, err error) {
-	err = t.queryRow(ctx, qRevisions, nil, &cur, &compact)
+	err = t.st.QueryRow(ctx, qRevisions, nil, &cur, &compact)
 	return cur, compact, err
 }
 
 func (t *txn) SetRevision(ctx context.Context, rev int64) error {
-	_, err := t.exec(ctx, qSetRevision, rev)
+	_, err := t.st.Exec(ctx, qSetRevision, rev)
 	return err
 }
 
 func (t *txn) SetCompact(ctx context.Context, rev int64) error {
-	_, err := t.exec(ctx, qSetCompact, rev)
+	_, err := t.st.Exec(ctx, qSetCompact, rev)
 	return err
 }
 
@@ -296,7 +234,7 @@ func (t *txn) Range(ctx context.Context, kr backends.KeyRange, rev, limit int64,
 }
 
 func (t *txn) queryKVs(ctx context.Context, q string, args ...any) ([]*mvccpb.KeyValue, error) {
-	rows, err := t.query(ctx, q, args...)
+	rows, err := t.st.Query(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -322,20 +260,20 @@ func (t *txn) Count(ctx context.Context, kr backends.KeyRange, rev int64) (int64
 		q, args = qCountLogRange, []any{kr.Key, kr.End, rev}
 	}
 	var n int64
-	err := t.queryRow(ctx, q, args, &n)
+	err := t.st.QueryRow(ctx, q, args, &n)
 	return n, err
 }
 
 func (t *txn) Write(ctx context.Context, rows []backends.LogRow) error {
 	for _, r := range rows {
-		if _, err := t.exec(ctx, qInsertLog, r.Rev, r.Sub, r.Key, r.Deleted, r.CreateRev, r.PrevRev, r.Version, r.Lease, r.Value); err != nil {
+		if _, err := t.st.Exec(ctx, qInsertLog, r.Rev, r.Sub, r.Key, r.Deleted, r.CreateRev, r.PrevRev, r.Version, r.Lease, r.Value); err != nil {
 			return fmt.Errorf("append revision %d.%d: %w", r.Rev, r.Sub, err)
 		}
 		var err error
 		if r.Deleted {
-			_, err = t.exec(ctx, qDeleteCurrent, r.Key)
+			_, err = t.st.Exec(ctx, qDeleteCurrent, r.Key)
 		} else {
-			_, err = t.exec(ctx, qUpsertCurrent, r.Key, r.CreateRev, r.Rev, r.Version, r.Lease, r.Value)
+			_, err = t.st.Exec(ctx, qUpsertCurrent, r.Key, r.CreateRev, r.Rev, r.Version, r.Lease, r.Value)
 		}
 		if err != nil {
 			return fmt.Errorf("apply revision %d.%d: %w", r.Rev, r.Sub, err)
@@ -345,7 +283,7 @@ func (t *txn) Write(ctx context.Context, rows []backends.LogRow) error {
 }
 
 func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error) {
-	rows, err := t.query(ctx, qChanges, after, upTo)
+	rows, err := t.st.Query(ctx, qChanges, after, upTo)
 	if err != nil {
 		return nil, err
 	}
@@ -354,7 +292,7 @@ func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, 
 }
 
 func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error) {
-	res, err := t.exec(ctx, qDeleteHistory, compact, from, to)
+	res, err := t.st.Exec(ctx, qDeleteHistory, compact, from, to)
 	if err != nil {
 		return 0, err
 	}
@@ -364,7 +302,7 @@ func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64
 func nowMillis() int64 { return time.Now().UnixMilli() }
 
 func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {
-	res, err := t.exec(ctx, qLeaseInsert, id, ttl, nowMillis()+ttl*1000)
+	res, err := t.st.Exec(ctx, qLeaseInsert, id, ttl, nowMillis()+ttl*1000)
 	if err != nil {
 		return false, err
 	}
@@ -374,7 +312,7 @@ func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {
 
 func (t *txn) LeaseGet(ctx context.Context, id int64) (ttl, remaining int64, found bool, err error) {
 	var expiry int64
-	err = t.queryRow(ctx, qLeaseGet, []any{id}, &ttl, &expiry)
+	err = t.st.QueryRow(ctx, qLeaseGet, []any{id}, &ttl, &expiry)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, 0, false, nil
 	}
@@ -386,7 +324,7 @@ func (t *txn) LeaseGet(ctx context.Context, id int64) (ttl, remaining int64, fou
 
 func (t *txn) LeaseRenew(ctx context.Context, id int64) (int64, bool, error) {
 	var ttl int64
-	err := t.queryRow(ctx, qLeaseRenew, []any{id, nowMillis()}, &ttl)
+	err := t.st.QueryRow(ctx, qLeaseRenew, []any{id, nowMillis()}, &ttl)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, false, nil
 	}
@@ -394,7 +332,7 @@ func (t *txn) LeaseRenew(ctx context.Context, id int64) (int64, bool, error) {
 }
 
 func (t *txn) LeaseDelete(ctx context.Context, id int64) error {
-	_, err := t.exec(ctx, qLeaseDelete, id)
+	_, err := t.st.Exec(ctx, qLeaseDelete, id)
 	return err
 }
 
@@ -411,7 +349,7 @@ func (t *txn) ExpiredLeases(ctx context.Context, limit int) ([]int64, error) {
 }
 
 func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, error) {
-	rows, err := t.query(ctx, q, args...)
+	rows, err := t.st.Query(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
