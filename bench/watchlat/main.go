@@ -10,6 +10,12 @@
 // With -count 0 -load-only 20s it only runs the CAS load (Kubernetes'
 // GuaranteedUpdate shape: get, then txn compare mod_revision, put, else get)
 // and prints its rate.
+//
+// With -fill N it only writes: N single-key puts through -write, spread
+// round-robin over -fill-keys keys named PREFIX%06d (-fill-prefix), by
+// -fill-writers concurrent clients, and prints the rate. bench/run.sh loads
+// the keys its range workloads read this way (kine cannot put many keys in
+// one txn) and grows the history to 100000 revisions.
 package main
 
 import (
@@ -49,7 +55,15 @@ func run() error {
 	loadKeys := flag.Int("load-keys", 64, "keys the CAS writers share")
 	maxTime := flag.Duration("max-time", 5*time.Minute, "stop after this long whatever the count")
 	loadOnly := flag.Duration("load-only", 0, "with -count 0: only run the CAS load for this long and print its rate")
+	fill := flag.Int("fill", 0, "only write this many puts through -write (see -fill-*) and print the rate")
+	fillPrefix := flag.String("fill-prefix", "fill/", "with -fill: key prefix; keys are PREFIX%06d")
+	fillKeys := flag.Int("fill-keys", 1000, "with -fill: how many distinct keys the puts go round-robin over")
+	fillWriters := flag.Int("fill-writers", 16, "with -fill: concurrent writers (one client each)")
+	fillValue := flag.Int("fill-value-size", 256, "with -fill: value size in bytes")
 	flag.Parse()
+	if *fill > 0 {
+		return runFill(*write, *fill, *fillPrefix, *fillKeys, *fillWriters, *fillValue, *maxTime)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), *maxTime)
 	defer cancel()
@@ -129,14 +143,23 @@ func run() error {
 	lat := make([]time.Duration, 0, *count)
 	ackLat := make([]time.Duration, 0, *count) // put acknowledged -> event received
 	casStart, loadStart := cas.Load(), time.Now()
+	incomplete := false // -max-time ran out: report what was timed
 	for i := range *count {
 		key := fmt.Sprintf("lat/%d", i)
 		start := time.Now()
 		if _, err := wc.Put(ctx, key, "x"); err != nil {
+			if ctx.Err() != nil && len(lat) > 0 {
+				incomplete = true
+				break
+			}
 			return err
 		}
 		acked := time.Now()
 		if err := waitFor(ctx, wch, key); err != nil {
+			if ctx.Err() != nil && len(lat) > 0 {
+				incomplete = true
+				break
+			}
 			return err
 		}
 		lat = append(lat, time.Since(start))
@@ -159,6 +182,9 @@ func run() error {
 	fmt.Printf("writes=%d put_to_event %s ack_to_event %s", len(lat), summary(lat), summary(ackLat))
 	if *load != "" {
 		fmt.Printf(" load_cas_per_s=%.0f", loadRate)
+	}
+	if incomplete {
+		fmt.Printf(" incomplete=%d_of_%d_in_%v", len(lat), *count, *maxTime)
 	}
 	fmt.Println()
 	return nil
@@ -183,4 +209,65 @@ func waitFor(ctx context.Context, wch clientv3.WatchChan, key string) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// runFill writes n puts over keys prefix%06d (i mod keys) with writers
+// concurrent clients on ep, and prints the rate and the put latency.
+func runFill(ep string, n int, prefix string, keys, writers, valueSize int, maxTime time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), maxTime)
+	defer cancel()
+	value := strings.Repeat("v", valueSize)
+	var next atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	var wg sync.WaitGroup
+	lats := make([][]time.Duration, max(1, writers))
+	start := time.Now()
+	for w := range lats {
+		c, err := client(ep)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(n) || ctx.Err() != nil {
+					return
+				}
+				key := fmt.Sprintf("%s%06d", prefix, i%int64(max(1, keys)))
+				t0 := time.Now()
+				if _, err := c.Put(ctx, key, value); err != nil {
+					errOnce.Do(func() { firstErr = fmt.Errorf("put %s: %w", key, err) })
+					cancel()
+					return
+				}
+				lats[w] = append(lats[w], time.Since(t0))
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if firstErr != nil {
+		return firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("fill: %w", err)
+	}
+	var all []time.Duration
+	var sum time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
+		for _, d := range l {
+			sum += d
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	fmt.Printf("fill puts=%d keys=%d writers=%d puts_per_s=%.0f avg_ms=%.3f p50_ms=%.3f p99_ms=%.3f max_ms=%.3f\n",
+		n, keys, max(1, writers), float64(n)/elapsed.Seconds(), ms(sum/time.Duration(len(all))),
+		ms(all[len(all)/2]), ms(all[min(len(all)-1, len(all)*99/100)]), ms(all[len(all)-1]))
+	return nil
 }
