@@ -3,7 +3,6 @@ package integration
 import (
 	"context"
 	"fmt"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -109,62 +108,11 @@ func TestPostgresRestartDuringWritesAndWatches(t *testing.T) {
 			first = st
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-
-	upTo := map[string]chan int64{}
-	results := map[string][]*clientv3.Event{}
-	var mu sync.Mutex
-	var wwg sync.WaitGroup
-	for i, c := range clients {
-		name := fmt.Sprintf("watch on instance %d", i)
-		ch := make(chan int64, 1)
-		upTo[name] = ch
-		wch := c.Watch(ctx, "w/", clientv3.WithPrefix(), clientv3.WithRev(1))
-		wwg.Add(1)
-		go func() {
-			defer wwg.Done()
-			evs, err := collect(ctx, wch, ch)
-			if err != nil {
-				t.Errorf("%s: %v", name, err)
-			}
-			mu.Lock()
-			results[name] = evs
-			mu.Unlock()
-		}()
+	restarts := []func(){
+		func() { p.stop(syscall.SIGINT); mustStart(t, p.start) },  // fast shutdown
+		func() { p.stop(syscall.SIGQUIT); mustStart(t, p.start) }, // immediate: like a crash
 	}
-	stop := make(chan struct{})
-	var acked [][]ackedPut = make([][]ackedPut, len(clients))
-	var pwg sync.WaitGroup
-	for i, c := range clients {
-		pwg.Add(1)
-		go func() {
-			defer pwg.Done()
-			acked[i] = writeUntil(ctx, c, fmt.Sprintf("w/%d", i), stop)
-		}()
-	}
-	waitForRevision(t, ctx, clients[0], 30)
-	p.stop(syscall.SIGINT) // fast shutdown
-	if err := p.start(); err != nil {
-		t.Fatal(err)
-	}
-	waitForRevision(t, ctx, clients[1], 60)
-	p.stop(syscall.SIGQUIT) // immediate: like a crash
-	if err := p.start(); err != nil {
-		t.Fatal(err)
-	}
-	waitForRevision(t, ctx, clients[0], 90)
-	close(stop)
-	pwg.Wait()
-	resp, err := clients[0].Get(ctx, "w/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ch := range upTo {
-		ch <- resp.Header.Revision
-	}
-	wwg.Wait()
-	checkHistory(t, ctx, clients[0], first, append(acked[0], acked[1]...), results, resp.Header.Revision)
+	runFaultLoad(t, clients, first, restarts)
 }
 
 // TestPostgresListenConnectionKilled terminates the LISTEN connections; the
