@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"log/slog"
 	"sync"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -31,6 +32,10 @@ type EngineConfig struct {
 	// OnCommit, if set, is called after every commit that created new
 	// revisions, with the newest revision. It must not block.
 	OnCommit func(rev int64)
+	// OnBatch, if set, is called after every group-commit transaction with
+	// how many requests it carried, how long it took and whether it failed.
+	// It must not block.
+	OnBatch func(requests int, took time.Duration, err error)
 	// MaxKeyBytes, if set, is the longest key the database can store; a put
 	// of a longer key fails with ErrKeyTooLarge before anything is written.
 	MaxKeyBytes int
@@ -156,7 +161,11 @@ func (e *Engine) writeLoop() {
 // context ended while queued are skipped.
 func (e *Engine) commitBatch(batch []*writeReq) {
 	ctx := context.Background()
+	began := time.Now()
 	fail := func(err error) {
+		if e.cfg.OnBatch != nil {
+			e.cfg.OnBatch(len(batch), time.Since(began), err)
+		}
 		for _, req := range batch {
 			req.done <- err
 		}
@@ -215,6 +224,9 @@ func (e *Engine) commitBatch(batch []*writeReq) {
 	}
 	if rev != start && e.cfg.OnCommit != nil {
 		e.cfg.OnCommit(rev)
+	}
+	if e.cfg.OnBatch != nil {
+		e.cfg.OnBatch(len(batch), time.Since(began), nil)
 	}
 	for i, req := range batch {
 		req.done <- results[i]

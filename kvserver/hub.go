@@ -40,6 +40,7 @@ type hub struct {
 	poll   time.Duration
 	log    *slog.Logger
 	kickCh chan struct{} // buffered(1): read now
+	onRev  func(int64)   // optional: called with the new cursor after each publish, under mu
 
 	mu sync.Mutex // guards the fields below
 	// rev is the newest revision in the window: every event <= rev has
@@ -269,6 +270,9 @@ func (h *hub) publish(evs []*mvccpb.Event) {
 		h.bytes += sz
 	}
 	h.rev = evs[len(evs)-1].Kv.ModRevision
+	if h.onRev != nil {
+		h.onRev(h.rev)
+	}
 	// Trim once over a limit by a quarter, so the copy is amortised; drop
 	// whole revisions from the front. Watchers older than the window read
 	// from the backend instead.

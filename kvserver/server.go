@@ -48,6 +48,8 @@ type Config struct {
 	Backend backends.Backend
 	Notify  notify.Source
 	Logger  *slog.Logger
+	// Metrics, if set, receives request, watch and revision metrics.
+	Metrics *Metrics
 
 	// Name is this member's name; ClusterName seeds the cluster ID.
 	Name        string
@@ -121,6 +123,9 @@ func New(cfg Config) (*Server, error) {
 		shutdown:  make(chan struct{}),
 	}
 	s.hub = newHub(cfg.Backend, cfg.Notify, cfg.SafetyPoll, cfg.Logger.With("component", "watch-hub"))
+	if m := cfg.Metrics; m != nil {
+		s.hub.onRev = func(rev int64) { m.revision.Set(float64(rev)) }
+	}
 	return s, nil
 }
 
@@ -136,11 +141,15 @@ func idOf(name string) uint64 {
 
 // GRPCOptions returns the server options etcd uses for its limits.
 func (s *Server) GRPCOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
+	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes + grpcOverheadBytes),
 		grpc.MaxSendMsgSize(1<<31 - 1),
 		grpc.MaxConcurrentStreams(1<<32 - 1),
 	}
+	if m := s.cfg.Metrics; m != nil {
+		opts = append(opts, grpc.ChainUnaryInterceptor(m.unary), grpc.ChainStreamInterceptor(m.stream))
+	}
+	return opts
 }
 
 // Register registers every etcd service on g.

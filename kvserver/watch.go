@@ -112,7 +112,15 @@ func (ws *watchService) Watch(stream pb.Watch_WatchServer) error {
 	return st.run(ctx, ctrl, recvErr)
 }
 
+// gauge adjusts the open-watches metric.
+func (st *watchStream) gauge(delta int) {
+	if m := st.s.cfg.Metrics; m != nil {
+		m.watchers.Add(float64(delta))
+	}
+}
+
 func (st *watchStream) run(ctx context.Context, ctrl <-chan *pb.WatchRequest, recvErr <-chan error) error {
+	defer func() { st.gauge(-len(st.watchers)) }()
 	ticker := time.NewTicker(st.s.cfg.ProgressNotifyInterval)
 	defer ticker.Stop()
 	for {
@@ -162,6 +170,7 @@ func (st *watchStream) handle(ctx context.Context, req *pb.WatchRequest) error {
 			return nil // etcd answers nothing for an unknown watch ID
 		}
 		delete(st.watchers, id)
+		st.gauge(-1)
 		// As etcd, answer with the store's current revision, which the
 		// hub's cursor may not have reached yet.
 		cur, err := st.s.currentRev(ctx)
@@ -226,6 +235,7 @@ func (st *watchStream) create(ctx context.Context, c *pb.WatchCreateRequest) err
 	// never count as synced for RequestProgress).
 	w.next = max(w.next, 2)
 	st.watchers[id] = w
+	st.gauge(1)
 	return st.send(&pb.WatchResponse{Header: st.s.header(cur), WatchId: id, Created: true})
 }
 
@@ -308,6 +318,7 @@ func (st *watchStream) deliver(ctx context.Context, w *watcher, rev int64) error
 	}
 	if w.compacted != 0 {
 		delete(st.watchers, w.id)
+		st.gauge(-1)
 		// etcd's compaction cancellation carries no revision in its header.
 		return st.send(&pb.WatchResponse{Header: st.s.header(0), WatchId: w.id, CompactRevision: w.compacted, Canceled: true})
 	}

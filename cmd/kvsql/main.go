@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -21,6 +22,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -58,6 +62,7 @@ type config struct {
 	safetyPoll    time.Duration
 	stmtTimeout   time.Duration
 	serverID      uint
+	metricsURLs   string
 	certFile      string
 	keyFile       string
 	caFile        string
@@ -103,6 +108,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.listenURLs, "listen-client-urls", "http://127.0.0.1:2379", "comma-separated URLs to serve clients on (http:// plain, https:// TLS)")
 	fs.StringVar(&c.advertiseURLs, "advertise-client-urls", "", "comma-separated client URLs to report in MemberList (default: --listen-client-urls)")
 	fs.StringVar(&c.name, "name", "default", "this member's name")
+	fs.StringVar(&c.metricsURLs, "listen-metrics-urls", "", "comma-separated http:// URLs to serve Prometheus metrics on, at /metrics (default: none)")
 	fs.StringVar(&c.dataDir, "data-dir", "kvsql-data", "directory for the embedded SQLite database")
 	fs.StringVar(&c.endpoint, "endpoint", "", "database URL; the scheme picks the backend: sqlite://PATH (default: sqlite://<data-dir>/state.db) or postgres://USER:PASS@HOST:PORT/DB?sslmode=... or mysql://USER:PASS@tcp(HOST:PORT)/DB")
 	fs.StringVar(&c.notifyMode, "notify", "auto", "how watches learn of commits: auto (the database's change stream: in-process for SQLite, LISTEN/NOTIFY for PostgreSQL, the binlog for MySQL) or poll (read the log every --notify-poll-interval; for PgBouncer in transaction mode and other poolers where LISTEN cannot work, or MySQL servers whose binlog cannot be read)")
@@ -161,7 +167,7 @@ func newLogger(c *config, w io.Writer) (*slog.Logger, error) {
 }
 
 // openBackend picks the backend from the endpoint URL's scheme.
-func openBackend(ctx context.Context, c *config, log *slog.Logger) (backends.Backend, notify.Source, error) {
+func openBackend(ctx context.Context, c *config, log *slog.Logger, onBatch func(int, time.Duration, error)) (backends.Backend, notify.Source, error) {
 	ep := c.endpoint
 	if ep == "" {
 		ep = "sqlite://" + filepath.Join(c.dataDir, sqlite.DefaultFile)
@@ -179,7 +185,7 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger) (backends.Bac
 		src := local.New()
 		be, err := sqlite.Open(ctx, sqlite.Config{
 			Path:   path,
-			Engine: backends.EngineConfig{Logger: log.With("component", "sqlite"), OnCommit: src.Publish},
+			Engine: backends.EngineConfig{Logger: log.With("component", "sqlite"), OnCommit: src.Publish, OnBatch: onBatch},
 		})
 		if err != nil {
 			return nil, nil, err
@@ -192,7 +198,7 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger) (backends.Bac
 		st, err := postgres.Open(ctx, postgres.Config{
 			URL:              ep,
 			StatementTimeout: c.stmtTimeout,
-			Engine:           backends.EngineConfig{Logger: log.With("component", "postgres")},
+			Engine:           backends.EngineConfig{Logger: log.With("component", "postgres"), OnBatch: onBatch},
 		})
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, redact(ep))
@@ -202,7 +208,7 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger) (backends.Bac
 		}
 		return st, pgnotify.New(st.Pool(), postgres.NotifyChannel, log.With("component", "pgnotify")), nil
 	case "mysql":
-		st, err := mysql.Open(ctx, mysql.Config{DSN: ep, Engine: backends.EngineConfig{Logger: log.With("component", "mysql")}})
+		st, err := mysql.Open(ctx, mysql.Config{DSN: ep, Engine: backends.EngineConfig{Logger: log.With("component", "mysql"), OnBatch: onBatch}})
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, redactMySQL(ep))
 		}
@@ -326,7 +332,37 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	be, src, err := openBackend(ctx, c, log)
+	var metrics *kvserver.Metrics
+	var metricsSrv []*http.Server
+	var onBatch func(int, time.Duration, error)
+	if c.metricsURLs != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		metrics = kvserver.NewMetrics(reg)
+		onBatch = metrics.OnBatch
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		for _, raw := range strings.Split(c.metricsURLs, ",") {
+			u, err := url.Parse(strings.TrimSpace(raw))
+			if err != nil || u.Scheme != "http" || u.Host == "" {
+				return fmt.Errorf("--listen-metrics-urls %q: want http://host:port", raw)
+			}
+			ml, err := net.Listen("tcp", u.Host)
+			if err != nil {
+				return fmt.Errorf("listen for metrics on %s: %w", u.Host, err)
+			}
+			hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+			metricsSrv = append(metricsSrv, hs)
+			go func() { _ = hs.Serve(ml) }()
+			log.Info("serving metrics", "addr", ml.Addr().String())
+		}
+		defer func() {
+			for _, hs := range metricsSrv {
+				_ = hs.Close()
+			}
+		}()
+	}
+	be, src, err := openBackend(ctx, c, log, onBatch)
 	if err != nil {
 		for _, l := range lns {
 			_ = l.Close()
@@ -352,6 +388,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		MaxTxnOps:              c.maxTxnOps,
 		ProgressNotifyInterval: c.progressEvery,
 		SafetyPoll:             c.safetyPoll,
+		Metrics:                metrics,
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,66 @@
+package integration
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// TestMetricsEndpoint: with --listen-metrics-urls, /metrics serves the
+// request, group-commit, watch and revision metrics, and they move.
+func TestMetricsEndpoint(t *testing.T) {
+	t.Parallel()
+	addr := procFreeAddr(t)
+	p := startKVSQLProc(t, "--listen-metrics-urls=http://"+addr)
+	c := p.client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	wch := c.Watch(ctx, "m/", clientv3.WithPrefix())
+	var rev int64
+	for range 5 {
+		resp, err := c.Put(ctx, "m/k", "v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev = resp.Header.Revision
+	}
+	for seen := 0; seen < 5; {
+		select {
+		case wr := <-wch:
+			seen += len(wr.Events)
+		case <-ctx.Done():
+			t.Fatal("watch events did not arrive")
+		}
+	}
+	scrape := func() string {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET /metrics: %d %v", resp.StatusCode, err)
+		}
+		return string(b)
+	}
+	body := scrape()
+	for _, want := range []string{
+		`kvsql_grpc_requests_total{code="OK",method="Put"} 5`,
+		`kvsql_watchers 1`,
+		`kvsql_watch_revision ` + strconv.FormatInt(rev, 10),
+		`kvsql_write_batch_requests_count`,
+		`kvsql_write_batch_seconds_bucket`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
