@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/kvsql/kvsql/backends"
 	"github.com/kvsql/kvsql/notify"
@@ -145,6 +146,13 @@ func (s *Server) GRPCOptions() []grpc.ServerOption {
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes + grpcOverheadBytes),
 		grpc.MaxSendMsgSize(1<<31 - 1),
 		grpc.MaxConcurrentStreams(1<<32 - 1),
+		// etcd's keepalive defaults (--grpc-keepalive-min-time 5s,
+		// --grpc-keepalive-interval 2h, --grpc-keepalive-timeout 20s). gRPC's
+		// own default (a 5-minute minimum between client pings) answers
+		// clientv3's 30-second keepalive pings — kube-apiserver's — with
+		// GOAWAY "too_many_pings" and tears its connection down.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Hour, Timeout: 20 * time.Second}),
 	}
 	if m := s.cfg.Metrics; m != nil {
 		opts = append(opts, grpc.ChainUnaryInterceptor(m.unary), grpc.ChainStreamInterceptor(m.stream))
