@@ -1,5 +1,7 @@
 package mysql
 
+import "github.com/kvsql/kvsql/backends"
+
 // Every statement the MySQL/MariaDB dialect runs, with ? placeholders (each
 // argument is passed once per placeholder). Keys are VARBINARY, which
 // compares bytewise. nowMS is the database clock in Unix milliseconds.
@@ -92,4 +94,13 @@ var statements = []string{
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
 	qChanges, qDeleteHistory,
 	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseTTL, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
+}
+
+// rangeStatements picks the range and count statements by key-range shape.
+var rangeStatements = &backends.RangeStatements{
+	Current:      [3]string{qCurrentSingle, qCurrentRange, qCurrentFromKey},
+	Log:          [3]string{qLogSingle, qLogRange, qLogFromKey},
+	CountCurrent: [3]string{qCountCurSingle, qCountCurRange, qCountCurFromKey},
+	CountLog:     [3]string{qCountLogSngl, qCountLogRange, qCountLogFrom},
+	RevTwice:     true,
 }

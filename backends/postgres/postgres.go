@@ -314,23 +314,7 @@ func sqlLimit(limit int64) any {
 }
 
 func (t *txn) Range(ctx context.Context, kr backends.KeyRange, rev, limit int64, keysOnly bool) ([]*mvccpb.KeyValue, error) {
-	var q string
-	var args []any
-	lim := sqlLimit(limit)
-	switch {
-	case rev == 0 && kr.Single():
-		q, args = qCurrentSingle, []any{keysOnly, kr.Key, lim}
-	case rev == 0 && kr.FromKey:
-		q, args = qCurrentFromKey, []any{keysOnly, kr.Key, lim}
-	case rev == 0:
-		q, args = qCurrentRange, []any{keysOnly, kr.Key, kr.End, lim}
-	case kr.Single():
-		q, args = qLogSingle, []any{keysOnly, kr.Key, rev, lim}
-	case kr.FromKey:
-		q, args = qLogFromKey, []any{keysOnly, kr.Key, rev, lim}
-	default:
-		q, args = qLogRange, []any{keysOnly, kr.Key, kr.End, rev, lim}
-	}
+	q, args := rangeStatements.Range(kr, rev, sqlLimit(limit), keysOnly)
 	return t.queryKVs(ctx, q, args...)
 }
 
@@ -344,22 +328,7 @@ func (t *txn) queryKVs(ctx context.Context, q string, args ...any) ([]*mvccpb.Ke
 }
 
 func (t *txn) Count(ctx context.Context, kr backends.KeyRange, rev int64) (int64, error) {
-	var q string
-	var args []any
-	switch {
-	case rev == 0 && kr.Single():
-		q, args = qCountCurSingle, []any{kr.Key}
-	case rev == 0 && kr.FromKey:
-		q, args = qCountCurFromKey, []any{kr.Key}
-	case rev == 0:
-		q, args = qCountCurRange, []any{kr.Key, kr.End}
-	case kr.Single():
-		q, args = qCountLogSngl, []any{kr.Key, rev}
-	case kr.FromKey:
-		q, args = qCountLogFrom, []any{kr.Key, rev}
-	default:
-		q, args = qCountLogRange, []any{kr.Key, kr.End, rev}
-	}
+	q, args := rangeStatements.Count(kr, rev)
 	var n int64
 	err := t.tx.QueryRow(ctx, q, args...).Scan(&n)
 	return n, err

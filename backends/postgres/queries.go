@@ -1,5 +1,7 @@
 package postgres
 
+import "github.com/kvsql/kvsql/backends"
+
 // Every statement the PostgreSQL dialect runs. Range statements take
 // ($1 keysOnly, $2 key[, $3 end][, rev], limit); a NULL limit means none.
 // bytea compares bytewise, so key order is etcd's.
@@ -89,3 +91,11 @@ const (
 	// migrateLockKey serialises schema migrations of instances starting at once.
 	migrateLockKey = 0x6b7673716d
 )
+
+// rangeStatements picks the range and count statements by key-range shape.
+var rangeStatements = &backends.RangeStatements{
+	Current:      [3]string{qCurrentSingle, qCurrentRange, qCurrentFromKey},
+	Log:          [3]string{qLogSingle, qLogRange, qLogFromKey},
+	CountCurrent: [3]string{qCountCurSingle, qCountCurRange, qCountCurFromKey},
+	CountLog:     [3]string{qCountLogSngl, qCountLogRange, qCountLogFrom},
+}

@@ -1,5 +1,7 @@
 package sqlite
 
+import "github.com/kvsql/kvsql/backends"
+
 // Every statement the SQLite dialect runs. ?NNN binds the NNN-th argument.
 // Range statements take (keysOnly, key[, end][, rev], limit); a limit of -1
 // means no limit. Keys are BLOBs, which SQLite compares bytewise.
@@ -63,4 +65,12 @@ var statements = []string{
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
 	qInsertLog, qUpsertCurrent, qDeleteCurrent, qChanges, qDeleteHistory,
 	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
+}
+
+// rangeStatements picks the range and count statements by key-range shape.
+var rangeStatements = &backends.RangeStatements{
+	Current:      [3]string{qCurrentSingle, qCurrentRange, qCurrentFromKey},
+	Log:          [3]string{qLogSingle, qLogRange, qLogFromKey},
+	CountCurrent: [3]string{qCountCurSingle, qCountCurRange, qCountCurFromKey},
+	CountLog:     [3]string{qCountLogSngl, qCountLogRange, qCountLogFrom},
 }
