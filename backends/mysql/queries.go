@@ -71,7 +71,11 @@ const (
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
 	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry_ms <= ` + nowMS + ` ORDER BY expiry_ms LIMIT ?`
 
-	qSize = `SELECT COALESCE(SUM(data_length + index_length), 0), COALESCE(SUM(data_length + index_length - data_free), 0)
+	// InnoDB's data_free (free space in the tablespace) can exceed a
+	// table's data and indexes; the columns are unsigned, so subtract as
+	// signed and floor each table at 0.
+	qSize = `SELECT COALESCE(SUM(data_length + index_length), 0),
+		COALESCE(SUM(GREATEST(CAST(data_length + index_length AS SIGNED) - CAST(data_free AS SIGNED), 0)), 0)
 		FROM information_schema.tables WHERE table_schema = DATABASE()`
 
 	qHeartbeat = `INSERT INTO kv_member (id, name, client_urls, heartbeat_ms) VALUES (?, ?, ?, ` + nowMS + `)
