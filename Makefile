@@ -11,7 +11,7 @@ ARGS        ?=
 GOFILES      = $(shell find . -name '*.go' -not -path './.cache/*' -not -path './.git/*')
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test test-race test-deps etcdctl lint fmt bench readme
+.PHONY: help build run test test-race test-deps etcdctl kube-tools lint fmt bench readme
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,12 +25,16 @@ run: ## run kvsql on the embedded SQLite default (./kvsql-data, 127.0.0.1:2379);
 etcdctl: ## build the pinned etcdctl into .cache/bin
 	cd tools/etcdctl && $(GO) build -buildvcs=false -o $(ETCDCTL_BIN) go.etcd.io/etcd/etcdctl/v3
 
+kube-tools: ## build the pinned kube-apiserver and kubectl into ~/.cache/kvsql (once; ~10 min cold)
+	bash scripts/kube-tools.sh
+
 test-deps: ## install the database servers and tools the tests need (as root), or name them
 	bash scripts/test-deps.sh
 
 test: test-deps $(if $(ETCDCTL),,etcdctl) ## run the whole suite with -race, Kubernetes' storage tests included (what CI runs)
 	ETCDCTL=$(or $(ETCDCTL),$(ETCDCTL_BIN)) $(GO) test $(TEST_FLAGS) ./...
-	cd integration/k8s && $(GO) test $(TEST_FLAGS) ./...
+	kube=$$(bash scripts/kube-tools.sh) && cd integration/k8s && \
+		KUBE_APISERVER=$$kube/kube-apiserver KUBECTL=$$kube/kubectl $(GO) test $(TEST_FLAGS) ./...
 
 test-race: test ## same as test
 
