@@ -648,11 +648,15 @@ func (c *cluster) consistentList(t *testing.T) {
 			t.Fatalf("consistent list at %s, older than the write it follows (%s)", l.ResourceVersion, created.ResourceVersion)
 		}
 	}
+	// A consistent read falls back to storage when the cache has not caught
+	// up within 3 s; a loaded test machine may see that now and then, a
+	// broken RequestProgress every time.
 	after := c.b.metric(t, "apiserver_watch_cache_consistent_read_total", labels...)
-	if after-before < rounds {
-		fallback := c.b.metric(t, "apiserver_watch_cache_consistent_read_total", `resource="configmaps"`, `fallback="true"`)
+	fallback := c.b.metric(t, "apiserver_watch_cache_consistent_read_total", `resource="configmaps"`, `fallback="true"`)
+	if after-before < rounds/2 {
 		t.Fatalf("%v of %d consistent lists served from the watch cache (fallbacks to storage so far: %v)", after-before, rounds, fallback)
 	}
+	t.Logf("%v of %d consistent lists served from the watch cache (fallbacks to storage so far: %v)", after-before, rounds, fallback)
 }
 
 // op is one write of the watch scenario and what its event must be.
