@@ -1,6 +1,6 @@
 // Package apiserver runs a real kube-apiserver (watch cache on, default
 // feature gates) on kvsql and drives it with kubectl and client-go: one
-// apiserver on SQLite, and an HA pair — two apiservers, each on its own
+// apiserver on etcd (the reference), one on SQLite, and an HA pair — two apiservers, each on its own
 // kvsql instance, both instances on one PostgreSQL or one MariaDB — where
 // every write goes through apiserver A and every read and watch that checks
 // it goes through apiserver B.
@@ -8,6 +8,10 @@ package apiserver
 
 import (
 	"testing"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"k8s.io/apiserver/pkg/storage/etcd3/testserver"
 
 	"github.com/kvsql/kvsql/internal/testdb"
 )
@@ -23,26 +27,51 @@ var compactingFlags = []string{"--event-ttl=5s", "--etcd-compaction-interval=2s"
 func TestKubeAPIServer(t *testing.T) {
 	bin := kubeBinaries(t)
 	for _, tc := range []struct {
-		name     string
-		ha       bool
-		endpoint func(testing.TB) string
+		name string
+		// stores starts the etcd-API servers, one per apiserver, and
+		// returns their client URLs.
+		stores func(t *testing.T) []string
 	}{
-		{"sqlite", false, func(testing.TB) string { return "" }},
-		{"postgres-ha", true, testdb.FreshPostgresURL},
-		{"mariadb-ha", true, testdb.FreshMySQLEndpoint},
+		// etcd itself, as the reference the scenarios are checked on.
+		{"etcd", func(t *testing.T) []string { return []string{startEtcd(t)} }},
+		{"sqlite", func(t *testing.T) []string { return []string{startKVSQL(t, "kvsql-1", "").url} }},
+		{"postgres-ha", func(t *testing.T) []string { return kvsqlPair(t, testdb.FreshPostgresURL(t)) }},
+		{"mariadb-ha", func(t *testing.T) []string { return kvsqlPair(t, testdb.FreshMySQLEndpoint(t)) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			endpoint := tc.endpoint(t)
+			stores := tc.stores(t)
 			saKey := newServiceAccountKey(t, t.TempDir())
-			k1 := startKVSQL(t, "kvsql-1", endpoint)
-			c := &cluster{name: tc.name, etcd: k1.client(t)}
-			c.a = newAPIServer(t, bin, "a", k1.url, saKey, apiserverFlags...)
+			c := &cluster{name: tc.name, etcd: newEtcdClient(t, stores[0])}
+			c.a = newAPIServer(t, bin, "a", stores[0], saKey, apiserverFlags...)
 			c.b = c.a
-			if tc.ha {
-				k2 := startKVSQL(t, "kvsql-2", endpoint)
-				c.b = newAPIServer(t, bin, "b", k2.url, saKey, apiserverFlags...)
+			if len(stores) > 1 {
+				c.b = newAPIServer(t, bin, "b", stores[1], saKey, apiserverFlags...)
 			}
 			c.run(t)
 		})
 	}
+}
+
+// kvsqlPair starts two kvsql instances on one database.
+func kvsqlPair(t *testing.T, endpoint string) []string {
+	return []string{startKVSQL(t, "kvsql-1", endpoint).url, startKVSQL(t, "kvsql-2", endpoint).url}
+}
+
+// startEtcd starts a single-member etcd in-process, configured as
+// k8s.io/apiserver's own tests configure it.
+func startEtcd(t *testing.T) string {
+	t.Helper()
+	cfg := testserver.NewTestConfig(t)
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		t.Fatalf("start etcd: %v", err)
+	}
+	t.Cleanup(e.Close)
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(60 * time.Second):
+		e.Server.Stop()
+		t.Fatal("etcd did not become ready")
+	}
+	return cfg.AdvertiseClientUrls[0].String()
 }

@@ -181,7 +181,7 @@ func startKVSQL(t *testing.T, name, endpoint string) *kvsqlInstance {
 			t.Logf("kvsql %s log (end):\n%s", name, p.tail(4000))
 		}
 	})
-	cli := k.client(t)
+	cli := newEtcdClient(t, url)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -197,10 +197,10 @@ func startKVSQL(t *testing.T, name, endpoint string) *kvsqlInstance {
 	}
 }
 
-// client returns an etcd client on k, closed at cleanup.
-func (k *kvsqlInstance) client(t *testing.T) *clientv3.Client {
+// newEtcdClient returns an etcd client on url, closed at cleanup.
+func newEtcdClient(t *testing.T, url string) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{k.url}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{url}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
