@@ -14,6 +14,40 @@ type CurrentGetter interface {
 	Current(ctx context.Context, keys [][]byte) ([]*mvccpb.KeyValue, error)
 }
 
+// BatchBeginner is implemented by dialects that can open a write
+// transaction, take the global write lock and read the latest versions of a
+// batch's keys in one round trip (PostgreSQL pipelines the statements). The
+// lock is taken by the first statement, so the keys are read under it.
+// Every round trip spent under the lock is spent by every writer of every
+// instance waiting for it, so the engine uses this where it can.
+type BatchBeginner interface {
+	// BeginBatch is BeginWrite followed by CurrentGetter.Current(keys) in
+	// the new transaction. keys are distinct; with none, nothing is read.
+	BeginBatch(ctx context.Context, keys [][]byte) (Tx, []*mvccpb.KeyValue, error)
+}
+
+// BatchCommitter is implemented by write transactions that can send a
+// batch's queued rows, its new revision and the commit together, in one
+// round trip.
+type BatchCommitter interface {
+	// CommitBatch does Write(rows) if there are rows, SetRevision(rev) if
+	// rev > 0, and Commit. If it fails, nothing of the transaction is
+	// committed (unless the connection broke during the commit itself, which
+	// leaves the outcome as unknown as a failed Commit does); Rollback may
+	// still be called and then releases what is left.
+	CommitBatch(ctx context.Context, rows []LogRow, rev int64) error
+}
+
+// ChangesReader is implemented by dialects that can answer Changes in one
+// round trip (PostgreSQL pipelines the read transaction). The watch tailer
+// of every instance calls Changes after every commit of every instance, so
+// its round trips are a direct part of watch latency.
+type ChangesReader interface {
+	// ReadChanges reads, from one snapshot, the current and compact
+	// revisions and the events of revisions in (after, min(current, upTo)].
+	ReadChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error)
+}
+
 // overlay is a database transaction plus, for single keys, an in-memory
 // view of their latest versions and a queue of writes not yet sent. Point
 // reads and writes of a group-commit batch then cost no round trip each:
@@ -39,6 +73,20 @@ func (o *overlay) prefetch(ctx context.Context, keys [][]byte) error {
 	if !ok {
 		return nil
 	}
+	missing := o.unknown(keys)
+	if len(missing) == 0 {
+		return nil
+	}
+	kvs, err := g.Current(ctx, missing)
+	if err != nil {
+		return err
+	}
+	o.load(missing, kvs)
+	return nil
+}
+
+// unknown returns the distinct keys of keys the view does not know yet.
+func (o *overlay) unknown(keys [][]byte) [][]byte {
 	var missing [][]byte
 	seen := map[string]bool{}
 	for _, k := range keys {
@@ -48,20 +96,18 @@ func (o *overlay) prefetch(ctx context.Context, keys [][]byte) error {
 		seen[string(k)] = true
 		missing = append(missing, k)
 	}
-	if len(missing) == 0 {
-		return nil
-	}
-	kvs, err := g.Current(ctx, missing)
-	if err != nil {
-		return err
-	}
-	for _, k := range missing {
+	return missing
+}
+
+// load records kvs, the live versions among keys, as read from the
+// database: the other keys do not exist.
+func (o *overlay) load(keys [][]byte, kvs []*mvccpb.KeyValue) {
+	for _, k := range keys {
 		o.cur[string(k)] = nil
 	}
 	for _, kv := range kvs {
 		o.cur[string(kv.Key)] = kv
 	}
-	return nil
 }
 
 // get returns key's latest version, nil if it does not exist.
@@ -92,6 +138,14 @@ func (o *overlay) write(rows ...LogRow) {
 		o.cur[string(r.Key)] = &mvccpb.KeyValue{Key: r.Key, CreateRevision: r.CreateRev, ModRevision: r.Rev,
 			Version: r.Version, Lease: r.Lease, Value: r.Value}
 	}
+}
+
+// take returns the queued rows and empties the queue, for a transaction
+// that sends them itself (BatchCommitter).
+func (o *overlay) take() []LogRow {
+	rows := o.pending
+	o.pending = nil
+	return rows
 }
 
 // flush sends the queued rows to the database.

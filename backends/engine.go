@@ -170,9 +170,13 @@ func (e *Engine) commitBatch(batch []*writeReq) {
 			req.done <- err
 		}
 	}
-	tx, err := e.d.BeginWrite(ctx)
+	var keys [][]byte
+	for _, req := range batch {
+		keys = append(keys, req.keys...)
+	}
+	tx, o, err := e.beginBatch(ctx, keys)
 	if err != nil {
-		fail(fmt.Errorf("begin write transaction: %w", err))
+		fail(err)
 		return
 	}
 	start, _, err := tx.Revisions(ctx)
@@ -182,16 +186,6 @@ func (e *Engine) commitBatch(batch []*writeReq) {
 		return
 	}
 	rev := start
-	o := newOverlay(tx)
-	var keys [][]byte
-	for _, req := range batch {
-		keys = append(keys, req.keys...)
-	}
-	if err := o.prefetch(ctx, keys); err != nil {
-		_ = tx.Rollback()
-		fail(fmt.Errorf("load keys: %w", err))
-		return
-	}
 	results := make([]error, len(batch))
 	for i, req := range batch {
 		if err := req.ctx.Err(); err != nil {
@@ -206,20 +200,8 @@ func (e *Engine) commitBatch(batch []*writeReq) {
 		}
 		rev = next
 	}
-	if err := o.flush(ctx); err != nil {
-		_ = tx.Rollback()
-		fail(fmt.Errorf("write revisions %d..%d: %w", start+1, rev, err))
-		return
-	}
-	if rev != start {
-		if err := tx.SetRevision(ctx, rev); err != nil {
-			_ = tx.Rollback()
-			fail(fmt.Errorf("store revision %d: %w", rev, err))
-			return
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		fail(fmt.Errorf("commit revision %d: %w", rev, err))
+	if err := e.finishBatch(ctx, tx, o, start, rev); err != nil {
+		fail(err)
 		return
 	}
 	if rev != start && e.cfg.OnCommit != nil {
@@ -231,6 +213,63 @@ func (e *Engine) commitBatch(batch []*writeReq) {
 	for i, req := range batch {
 		req.done <- results[i]
 	}
+}
+
+// beginBatch opens a batch's write transaction (taking the write lock) and
+// loads the latest versions of keys into a new overlay: in one round trip
+// where the dialect is a BatchBeginner.
+func (e *Engine) beginBatch(ctx context.Context, keys [][]byte) (Tx, *overlay, error) {
+	if bb, ok := e.d.(BatchBeginner); ok {
+		missing := newOverlay(nil).unknown(keys)
+		tx, kvs, err := bb.BeginBatch(ctx, missing)
+		if err != nil {
+			return nil, nil, fmt.Errorf("begin write transaction: %w", err)
+		}
+		o := newOverlay(tx)
+		o.load(missing, kvs)
+		return tx, o, nil
+	}
+	tx, err := e.d.BeginWrite(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("begin write transaction: %w", err)
+	}
+	o := newOverlay(tx)
+	if err := o.prefetch(ctx, keys); err != nil {
+		_ = tx.Rollback()
+		return nil, nil, fmt.Errorf("load keys: %w", err)
+	}
+	return tx, o, nil
+}
+
+// finishBatch writes the batch's queued rows, stores its newest revision
+// rev (if it is past start) and commits: in one round trip where the
+// transaction is a BatchCommitter. On error the transaction is over.
+func (e *Engine) finishBatch(ctx context.Context, tx Tx, o *overlay, start, rev int64) error {
+	if bc, ok := tx.(BatchCommitter); ok {
+		newRev := int64(0)
+		if rev != start {
+			newRev = rev
+		}
+		if err := bc.CommitBatch(ctx, o.take(), newRev); err != nil {
+			_ = tx.Rollback()
+			return fmt.Errorf("commit revisions %d..%d: %w", start+1, rev, err)
+		}
+		return nil
+	}
+	if err := o.flush(ctx); err != nil {
+		_ = tx.Rollback()
+		return fmt.Errorf("write revisions %d..%d: %w", start+1, rev, err)
+	}
+	if rev != start {
+		if err := tx.SetRevision(ctx, rev); err != nil {
+			_ = tx.Rollback()
+			return fmt.Errorf("store revision %d: %w", rev, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit revision %d: %w", rev, err)
+	}
+	return nil
 }
 
 // read runs fn in a read transaction.
@@ -312,6 +351,21 @@ func (e *Engine) getLatest(ctx context.Context, g LatestGetter, r *pb.RangeReque
 
 // Changes implements Backend.
 func (e *Engine) Changes(ctx context.Context, afterRev, maxRevs int64) ([]*mvccpb.Event, error) {
+	if cr, ok := e.d.(ChangesReader); ok {
+		select {
+		case <-e.stop:
+			return nil, ErrClosed
+		default:
+		}
+		_, compact, evs, err := cr.ReadChanges(ctx, afterRev, afterRev+maxRevs)
+		if err != nil {
+			return nil, err
+		}
+		if afterRev+1 < compact {
+			return nil, ErrCompacted
+		}
+		return evs, nil
+	}
 	var evs []*mvccpb.Event
 	err := e.read(ctx, func(tx Tx) error {
 		cur, compact, err := tx.Revisions(ctx)

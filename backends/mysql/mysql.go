@@ -9,6 +9,7 @@ package mysql
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"embed"
 	"errors"
 	"fmt"
@@ -99,7 +100,23 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("mysql: %w", err)
 	}
-	d := &dialect{db: db, stmts: stmts}
+	// The writer's own connections send several statements per round trip
+	// (MultiStatements), with the arguments escaped into the text by the
+	// driver (InterpolateParams; the server cannot prepare a multi-statement).
+	wc := dc.Clone()
+	wc.MultiStatements = true
+	wc.InterpolateParams = true
+	wconn, err := gomysql.NewConnector(wc)
+	if err != nil {
+		stmts.Close()
+		_ = db.Close()
+		return nil, fmt.Errorf("mysql: %w", err)
+	}
+	wdb := sql.OpenDB(wconn)
+	wdb.SetMaxOpenConns(writerConns)
+	wdb.SetMaxIdleConns(writerConns)
+	wdb.SetConnMaxLifetime(time.Hour)
+	d := &dialect{db: db, wdb: wdb, stmts: stmts}
 	cfg.Engine.MaxKeyBytes = MaxKeyBytes
 	return &Store{Engine: backends.NewEngine(d, cfg.Engine), db: db, cfg: dc, leader: leaderLock + "." + dc.DBName}, nil
 }
@@ -247,8 +264,13 @@ func splitStatements(body string) []string {
 	return out
 }
 
+// writerConns is the size of the write transactions' own pool: the
+// group-commit writer and a compaction's history deletes.
+const writerConns = 2
+
 type dialect struct {
 	db    *sql.DB
+	wdb   *sql.DB // write transactions, multi-statement: see BeginBatch
 	stmts *backends.Prepared
 }
 
@@ -263,16 +285,93 @@ func (d *dialect) BeginRead(ctx context.Context) (backends.Tx, error) {
 }
 
 func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
-	tx, err := d.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	tx, _, err := d.BeginBatch(ctx, nil)
+	return tx, err
+}
+
+var _ backends.BatchBeginner = (*dialect)(nil)
+
+// BeginBatch implements backends.BatchBeginner: setting READ COMMITTED,
+// START TRANSACTION, the kv_meta lock and the read of keys are one
+// multi-statement query, one round trip. The statements run in order, and
+// in READ COMMITTED each consistent read starts a fresh snapshot, so the
+// keys are read under the lock. The transaction runs on a connection of
+// the writers' pool; START TRANSACTION and COMMIT are plain statements on
+// it, so that they can share a round trip with others.
+func (d *dialect) BeginBatch(ctx context.Context, keys [][]byte) (backends.Tx, []*mvccpb.KeyValue, error) {
+	c, err := d.wdb.Conn(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	t := &txn{conn: c, st: connStmts{c}, locked: true}
+	q, args := qBeginWrite, []any(nil)
+	inline := keys
+	if len(inline) > writeChunk {
+		inline = nil
+	}
+	if len(inline) > 0 {
+		q += ";\n" + qCurrentManyHead + repeatGroup("?", len(inline)) + qPlaceholderTail
+		for _, k := range inline {
+			args = append(args, k)
+		}
+	}
+	kvs, err := t.begin(ctx, q, args, len(inline) > 0)
+	if err != nil {
+		_ = t.Rollback()
+		return nil, nil, fmt.Errorf("lock kv_meta: %w", err)
+	}
+	if len(keys) > 0 && len(inline) == 0 {
+		if kvs, err = t.Current(ctx, keys); err != nil {
+			_ = t.Rollback()
+			return nil, nil, err
+		}
+	}
+	return t, kvs, nil
+}
+
+// begin runs BeginBatch's query: its result sets with columns are the
+// kv_meta row and, if withKeys, the keys' current rows.
+func (t *txn) begin(ctx context.Context, q string, args []any, withKeys bool) ([]*mvccpb.KeyValue, error) {
+	rows, err := t.conn.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
-	t := &txn{tx: tx, st: backends.StmtTx{Tx: tx, Prepared: d.stmts}, locked: true}
-	if err := t.st.QueryRow(ctx, qLockMeta, nil, &t.lockedRev, &t.lockedCompact); err != nil {
-		_ = tx.Rollback()
-		return nil, fmt.Errorf("lock kv_meta: %w", err)
+	defer rows.Close()
+	var kvs []*mvccpb.KeyValue
+	sets := 0
+	for {
+		if cols, err := rows.Columns(); err == nil && len(cols) > 0 {
+			switch sets {
+			case 0:
+				if !rows.Next() {
+					if err := rows.Err(); err != nil {
+						return nil, err
+					}
+					return nil, sql.ErrNoRows
+				}
+				if err := rows.Scan(&t.lockedRev, &t.lockedCompact); err != nil {
+					return nil, err
+				}
+				for rows.Next() {
+				}
+			case 1:
+				if kvs, err = backends.ScanKVs(rows); err != nil {
+					return nil, err
+				}
+			}
+			sets++
+		}
+		if !rows.NextResultSet() {
+			break
+		}
 	}
-	return t, nil
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if want := map[bool]int{false: 1, true: 2}[withKeys]; sets != want {
+		return nil, fmt.Errorf("begin write: %d result sets, want %d", sets, want)
+	}
+	return kvs, nil
 }
 
 var _ backends.LatestGetter = (*dialect)(nil)
@@ -309,18 +408,132 @@ func (d *dialect) Defragment(ctx context.Context) error {
 
 func (d *dialect) Close() error {
 	d.stmts.Close()
-	return d.db.Close()
+	werr := d.wdb.Close()
+	if err := d.db.Close(); err != nil {
+		return err
+	}
+	return werr
+}
+
+// stmtRunner runs a txn's statements: backends.StmtTx for read
+// transactions, connStmts for write transactions.
+type stmtRunner interface {
+	Query(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+	Exec(ctx context.Context, q string, args ...any) (sql.Result, error)
+	QueryRow(ctx context.Context, q string, args []any, dst ...any) error
+}
+
+// connStmts runs statements on a write transaction's connection, whose
+// driver interpolates the arguments: one round trip per statement, no
+// prepare.
+type connStmts struct{ c *sql.Conn }
+
+func (s connStmts) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	return s.c.QueryContext(ctx, q, args...)
+}
+
+func (s connStmts) Exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	return s.c.ExecContext(ctx, q, args...)
+}
+
+func (s connStmts) QueryRow(ctx context.Context, q string, args []any, dst ...any) error {
+	return s.c.QueryRowContext(ctx, q, args...).Scan(dst...)
 }
 
 type txn struct {
+	// tx is set for read transactions, conn for write transactions (nil
+	// once committed or rolled back).
 	tx                       *sql.Tx
-	st                       backends.StmtTx
+	conn                     *sql.Conn
+	st                       stmtRunner
 	locked                   bool
 	lockedRev, lockedCompact int64
 }
 
-func (t *txn) Commit() error   { return t.tx.Commit() }
-func (t *txn) Rollback() error { return t.tx.Rollback() }
+func (t *txn) Commit() error {
+	if t.tx != nil {
+		return t.tx.Commit()
+	}
+	if t.conn == nil {
+		return sql.ErrTxDone
+	}
+	_, err := t.conn.ExecContext(context.Background(), "COMMIT")
+	t.release(err)
+	return err
+}
+
+func (t *txn) Rollback() error {
+	if t.tx != nil {
+		return t.tx.Rollback()
+	}
+	if t.conn == nil {
+		return nil
+	}
+	_, err := t.conn.ExecContext(context.Background(), "ROLLBACK")
+	t.release(err)
+	return err
+}
+
+// release returns a write transaction's connection to its pool, or, after
+// err, closes it: a connection that may still be inside a transaction must
+// never be reused (the next START TRANSACTION would commit it).
+func (t *txn) release(err error) {
+	if err != nil {
+		_ = t.conn.Raw(func(any) error { return driver.ErrBadConn })
+	}
+	_ = t.conn.Close()
+	t.conn = nil
+}
+
+var _ backends.BatchCommitter = (*txn)(nil)
+
+// commitBatchBytes bounds the keys and values CommitBatch sends in one
+// multi-statement query (escaping can double them; max_allowed_packet is
+// 16 MiB by default); a larger batch is written statement by statement.
+const commitBatchBytes = 4 << 20
+
+// CommitBatch implements backends.BatchCommitter: the kv_log insert, the
+// kv_current deletes and upserts, the kv_meta update and COMMIT are one
+// multi-statement query. MySQL stops at the first statement that fails,
+// so COMMIT runs only if everything before it succeeded.
+func (t *txn) CommitBatch(ctx context.Context, rows []backends.LogRow, rev int64) error {
+	if t.conn == nil {
+		return sql.ErrTxDone
+	}
+	size := 0
+	for _, r := range rows {
+		size += len(r.Key) + len(r.Value)
+	}
+	if len(rows) > writeChunk || size > commitBatchBytes {
+		if err := t.Write(ctx, rows); err != nil {
+			return err
+		}
+		rows = nil
+	}
+	var q strings.Builder
+	var args []any
+	if len(rows) > 0 {
+		for _, s := range chunkStatements(rows) {
+			q.WriteString(s.q)
+			q.WriteString(";\n")
+			args = append(args, s.args...)
+		}
+	}
+	if rev > 0 {
+		q.WriteString(qSetRevision)
+		q.WriteString(";\n")
+		args = append(args, rev)
+	}
+	q.WriteString("COMMIT")
+	if _, err := t.conn.ExecContext(ctx, q.String(), args...); err != nil {
+		return err
+	}
+	t.release(nil)
+	if rev > 0 {
+		t.lockedRev = rev
+	}
+	return nil
+}
 
 func (t *txn) Revisions(ctx context.Context) (int64, int64, error) {
 	if t.locked {
@@ -396,16 +609,23 @@ func (t *txn) Write(ctx context.Context, rows []backends.LogRow) error {
 	return nil
 }
 
-func (t *txn) writeChunk(ctx context.Context, rows []backends.LogRow) error {
+// statement is one statement with its arguments.
+type statement struct {
+	q    string
+	args []any
+}
+
+// chunkStatements returns the statements that append rows (at most
+// writeChunk) to kv_log and apply the newest row of each key to
+// kv_current.
+func chunkStatements(rows []backends.LogRow) []statement {
 	args := make([]any, 0, len(rows)*9)
 	last := make(map[string]int, len(rows))
 	for i, r := range rows {
 		args = append(args, r.Rev, r.Sub, r.Key, r.Deleted, r.CreateRev, r.PrevRev, r.Version, r.Lease, nonNil(r.Value))
 		last[string(r.Key)] = i
 	}
-	if _, err := t.st.Exec(ctx, qInsertLogHead+repeatGroup(qInsertLogRow, len(rows)), args...); err != nil {
-		return fmt.Errorf("append revisions %d..%d: %w", rows[0].Rev, rows[len(rows)-1].Rev, err)
-	}
+	out := []statement{{qInsertLogHead + repeatGroup(qInsertLogRow, len(rows)), args}}
 	var dels, puts []any
 	nPuts := 0
 	for i, r := range rows {
@@ -420,13 +640,18 @@ func (t *txn) writeChunk(ctx context.Context, rows []backends.LogRow) error {
 		}
 	}
 	if len(dels) > 0 {
-		if _, err := t.st.Exec(ctx, qDeleteCurHead+repeatGroup("?", len(dels))+qPlaceholderTail, dels...); err != nil {
-			return fmt.Errorf("apply deletes of revisions %d..%d: %w", rows[0].Rev, rows[len(rows)-1].Rev, err)
-		}
+		out = append(out, statement{qDeleteCurHead + repeatGroup("?", len(dels)) + qPlaceholderTail, dels})
 	}
 	if nPuts > 0 {
-		if _, err := t.st.Exec(ctx, qUpsertCurHead+repeatGroup(qUpsertCurRow, nPuts)+qUpsertCurTail, puts...); err != nil {
-			return fmt.Errorf("apply puts of revisions %d..%d: %w", rows[0].Rev, rows[len(rows)-1].Rev, err)
+		out = append(out, statement{qUpsertCurHead + repeatGroup(qUpsertCurRow, nPuts) + qUpsertCurTail, puts})
+	}
+	return out
+}
+
+func (t *txn) writeChunk(ctx context.Context, rows []backends.LogRow) error {
+	for _, s := range chunkStatements(rows) {
+		if _, err := t.st.Exec(ctx, s.q, s.args...); err != nil {
+			return fmt.Errorf("write revisions %d..%d: %w", rows[0].Rev, rows[len(rows)-1].Rev, err)
 		}
 	}
 	return nil

@@ -8,8 +8,13 @@ import "github.com/kvsql/kvsql/backends"
 const (
 	nowMS = `CAST(ROUND(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED)`
 
-	qRevisions   = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1`
-	qLockMeta    = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1 FOR UPDATE`
+	qRevisions = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1`
+	qLockMeta  = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1 FOR UPDATE`
+	// qBeginWrite opens a write transaction and takes the write lock: one
+	// multi-statement query (see dialect.BeginBatch).
+	qBeginWrite = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
+		START TRANSACTION;
+		` + qLockMeta
 	qSetRevision = `UPDATE kv_meta SET rev = ? WHERE id = 1`
 	qSetCompact  = `UPDATE kv_meta SET compact_rev = ? WHERE id = 1`
 
@@ -93,7 +98,7 @@ const (
 
 // statements lists the fixed statements, prepared once at open.
 var statements = []string{
-	qRevisions, qLockMeta, qSetRevision, qSetCompact, qGetLatest,
+	qRevisions, qSetRevision, qSetCompact, qGetLatest,
 	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
 	qChanges, qDeleteHistory,

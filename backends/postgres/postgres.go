@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
@@ -214,22 +215,65 @@ func (d *dialect) BeginRead(ctx context.Context) (backends.Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &txn{tx: tx}, nil
+	return &txn{q: tx, tx: tx}, nil
 }
 
 func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
-	tx, err := d.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	tx, _, err := d.BeginBatch(ctx, nil)
+	return tx, err
+}
+
+var _ backends.BatchBeginner = (*dialect)(nil)
+
+// BeginBatch implements backends.BatchBeginner: BEGIN, the kv_meta lock
+// and the read of keys go to the server as one pipeline, so the lock is held
+// from the server's point of view for the round trip that answers them,
+// not for three. In READ COMMITTED each statement takes its own snapshot
+// when it starts, after the lock statement has finished, so the keys are
+// read under the lock.
+func (d *dialect) BeginBatch(ctx context.Context, keys [][]byte) (backends.Tx, []*mvccpb.KeyValue, error) {
+	c, err := d.pool.Acquire(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	t := &txn{tx: tx}
-	// Take the global write lock before reading anything.
-	if err := tx.QueryRow(ctx, qLockMeta).Scan(&t.lockedRev, &t.lockedCompact); err != nil {
-		_ = tx.Rollback(context.Background())
-		return nil, fmt.Errorf("lock kv_meta: %w", err)
+	t := &txn{q: c, conn: c, locked: true}
+	b := &pgx.Batch{}
+	b.Queue(qBeginWrite)
+	b.Queue(qLockMeta).QueryRow(func(r pgx.Row) error { return r.Scan(&t.lockedRev, &t.lockedCompact) })
+	var kvs []*mvccpb.KeyValue
+	if len(keys) > 0 {
+		b.Queue(qCurrentMany, keys).Query(func(rows pgx.Rows) error {
+			var err error
+			kvs, err = backends.ScanKVs(rows)
+			return err
+		})
 	}
-	t.locked = true
-	return t, nil
+	if err := c.SendBatch(ctx, b).Close(); err != nil {
+		_ = t.Rollback()
+		return nil, nil, fmt.Errorf("lock kv_meta: %w", err)
+	}
+	return t, kvs, nil
+}
+
+var _ backends.ChangesReader = (*dialect)(nil)
+
+// ReadChanges implements backends.ChangesReader: a REPEATABLE READ
+// read-only transaction (one snapshot) with its two reads and its COMMIT,
+// pipelined.
+func (d *dialect) ReadChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error) {
+	b := &pgx.Batch{}
+	b.Queue(qBeginRead)
+	b.Queue(qRevisions).QueryRow(func(r pgx.Row) error { return r.Scan(&cur, &compact) })
+	b.Queue(qChangesUpToCurrent, after, upTo).Query(func(rows pgx.Rows) error {
+		var err error
+		evs, err = backends.ScanEvents(rows)
+		return err
+	})
+	b.Queue("COMMIT")
+	if err := d.pool.SendBatch(ctx, b).Close(); err != nil {
+		return 0, 0, nil, err
+	}
+	return cur, compact, evs, nil
 }
 
 var _ backends.LatestGetter = (*dialect)(nil)
@@ -270,28 +314,115 @@ func (d *dialect) Close() error {
 	return nil
 }
 
+// querier runs a txn's statements: a pgx.Tx (read transactions) or the
+// pooled connection of a write transaction, which manages BEGIN and COMMIT
+// itself so that they can share a pipeline with other statements.
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
 type txn struct {
-	tx pgx.Tx
+	q querier
+	// tx is set for read transactions, conn for write transactions (nil
+	// once committed or rolled back: it is back in the pool).
+	tx   pgx.Tx
+	conn *pgxpool.Conn
 	// locked is set for write transactions, whose kv_meta row was read
 	// (and locked) at begin; SetRevision/SetCompact keep these current.
 	locked                   bool
 	lockedRev, lockedCompact int64
 }
 
-func (t *txn) Commit() error   { return t.tx.Commit(context.Background()) }
-func (t *txn) Rollback() error { return t.tx.Rollback(context.Background()) }
+// errCommitRolledBack: COMMIT answered ROLLBACK, as PostgreSQL does for a
+// transaction an earlier error aborted.
+var errCommitRolledBack = errors.New("commit rolled back")
+
+func checkCommit(ct pgconn.CommandTag) error {
+	if ct.String() != "COMMIT" {
+		return errCommitRolledBack
+	}
+	return nil
+}
+
+func (t *txn) Commit() error {
+	if t.tx != nil {
+		return t.tx.Commit(context.Background())
+	}
+	if t.conn == nil {
+		return pgx.ErrTxClosed
+	}
+	ct, err := t.conn.Exec(context.Background(), "COMMIT")
+	t.release()
+	if err != nil {
+		return err
+	}
+	return checkCommit(ct)
+}
+
+func (t *txn) Rollback() error {
+	if t.tx != nil {
+		return t.tx.Rollback(context.Background())
+	}
+	if t.conn == nil {
+		return nil
+	}
+	var err error
+	if t.conn.Conn().PgConn().TxStatus() != 'I' {
+		_, err = t.conn.Exec(context.Background(), "ROLLBACK")
+	}
+	t.release()
+	return err
+}
+
+// release returns a write transaction's connection to the pool, which
+// closes it if it is still inside a transaction.
+func (t *txn) release() {
+	t.conn.Release()
+	t.conn = nil
+}
+
+var _ backends.BatchCommitter = (*txn)(nil)
+
+// CommitBatch implements backends.BatchCommitter: the kv_log and
+// kv_current writes, the kv_meta update with its NOTIFY, and COMMIT go to
+// the server as one pipeline. If a statement fails the server skips the
+// rest, COMMIT included, and the transaction stays aborted until Rollback.
+func (t *txn) CommitBatch(ctx context.Context, rows []backends.LogRow, rev int64) error {
+	if t.conn == nil {
+		return pgx.ErrTxClosed
+	}
+	b := &pgx.Batch{}
+	if len(rows) > 0 {
+		queueWrite(b, rows)
+	}
+	if rev > 0 {
+		b.Queue(qSetRevision, rev)
+	}
+	b.Queue("COMMIT").Exec(checkCommit)
+	if err := t.conn.SendBatch(ctx, b).Close(); err != nil {
+		return err
+	}
+	t.release()
+	if rev > 0 {
+		t.lockedRev = rev
+	}
+	return nil
+}
 
 func (t *txn) Revisions(ctx context.Context) (int64, int64, error) {
 	if t.locked {
 		return t.lockedRev, t.lockedCompact, nil
 	}
 	var cur, compact int64
-	err := t.tx.QueryRow(ctx, qRevisions).Scan(&cur, &compact)
+	err := t.q.QueryRow(ctx, qRevisions).Scan(&cur, &compact)
 	return cur, compact, err
 }
 
 func (t *txn) SetRevision(ctx context.Context, rev int64) error {
-	if _, err := t.tx.Exec(ctx, qSetRevision, rev); err != nil {
+	if _, err := t.q.Exec(ctx, qSetRevision, rev); err != nil {
 		return err
 	}
 	t.lockedRev = rev
@@ -299,7 +430,7 @@ func (t *txn) SetRevision(ctx context.Context, rev int64) error {
 }
 
 func (t *txn) SetCompact(ctx context.Context, rev int64) error {
-	if _, err := t.tx.Exec(ctx, qSetCompact, rev); err != nil {
+	if _, err := t.q.Exec(ctx, qSetCompact, rev); err != nil {
 		return err
 	}
 	t.lockedCompact = rev
@@ -319,7 +450,7 @@ func (t *txn) Range(ctx context.Context, kr backends.KeyRange, rev, limit int64,
 }
 
 func (t *txn) queryKVs(ctx context.Context, q string, args ...any) ([]*mvccpb.KeyValue, error) {
-	rows, err := t.tx.Query(ctx, q, args...)
+	rows, err := t.q.Query(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -330,13 +461,26 @@ func (t *txn) queryKVs(ctx context.Context, q string, args ...any) ([]*mvccpb.Ke
 func (t *txn) Count(ctx context.Context, kr backends.KeyRange, rev int64) (int64, error) {
 	q, args := rangeStatements.Count(kr, rev)
 	var n int64
-	err := t.tx.QueryRow(ctx, q, args...).Scan(&n)
+	err := t.q.QueryRow(ctx, q, args...).Scan(&n)
 	return n, err
 }
 
 // Write appends rows to kv_log and applies the newest row of each key to
-// kv_current: two statements however many rows there are.
+// kv_current: two statements however many rows there are, in one round trip.
 func (t *txn) Write(ctx context.Context, rows []backends.LogRow) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	queueWrite(b, rows)
+	if err := t.q.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("write revisions %d..%d: %w", rows[0].Rev, rows[len(rows)-1].Rev, err)
+	}
+	return nil
+}
+
+// queueWrite queues the two statements of Write on b.
+func queueWrite(b *pgx.Batch, rows []backends.LogRow) {
 	n := len(rows)
 	revs, subs, creates, prevs, versions, leases := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
 	keys, values := make([][]byte, n), make([][]byte, n)
@@ -350,9 +494,7 @@ func (t *txn) Write(ctx context.Context, rows []backends.LogRow) error {
 		}
 		last[string(r.Key)] = i
 	}
-	if _, err := t.tx.Exec(ctx, qAppendLog, revs, subs, keys, deleted, creates, prevs, versions, leases, values); err != nil {
-		return fmt.Errorf("append revisions %d..%d: %w", rows[0].Rev, rows[n-1].Rev, err)
-	}
+	b.Queue(qAppendLog, revs, subs, keys, deleted, creates, prevs, versions, leases, values)
 	m := len(last)
 	cKeys, cValues := make([][]byte, 0, m), make([][]byte, 0, m)
 	cDeleted := make([]bool, 0, m)
@@ -364,10 +506,7 @@ func (t *txn) Write(ctx context.Context, rows []backends.LogRow) error {
 		cKeys, cDeleted, cValues = append(cKeys, keys[i]), append(cDeleted, deleted[i]), append(cValues, values[i])
 		cCreates, cMods, cVersions, cLeases = append(cCreates, creates[i]), append(cMods, revs[i]), append(cVersions, versions[i]), append(cLeases, leases[i])
 	}
-	if _, err := t.tx.Exec(ctx, qApplyCurrent, cKeys, cDeleted, cCreates, cMods, cVersions, cLeases, cValues); err != nil {
-		return fmt.Errorf("apply revisions %d..%d: %w", rows[0].Rev, rows[n-1].Rev, err)
-	}
-	return nil
+	b.Queue(qApplyCurrent, cKeys, cDeleted, cCreates, cMods, cVersions, cLeases, cValues)
 }
 
 var _ backends.CurrentGetter = (*txn)(nil)
@@ -378,7 +517,7 @@ func (t *txn) Current(ctx context.Context, keys [][]byte) ([]*mvccpb.KeyValue, e
 }
 
 func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error) {
-	rows, err := t.tx.Query(ctx, qChanges, after, upTo)
+	rows, err := t.q.Query(ctx, qChanges, after, upTo)
 	if err != nil {
 		return nil, err
 	}
@@ -387,7 +526,7 @@ func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, 
 }
 
 func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error) {
-	tag, err := t.tx.Exec(ctx, qDeleteHistory, compact, from, to)
+	tag, err := t.q.Exec(ctx, qDeleteHistory, compact, from, to)
 	if err != nil {
 		return 0, err
 	}
@@ -395,7 +534,7 @@ func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64
 }
 
 func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {
-	tag, err := t.tx.Exec(ctx, qLeaseInsert, id, ttl)
+	tag, err := t.q.Exec(ctx, qLeaseInsert, id, ttl)
 	if err != nil {
 		return false, err
 	}
@@ -403,7 +542,7 @@ func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {
 }
 
 func (t *txn) LeaseGet(ctx context.Context, id int64) (ttl, remaining int64, found bool, err error) {
-	err = t.tx.QueryRow(ctx, qLeaseGet, id).Scan(&ttl, &remaining)
+	err = t.q.QueryRow(ctx, qLeaseGet, id).Scan(&ttl, &remaining)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, 0, false, nil
 	}
@@ -412,7 +551,7 @@ func (t *txn) LeaseGet(ctx context.Context, id int64) (ttl, remaining int64, fou
 
 func (t *txn) LeaseRenew(ctx context.Context, id int64) (int64, bool, error) {
 	var ttl int64
-	err := t.tx.QueryRow(ctx, qLeaseRenew, id).Scan(&ttl)
+	err := t.q.QueryRow(ctx, qLeaseRenew, id).Scan(&ttl)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, false, nil
 	}
@@ -420,7 +559,7 @@ func (t *txn) LeaseRenew(ctx context.Context, id int64) (int64, bool, error) {
 }
 
 func (t *txn) LeaseDelete(ctx context.Context, id int64) error {
-	_, err := t.tx.Exec(ctx, qLeaseDelete, id)
+	_, err := t.q.Exec(ctx, qLeaseDelete, id)
 	return err
 }
 
@@ -437,7 +576,7 @@ func (t *txn) ExpiredLeases(ctx context.Context, limit int) ([]int64, error) {
 }
 
 func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, error) {
-	rows, err := t.tx.Query(ctx, q, args...)
+	rows, err := t.q.Query(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
