@@ -24,6 +24,9 @@
 #   kvsql, kvsql-cgo      kvsql on embedded SQLite (pure-Go / cgo driver)
 #   kvsql-pg, kine-pg     kvsql / kine on the throwaway PostgreSQL
 #   kvsql-mysql, kine-mysql  kvsql / kine on the throwaway MariaDB
+#   kvsql-base-pg, kvsql-base-mysql  the kvsql binary BENCH_BASE_KVSQL (built
+#                         from another tree, e.g. the last commit) on the same
+#                         servers: an A/B comparison within one run
 #
 # Workloads (BENCH_WORKLOADS):
 #   put-1 put-64 range-1key-1 range-1key-64 range-1000keys-16 watch-latency
@@ -65,6 +68,9 @@
 #   BENCH_KVSQL_MYSQL_PARAMS  driver parameters appended to kvsql-mysql's
 #                   endpoint (e.g. interpolateParams=true)
 #   BENCH_KVSQL_PG_PARAMS  the same for kvsql-pg (e.g. pool_max_conns=32)
+#   BENCH_BASE_KVSQL  the kvsql binary the kvsql-base-* targets run, e.g.
+#                   git worktree add /tmp/kvsql-base HEAD &&
+#                   (cd /tmp/kvsql-base && CGO_ENABLED=0 go build -o /tmp/kvsql-base.bin ./cmd/kvsql)
 #   PG_BIN          PostgreSQL server binaries (default: the newest
 #                   /usr/lib/postgresql/*/bin)
 set -euo pipefail
@@ -293,6 +299,11 @@ start() {
 		;;
 	kvsql-pg | kvsql-mysql)
 		"$BIN/kvsql" --endpoint "$url" --name "$i" --listen-client-urls "http://127.0.0.1:$p" \
+			--log-level warn >"$RUN/$i.log" 2>&1 &
+		;;
+	kvsql-base-pg | kvsql-base-mysql)
+		[ -x "${BENCH_BASE_KVSQL:-}" ] || die "$t needs BENCH_BASE_KVSQL, a kvsql binary"
+		"$BENCH_BASE_KVSQL" --endpoint "$url" --name "$i" --listen-client-urls "http://127.0.0.1:$p" \
 			--log-level warn >"$RUN/$i.log" 2>&1 &
 		;;
 	kine-pg | kine-mysql)
