@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -780,11 +781,15 @@ func (c *cluster) eventTTL(t *testing.T) {
 	t.Logf("event gone through %s %v after its creation (--event-ttl=5s)", c.b.name, time.Since(start).Round(100*time.Millisecond))
 }
 
-// latency measures write-to-watch-event time: 200 creates through a, each
-// awaited on a watch through a and (for a pair) through b. It logs
-// p50/p99; docs/benchmarks.md records them. Timing is not asserted.
+// latency measures write-to-watch-event time: 200 creates through a
+// ($KVSQL_E2E_LATENCY_CREATES to change), each awaited on a watch through a
+// and (for a pair) through b. It logs p50/p99; docs/benchmarks.md records
+// them. Timing is not asserted.
 func (c *cluster) latency(t *testing.T) {
-	const n = 200
+	n := 200
+	if v, err := strconv.Atoi(os.Getenv("KVSQL_E2E_LATENCY_CREATES")); err == nil && v >= 100 {
+		n = v
+	}
 	ca := c.a.clientset().CoreV1().ConfigMaps("lat")
 	l, err := ca.List(ctx(t), metav1.ListOptions{})
 	if err != nil {
