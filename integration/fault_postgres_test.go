@@ -154,6 +154,19 @@ func TestPostgresListenConnectionKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
+	// Each instance LISTENs from its own goroutine once it runs; on a busy
+	// machine that may still be under way.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		var listening int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND query LIKE 'LISTEN%'`).Scan(&listening); err != nil {
+			t.Fatal(err)
+		}
+		if listening >= 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	var killed int
 	if err := conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
 		WHERE datname = current_database() AND query LIKE 'LISTEN%'`).Scan(&killed); err != nil {
