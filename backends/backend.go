@@ -77,6 +77,10 @@ type Backend interface {
 	Leases(ctx context.Context) ([]int64, error)
 	// ExpireLeases revokes every lease whose expiry has passed and returns how many.
 	ExpireLeases(ctx context.Context) (int, error)
+	// LeasePromote gives every lease its full TTL again (now + TTL) and
+	// returns how many there are: what an instance does when it takes over
+	// lease expiry, as a new etcd leader does.
+	LeasePromote(ctx context.Context) (int64, error)
 
 	// Hash returns a hash of every key-value version in (compact, rev], equal
 	// for equal histories on any instance.

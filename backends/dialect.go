@@ -96,6 +96,9 @@ type Tx interface {
 	LeaseRenew(ctx context.Context, id int64) (ttl int64, found bool, err error)
 	// LeaseDelete removes a lease row.
 	LeaseDelete(ctx context.Context, id int64) error
+	// LeaseExtendAll sets every lease's expiry to now + its TTL and
+	// returns how many there are.
+	LeaseExtendAll(ctx context.Context) (int64, error)
 	// LeaseKeys returns the live key-values attached to a lease, in key order.
 	LeaseKeys(ctx context.Context, id int64) ([]*mvccpb.KeyValue, error)
 	// Leases lists every lease id in ascending order.

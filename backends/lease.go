@@ -87,6 +87,20 @@ func (e *Engine) LeaseRenew(ctx context.Context, id int64) (int64, error) {
 	return ttl, nil
 }
 
+// LeasePromote implements Backend: every lease gets its full TTL again,
+// as etcd's new leader gives them, so that a lease outlives the time no
+// instance was expiring leases (a restart, a failover) by one TTL and its
+// holder can reconnect and keep it alive.
+func (e *Engine) LeasePromote(ctx context.Context) (int64, error) {
+	var n int64
+	err := e.write(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
+		var err error
+		n, err = o.tx.LeaseExtendAll(ctx)
+		return cur, err
+	})
+	return n, err
+}
+
 // LeaseInfo implements Backend.
 func (e *Engine) LeaseInfo(ctx context.Context, id int64, withKeys bool) (Lease, error) {
 	l := Lease{ID: id}

@@ -70,6 +70,9 @@ func (l *leaseService) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest
 
 func (l *leaseService) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	ctx := stream.Context()
+	if err := l.s.waitLeasesReady(ctx); err != nil {
+		return toGRPC(err)
+	}
 	reqs := make(chan *pb.LeaseKeepAliveRequest)
 	errc := make(chan error, 1)
 	go func() {
@@ -118,6 +121,9 @@ func (l *leaseService) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) erro
 }
 
 func (l *leaseService) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	if err := l.s.waitLeasesReady(ctx); err != nil {
+		return nil, toGRPC(err)
+	}
 	cur, err := l.s.currentRev(ctx)
 	if err != nil {
 		return nil, toGRPC(err)

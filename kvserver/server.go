@@ -82,6 +82,13 @@ type Server struct {
 	// clients retry elsewhere or after a restart.
 	shutdown     chan struct{}
 	shutdownOnce sync.Once
+
+	// leasesReady is closed once Run has made its first attempt to take
+	// over lease expiry (and so, if it did, extended every lease): lease
+	// RPCs wait for it, so that no client sees a lease as expired only
+	// because no instance was expiring leases a moment ago.
+	leasesReady     chan struct{}
+	leasesReadyOnce sync.Once
 }
 
 // New returns a Server. Call Register to serve it and Run to start the
@@ -122,6 +129,8 @@ func New(cfg Config) (*Server, error) {
 		memberID:  idOf(cfg.ClusterName + "/" + cfg.Name + "/" + strings.Join(cfg.ClientURLs, ",")),
 		health:    health.NewServer(),
 		shutdown:  make(chan struct{}),
+
+		leasesReady: make(chan struct{}),
 	}
 	s.hub = newHub(cfg.Backend, cfg.Notify, cfg.SafetyPoll, cfg.Logger.With("component", "watch-hub"))
 	if m := cfg.Metrics; m != nil {
@@ -174,6 +183,9 @@ func (s *Server) Register(g *grpc.Server) {
 // Run starts the watch tailer and the lease expiry loop and returns when
 // ctx ends (nil) or one of them fails.
 func (s *Server) Run(ctx context.Context) error {
+	defer s.leasesReadyOnce.Do(func() { close(s.leasesReady) })
+	leading := s.takeOverLeases(ctx)
+	s.leasesReadyOnce.Do(func() { close(s.leasesReady) })
 	if err := s.hub.init(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while starting
@@ -183,7 +195,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.hub.run(ctx) })
-	g.Go(func() error { return s.expireLeases(ctx) })
+	g.Go(func() error { return s.expireLeases(ctx, leading) })
 	g.Go(func() error { return s.heartbeat(ctx) })
 	err := g.Wait()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
@@ -199,7 +211,42 @@ func (s *Server) Shutdown() {
 	})
 }
 
-func (s *Server) expireLeases(ctx context.Context) error {
+// takeOverLeases reports whether this instance is the leader, and when it
+// has just become one — at start-up, or when a dead leader's lock passes to
+// it — first gives every lease its full TTL again, as etcd's new leader
+// does: the time nobody was expiring leases (and clients could not reach a
+// server to keep them alive) is not charged to them. It returns false if
+// the extension failed, so that the next check tries again.
+func (s *Server) takeOverLeases(ctx context.Context) bool {
+	if !s.isLeader(ctx) {
+		return false
+	}
+	n, err := s.be.LeasePromote(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("extending leases on taking over lease expiry failed; will retry", "err", err)
+		}
+		return false
+	}
+	s.log.Info("took over lease expiry", "leases_extended", n)
+	return true
+}
+
+// waitLeasesReady waits until Run's first lease take-over attempt is done.
+func (s *Server) waitLeasesReady(ctx context.Context) error {
+	select {
+	case <-s.leasesReady:
+		return nil
+	case <-s.shutdown:
+		return errShuttingDown
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// expireLeases revokes expired leases while this instance is the leader;
+// leading says whether it already is (and has extended the leases).
+func (s *Server) expireLeases(ctx context.Context, leading bool) error {
 	t := time.NewTicker(s.cfg.LeaseCheckInterval)
 	defer t.Stop()
 	for {
@@ -208,7 +255,12 @@ func (s *Server) expireLeases(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		if !s.isLeader(ctx) {
+		if !leading {
+			leading = s.takeOverLeases(ctx)
+		} else if !s.isLeader(ctx) {
+			leading = false
+		}
+		if !leading {
 			continue
 		}
 		n, err := s.be.ExpireLeases(ctx)

@@ -719,6 +719,14 @@ func (t *txn) LeaseGet(ctx context.Context, id int64) (ttl, remaining int64, fou
 	return ttl, remaining, err == nil, err
 }
 
+func (t *txn) LeaseExtendAll(ctx context.Context) (int64, error) {
+	res, err := t.st.Exec(ctx, qLeaseExtend)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
 func (t *txn) LeaseRenew(ctx context.Context, id int64) (int64, bool, error) {
 	res, err := t.st.Exec(ctx, qLeaseRenew, id)
 	if err != nil {

@@ -70,6 +70,7 @@ const (
 	qLeaseInsert  = `INSERT IGNORE INTO kv_lease (id, ttl, expiry_ms) VALUES (?, ?, ` + nowMS + ` + ? * 1000)`
 	qLeaseGet     = `SELECT ttl, expiry_ms - ` + nowMS + ` FROM kv_lease WHERE id = ?`
 	qLeaseRenew   = `UPDATE kv_lease SET expiry_ms = ` + nowMS + ` + ttl * 1000 WHERE id = ? AND expiry_ms > ` + nowMS
+	qLeaseExtend  = `UPDATE kv_lease SET expiry_ms = ` + nowMS + ` + ttl * 1000`
 	qLeaseTTL     = `SELECT ttl FROM kv_lease WHERE id = ?`
 	qLeaseDelete  = `DELETE FROM kv_lease WHERE id = ?`
 	qLeaseKeys    = `SELECT k, create_rev, mod_rev, version, lease, v FROM kv_current WHERE lease = ? ORDER BY k`

@@ -563,6 +563,11 @@ func (t *txn) LeaseDelete(ctx context.Context, id int64) error {
 	return err
 }
 
+func (t *txn) LeaseExtendAll(ctx context.Context) (int64, error) {
+	ct, err := t.q.Exec(ctx, qLeaseExtend)
+	return ct.RowsAffected(), err
+}
+
 func (t *txn) LeaseKeys(ctx context.Context, id int64) ([]*mvccpb.KeyValue, error) {
 	return t.queryKVs(ctx, qLeaseKeys, id)
 }

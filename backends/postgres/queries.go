@@ -81,6 +81,7 @@ const (
 	qLeaseRenew = `UPDATE kv_lease SET expiry = clock_timestamp() + ttl * interval '1 second'
 		WHERE id = $1 AND expiry > clock_timestamp() RETURNING ttl`
 	qLeaseDelete  = `DELETE FROM kv_lease WHERE id = $1`
+	qLeaseExtend  = `UPDATE kv_lease SET expiry = clock_timestamp() + ttl * interval '1 second'`
 	qLeaseKeys    = `SELECT key, create_rev, mod_rev, version, lease, value FROM kv_current WHERE lease = $1 ORDER BY key`
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
 	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry <= clock_timestamp() ORDER BY expiry LIMIT $1`

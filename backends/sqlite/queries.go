@@ -48,6 +48,7 @@ const (
 	qLeaseGet    = `SELECT ttl, expiry_ms FROM kv_lease WHERE id = ?1`
 	// An expired lease is not renewed: it is about to be revoked (etcd does the same).
 	qLeaseRenew   = `UPDATE kv_lease SET expiry_ms = ?2 + ttl * 1000 WHERE id = ?1 AND expiry_ms > ?2 RETURNING ttl`
+	qLeaseExtend  = `UPDATE kv_lease SET expiry_ms = ?1 + ttl * 1000`
 	qLeaseDelete  = `DELETE FROM kv_lease WHERE id = ?1`
 	qLeaseKeys    = `SELECT key, create_rev, mod_rev, version, lease, value FROM kv_current WHERE lease = ?1 ORDER BY key`
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
@@ -64,7 +65,7 @@ var statements = []string{
 	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
 	qInsertLog, qUpsertCurrent, qDeleteCurrent, qChanges, qDeleteHistory,
-	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
+	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseExtend, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
 }
 
 // rangeStatements picks the range and count statements by key-range shape.

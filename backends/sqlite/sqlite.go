@@ -300,6 +300,14 @@ func (t *txn) LeaseRenew(ctx context.Context, id int64) (int64, bool, error) {
 	return ttl, err == nil, err
 }
 
+func (t *txn) LeaseExtendAll(ctx context.Context) (int64, error) {
+	res, err := t.st.Exec(ctx, qLeaseExtend, nowMillis())
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
 func (t *txn) LeaseDelete(ctx context.Context, id int64) error {
 	_, err := t.st.Exec(ctx, qLeaseDelete, id)
 	return err
