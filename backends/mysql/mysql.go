@@ -116,7 +116,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	wdb.SetMaxOpenConns(writerConns)
 	wdb.SetMaxIdleConns(writerConns)
 	wdb.SetConnMaxLifetime(time.Hour)
-	d := &dialect{db: db, wdb: wdb, stmts: stmts}
+	var maxPacket int64
+	if err := db.QueryRowContext(ctx, `SELECT @@max_allowed_packet`).Scan(&maxPacket); err != nil {
+		stmts.Close()
+		_ = wdb.Close()
+		_ = db.Close()
+		return nil, fmt.Errorf("mysql: read max_allowed_packet: %w", err)
+	}
+	d := &dialect{db: db, wdb: wdb, stmts: stmts, inlineBytes: inlineBudget(maxPacket)}
 	cfg.Engine.MaxKeyBytes = MaxKeyBytes
 	return &Store{Engine: backends.NewEngine(d, cfg.Engine), db: db, cfg: dc, leader: leaderLock + "." + dc.DBName}, nil
 }
@@ -269,9 +276,12 @@ func splitStatements(body string) []string {
 const writerConns = 2
 
 type dialect struct {
-	db    *sql.DB
-	wdb   *sql.DB // write transactions, multi-statement: see BeginBatch
-	stmts *backends.Prepared
+	db  *sql.DB
+	wdb *sql.DB // write transactions, multi-statement: see BeginBatch
+	// inlineBytes bounds the keys and values a write connection sends
+	// inside statement text (see inlineBudget).
+	inlineBytes int
+	stmts       *backends.Prepared
 }
 
 var _ backends.Dialect = (*dialect)(nil)
@@ -303,10 +313,13 @@ func (d *dialect) BeginBatch(ctx context.Context, keys [][]byte) (backends.Tx, [
 	if err != nil {
 		return nil, nil, err
 	}
-	t := &txn{conn: c, st: connStmts{c}, locked: true}
+	t := &txn{conn: c, st: connStmts{c}, locked: true, inlineBytes: d.inlineBytes}
 	q, args := qBeginWrite, []any(nil)
-	inline := keys
-	if len(inline) > writeChunk {
+	inline, keyBytes := keys, 0
+	for _, k := range keys {
+		keyBytes += len(k)
+	}
+	if len(inline) > writeChunk || 2*keyBytes > d.inlineBytes {
 		inline = nil
 	}
 	if len(inline) > 0 {
@@ -448,6 +461,7 @@ type txn struct {
 	st                       stmtRunner
 	locked                   bool
 	lockedRev, lockedCompact int64
+	inlineBytes              int // write transactions: see inlineBudget
 }
 
 func (t *txn) Commit() error {
@@ -487,10 +501,17 @@ func (t *txn) release(err error) {
 
 var _ backends.BatchCommitter = (*txn)(nil)
 
-// commitBatchBytes bounds the keys and values CommitBatch sends in one
-// multi-statement query (escaping can double them; max_allowed_packet is
-// 16 MiB by default); a larger batch is written statement by statement.
-const commitBatchBytes = 4 << 20
+// inlineBudget returns how many bytes of keys and values a write
+// connection may put into the text of one query, for a server whose
+// max_allowed_packet is maxPacket: the driver's escaping can double them
+// and CommitBatch's query carries each value twice (kv_log and
+// kv_current), so a quarter of the packet, less room for the SQL, capped
+// at 4 MiB. Larger writes go through server-side prepared statements,
+// whose large arguments the driver streams in pieces, so any batch the
+// server accepts at all fits.
+func inlineBudget(maxPacket int64) int {
+	return int(max(min(maxPacket/4-64<<10, 4<<20), 0))
+}
 
 // CommitBatch implements backends.BatchCommitter: the kv_log insert, the
 // kv_current deletes and upserts, the kv_meta update and COMMIT are one
@@ -504,7 +525,7 @@ func (t *txn) CommitBatch(ctx context.Context, rows []backends.LogRow, rev int64
 	for _, r := range rows {
 		size += len(r.Key) + len(r.Value)
 	}
-	if len(rows) > writeChunk || size > commitBatchBytes {
+	if len(rows) > writeChunk || size > t.inlineBytes {
 		if err := t.Write(ctx, rows); err != nil {
 			return err
 		}
@@ -649,12 +670,35 @@ func chunkStatements(rows []backends.LogRow) []statement {
 }
 
 func (t *txn) writeChunk(ctx context.Context, rows []backends.LogRow) error {
+	size := 0
+	for _, r := range rows {
+		size += len(r.Key) + len(r.Value)
+	}
 	for _, s := range chunkStatements(rows) {
-		if _, err := t.st.Exec(ctx, s.q, s.args...); err != nil {
+		var err error
+		if t.conn != nil && 2*size > t.inlineBytes {
+			err = t.execPrepared(ctx, s.q, s.args...)
+		} else {
+			_, err = t.st.Exec(ctx, s.q, s.args...)
+		}
+		if err != nil {
 			return fmt.Errorf("write revisions %d..%d: %w", rows[0].Rev, rows[len(rows)-1].Rev, err)
 		}
 	}
 	return nil
+}
+
+// execPrepared runs q on a write transaction's connection as a server-side
+// prepared statement: the driver then sends large arguments in pieces
+// instead of escaping them into one max_allowed_packet-bounded query.
+func (t *txn) execPrepared(ctx context.Context, q string, args ...any) error {
+	stmt, err := t.conn.PrepareContext(ctx, q)
+	if err != nil {
+		return err
+	}
+	defer stmt.Close()
+	_, err = stmt.ExecContext(ctx, args...)
+	return err
 }
 
 var _ backends.CurrentGetter = (*txn)(nil)
