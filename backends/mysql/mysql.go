@@ -106,6 +106,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	wc := dc.Clone()
 	wc.MultiStatements = true
 	wc.InterpolateParams = true
+	// Ask the server for max_allowed_packet at connect (0): the driver
+	// then streams every argument that would not fit a packet as long data
+	// instead of assuming its 64 MiB default and having the server reset
+	// the connection.
+	wc.MaxAllowedPacket = 0
 	wconn, err := gomysql.NewConnector(wc)
 	if err != nil {
 		stmts.Close()
