@@ -102,6 +102,15 @@ func serveKVSQL(t testing.TB, be backends.Backend, src interface {
 // startEtcd starts a real single-member etcd in-process in a temp dir.
 func startEtcd(t testing.TB, opts serverOptions) server {
 	t.Helper()
+	cfg := etcdConfig(t, opts)
+	t.Cleanup(runEtcd(t, cfg).Close)
+	return server{Endpoint: cfg.ListenClientUrls[0].String()}
+}
+
+// etcdConfig configures a single-member etcd in a temp dir on free
+// loopback ports.
+func etcdConfig(t testing.TB, opts serverOptions) *embed.Config {
+	t.Helper()
 	cfg := embed.NewConfig()
 	cfg.Dir = t.TempDir()
 	cfg.Logger = "zap"
@@ -128,6 +137,13 @@ func startEtcd(t testing.TB, opts serverOptions) server {
 	if opts.ProgressNotifyInterval > 0 {
 		cfg.WatchProgressNotifyInterval = opts.ProgressNotifyInterval
 	}
+	return cfg
+}
+
+// runEtcd starts etcd with cfg (again, after a Close, on the same data) and
+// waits until it is ready.
+func runEtcd(t testing.TB, cfg *embed.Config) *embed.Etcd {
+	t.Helper()
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		t.Fatalf("start etcd: %v", err)
@@ -138,8 +154,7 @@ func startEtcd(t testing.TB, opts serverOptions) server {
 		e.Close()
 		t.Fatal("etcd did not become ready")
 	}
-	t.Cleanup(e.Close)
-	return server{Endpoint: cu.String()}
+	return e
 }
 
 // newClient returns a clientv3 client for s, closed at cleanup.
