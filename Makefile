@@ -31,7 +31,7 @@ kube-tools: ## build the pinned kube-apiserver and kubectl into ~/.cache/kvsql (
 test-deps: ## install the database servers and tools the tests need (as root), or name them
 	bash scripts/test-deps.sh
 
-test: test-deps $(if $(ETCDCTL),,etcdctl) ## run the whole suite with -race, Kubernetes' storage tests included (what CI runs)
+test: test-deps $(if $(ETCDCTL),,etcdctl) ## run the whole suite with -race, the Kubernetes storage and kube-apiserver tests included (what CI runs)
 	ETCDCTL=$(or $(ETCDCTL),$(ETCDCTL_BIN)) $(GO) test $(TEST_FLAGS) ./...
 	kube=$$(bash scripts/kube-tools.sh) && cd integration/k8s && \
 		KUBE_APISERVER=$$kube/kube-apiserver KUBECTL=$$kube/kubectl $(GO) test $(TEST_FLAGS) ./...
