@@ -87,8 +87,7 @@ type Server struct {
 	// over lease expiry (and so, if it did, extended every lease): lease
 	// RPCs wait for it, so that no client sees a lease as expired only
 	// because no instance was expiring leases a moment ago.
-	leasesReady     chan struct{}
-	leasesReadyOnce sync.Once
+	leasesReady chan struct{}
 }
 
 // New returns a Server. Call Register to serve it and Run to start the
@@ -180,12 +179,12 @@ func (s *Server) Register(g *grpc.Server) {
 	healthpb.RegisterHealthServer(g, s.health)
 }
 
-// Run starts the watch tailer and the lease expiry loop and returns when
-// ctx ends (nil) or one of them fails.
+// Run takes over lease expiry if this instance can lead (see
+// takeOverLeases), starts the watch tailer and the lease expiry loop, and
+// returns when ctx ends (nil) or one of them fails. Call it once.
 func (s *Server) Run(ctx context.Context) error {
-	defer s.leasesReadyOnce.Do(func() { close(s.leasesReady) })
 	leading := s.takeOverLeases(ctx)
-	s.leasesReadyOnce.Do(func() { close(s.leasesReady) })
+	close(s.leasesReady)
 	if err := s.hub.init(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while starting
