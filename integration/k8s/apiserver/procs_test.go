@@ -242,6 +242,9 @@ func newAPIServer(t *testing.T, bin binaries, name, etcd, saKey string, extra ..
 		},
 	}
 	a.writeKeys(saKey)
+	// One port for the apiserver's whole life, restarts included: the
+	// health monitor and the clients keep using it.
+	a.port = freePort(t)
 	a.monitor = newHealthMonitor(a)
 	a.start()
 	t.Cleanup(func() {
@@ -296,12 +299,11 @@ func (a *apiServer) writeKeys(saKey string) {
 	}
 }
 
-// start runs kube-apiserver on a fresh port with a.extra appended to the
-// flags and waits until /readyz passes.
+// start runs kube-apiserver on a.port with a.extra appended to the flags
+// and waits until /readyz passes.
 func (a *apiServer) start() {
 	t := a.t
 	t.Helper()
-	a.port = freePort(t)
 	args := []string{
 		"--etcd-servers=" + a.etcd,
 		"--secure-port=" + strconv.Itoa(a.port),
@@ -461,6 +463,7 @@ type healthMonitor struct {
 	a      *apiServer
 	mu     sync.Mutex
 	active bool
+	epoch  int // incremented by pause: a check that spans a pause is void
 	checks int
 	fails  []string
 	quit   chan struct{}
@@ -484,7 +487,7 @@ func (m *healthMonitor) run() {
 		case <-tick.C:
 		}
 		m.mu.Lock()
-		active := m.active
+		active, epoch := m.active, m.epoch
 		m.mu.Unlock()
 		if !active {
 			continue
@@ -496,7 +499,7 @@ func (m *healthMonitor) run() {
 		} {
 			code, body, err := m.a.get(c.path)
 			m.mu.Lock()
-			if m.active { // not paused while the request ran
+			if m.active && m.epoch == epoch { // not paused while the request ran
 				m.checks++
 				if err != nil || code != http.StatusOK || !strings.Contains(body, c.need) {
 					m.fails = append(m.fails, fmt.Sprintf("%s %s: %d %v %q", time.Now().Format(time.TimeOnly), c.path, code, err, body))
@@ -510,6 +513,7 @@ func (m *healthMonitor) run() {
 func (m *healthMonitor) pause() {
 	m.mu.Lock()
 	m.active = false
+	m.epoch++
 	m.mu.Unlock()
 }
 
