@@ -10,14 +10,13 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/etcd/server/v3/embed"
 	"google.golang.org/grpc"
-	"k8s.io/apiserver/pkg/storage/etcd3/testserver"
 
 	"github.com/kvsql/kvsql/backends"
 	"github.com/kvsql/kvsql/backends/mysql"
 	"github.com/kvsql/kvsql/backends/postgres"
 	"github.com/kvsql/kvsql/backends/sqlite"
+	"github.com/kvsql/kvsql/integration/k8s/etcdtest"
 	"github.com/kvsql/kvsql/internal/testdb"
 	"github.com/kvsql/kvsql/kvserver"
 	"github.com/kvsql/kvsql/notify"
@@ -66,26 +65,9 @@ func selectedBackends() []backend {
 	return out
 }
 
-// startEtcd starts a real single-member etcd in-process, configured as
-// k8s.io/apiserver's own tests configure it.
+// startEtcd starts the reference etcd (etcdtest.Start).
 func startEtcd(t *testing.T, opts serverOptions) string {
-	t.Helper()
-	cfg := testserver.NewTestConfig(t)
-	if opts.ProgressNotifyInterval > 0 {
-		cfg.WatchProgressNotifyInterval = opts.ProgressNotifyInterval
-	}
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(60 * time.Second):
-		e.Server.Stop()
-		t.Fatal("etcd did not become ready")
-	}
-	return cfg.AdvertiseClientUrls[0].String()
+	return etcdtest.Start(t, opts.ProgressNotifyInterval)
 }
 
 // startSQLite starts kvsql in-process on SQLite in a temp dir.

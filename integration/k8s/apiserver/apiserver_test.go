@@ -8,11 +8,8 @@ package apiserver
 
 import (
 	"testing"
-	"time"
 
-	"go.etcd.io/etcd/server/v3/embed"
-	"k8s.io/apiserver/pkg/storage/etcd3/testserver"
-
+	"github.com/kvsql/kvsql/integration/k8s/etcdtest"
 	"github.com/kvsql/kvsql/internal/testdb"
 )
 
@@ -33,7 +30,7 @@ func TestKubeAPIServer(t *testing.T) {
 		stores func(t *testing.T) []string
 	}{
 		// etcd itself, as the reference the scenarios are checked on.
-		{"etcd", func(t *testing.T) []string { return []string{startEtcd(t)} }},
+		{"etcd", func(t *testing.T) []string { return []string{etcdtest.Start(t, 0)} }},
 		{"sqlite", func(t *testing.T) []string { return []string{startKVSQL(t, "kvsql-1", "").url} }},
 		{"postgres-ha", func(t *testing.T) []string { return kvsqlPair(t, testdb.FreshPostgresURL(t)) }},
 		{"mariadb-ha", func(t *testing.T) []string { return kvsqlPair(t, testdb.FreshMySQLEndpoint(t)) }},
@@ -55,23 +52,4 @@ func TestKubeAPIServer(t *testing.T) {
 // kvsqlPair starts two kvsql instances on one database.
 func kvsqlPair(t *testing.T, endpoint string) []string {
 	return []string{startKVSQL(t, "kvsql-1", endpoint).url, startKVSQL(t, "kvsql-2", endpoint).url}
-}
-
-// startEtcd starts a single-member etcd in-process, configured as
-// k8s.io/apiserver's own tests configure it.
-func startEtcd(t *testing.T) string {
-	t.Helper()
-	cfg := testserver.NewTestConfig(t)
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(60 * time.Second):
-		e.Server.Stop()
-		t.Fatal("etcd did not become ready")
-	}
-	return cfg.AdvertiseClientUrls[0].String()
 }
