@@ -57,6 +57,10 @@ type Backend interface {
 	// in order the result is always a prefix of the history after afterRev.
 	// ErrCompacted if afterRev+1 is below the compact revision.
 	Changes(ctx context.Context, afterRev int64, maxRevs int64) ([]*mvccpb.Event, error)
+	// TailChanges is Changes for the instance's watch tailer (one caller,
+	// never concurrent): where the database allows, it reads on a
+	// connection of its own so that it never waits behind client requests.
+	TailChanges(ctx context.Context, afterRev int64, maxRevs int64) ([]*mvccpb.Event, error)
 
 	// Revisions returns the current and the compact revision.
 	Revisions(ctx context.Context) (current, compact int64, err error)

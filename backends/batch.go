@@ -39,13 +39,18 @@ type BatchCommitter interface {
 }
 
 // ChangesReader is implemented by dialects that can answer Changes in one
-// round trip (PostgreSQL pipelines the read transaction). The watch tailer
-// of every instance calls Changes after every commit of every instance, so
-// its round trips are a direct part of watch latency.
+// round trip and one statement. The watch tailer of every instance reads
+// changes after every commit of every instance, so its round trips are a
+// direct part of watch latency.
 type ChangesReader interface {
 	// ReadChanges reads, from one snapshot, the current and compact
 	// revisions and the events of revisions in (after, min(current, upTo)].
 	ReadChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error)
+	// TailChanges is ReadChanges on a connection kept for the one caller
+	// that reads after every commit, the watch tailer: under load it must
+	// not queue for a pooled connection behind client requests. Calls must
+	// not overlap.
+	TailChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error)
 }
 
 // overlay is a database transaction plus, for single keys, an in-memory

@@ -351,13 +351,26 @@ func (e *Engine) getLatest(ctx context.Context, g LatestGetter, r *pb.RangeReque
 
 // Changes implements Backend.
 func (e *Engine) Changes(ctx context.Context, afterRev, maxRevs int64) ([]*mvccpb.Event, error) {
+	return e.changes(ctx, afterRev, maxRevs, false)
+}
+
+// TailChanges implements Backend.
+func (e *Engine) TailChanges(ctx context.Context, afterRev, maxRevs int64) ([]*mvccpb.Event, error) {
+	return e.changes(ctx, afterRev, maxRevs, true)
+}
+
+func (e *Engine) changes(ctx context.Context, afterRev, maxRevs int64, tail bool) ([]*mvccpb.Event, error) {
 	if cr, ok := e.d.(ChangesReader); ok {
 		select {
 		case <-e.stop:
 			return nil, ErrClosed
 		default:
 		}
-		_, compact, evs, err := cr.ReadChanges(ctx, afterRev, afterRev+maxRevs)
+		read := cr.ReadChanges
+		if tail {
+			read = cr.TailChanges
+		}
+		_, compact, evs, err := read(ctx, afterRev, afterRev+maxRevs)
 		if err != nil {
 			return nil, err
 		}

@@ -61,6 +61,38 @@ func ScanEvents(rows Rows) ([]*mvccpb.Event, error) {
 	return evs, rows.Err()
 }
 
+// ScanChanges reads the rows of a one-statement change query: the current
+// and compact revisions, then ScanEvents' columns, NULL in the one row a
+// query without events returns.
+func ScanChanges(rows Rows) (cur, compact int64, evs []*mvccpb.Event, err error) {
+	for rows.Next() {
+		var rev, create, version, lease sql.NullInt64
+		var deleted sql.NullBool
+		var key, value []byte
+		var pCreate, pMod, pVersion, pLease sql.NullInt64
+		var pValue []byte
+		if err := rows.Scan(&cur, &compact, &rev, &key, &deleted, &create, &version, &lease, &value,
+			&pCreate, &pMod, &pVersion, &pLease, &pValue); err != nil {
+			return 0, 0, nil, err
+		}
+		if !rev.Valid {
+			continue
+		}
+		ev := &mvccpb.Event{Type: mvccpb.PUT, Kv: &mvccpb.KeyValue{Key: key, CreateRevision: create.Int64,
+			ModRevision: rev.Int64, Version: version.Int64, Lease: lease.Int64, Value: value}}
+		if deleted.Bool {
+			ev.Type = mvccpb.DELETE
+			ev.Kv = &mvccpb.KeyValue{Key: key, ModRevision: rev.Int64}
+		}
+		if pMod.Valid {
+			ev.PrevKv = &mvccpb.KeyValue{Key: key, CreateRevision: pCreate.Int64, ModRevision: pMod.Int64,
+				Version: pVersion.Int64, Lease: pLease.Int64, Value: pValue}
+		}
+		evs = append(evs, ev)
+	}
+	return cur, compact, evs, rows.Err()
+}
+
 // ScanIDs reads rows of one integer column.
 func ScanIDs(rows Rows) ([]int64, error) {
 	var ids []int64

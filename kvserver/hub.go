@@ -177,8 +177,11 @@ func (h *hub) run(ctx context.Context) error {
 	t := time.NewTicker(h.poll)
 	defer t.Stop()
 	backoff := 10 * time.Millisecond
-	retryWait := time.Millisecond
+	retryWait := minRetryWait
 	for {
+		h.mu.Lock()
+		before := h.rev
+		h.mu.Unlock()
 		if err := h.catchUp(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -196,16 +199,18 @@ func (h *hub) run(ctx context.Context) error {
 		// A source may report a commit before this instance can read it:
 		// MySQL sends a transaction's binlog events before InnoDB makes its
 		// rows visible. Until the log shows what was reported, read again
-		// soon instead of waiting for the next notification.
+		// soon instead of waiting for the next notification. The wait
+		// grows only while reads find nothing new: under a steady stream
+		// of commits the cursor keeps moving and stays a step behind the
+		// binlog, which is no reason to read less often.
 		h.mu.Lock()
-		behind := h.rev < h.want
+		behind, moved := h.rev < h.want, h.rev > before
 		h.mu.Unlock()
 		var retry <-chan time.Time
+		var wait time.Duration
+		wait, retryWait = retryDelay(retryWait, behind, moved)
 		if behind {
-			retry = time.After(retryWait)
-			retryWait = min(retryWait*2, 200*time.Millisecond)
-		} else {
-			retryWait = time.Millisecond
+			retry = time.After(wait)
 		}
 		select {
 		case <-wake:
@@ -218,13 +223,29 @@ func (h *hub) run(ctx context.Context) error {
 	}
 }
 
+const (
+	minRetryWait = time.Millisecond
+	maxRetryWait = 200 * time.Millisecond
+)
+
+// retryDelay returns how long the tailer waits before reading again while
+// the cursor is behind what the source reported, and the state to pass
+// next time. The wait doubles only while reads find nothing new; a read
+// that moved the cursor starts it again at the minimum.
+func retryDelay(last time.Duration, behind, moved bool) (wait, next time.Duration) {
+	if moved || !behind {
+		last = minRetryWait
+	}
+	return last, min(last*2, maxRetryWait)
+}
+
 // catchUp reads and publishes every committed event after the cursor.
 func (h *hub) catchUp(ctx context.Context) error {
 	for {
 		h.mu.Lock()
 		after := h.rev
 		h.mu.Unlock()
-		evs, err := h.be.Changes(ctx, after, hubReadRevs)
+		evs, err := h.be.TailChanges(ctx, after, hubReadRevs)
 		if errors.Is(err, backends.ErrCompacted) {
 			// The history after the cursor is gone (this instance fell behind
 			// a compaction). Restart the window at the compact revision:

@@ -33,3 +33,24 @@ func TestHubWindowIsBoundedByBytes(t *testing.T) {
 		t.Fatalf("read(start, 3) = %d events up to %d, %v; want 4 (whole revisions) up to %d", len(evs), upTo, ok, h.start+2)
 	}
 }
+
+// TestRetryDelay: the wait for rows a source reported but the log does not
+// show yet grows only while reads make no progress. Under a steady stream of
+// commits on MySQL the cursor trails the binlog by a step after every read;
+// a wait that kept doubling then reached its cap and delayed every event.
+func TestRetryDelay(t *testing.T) {
+	t.Parallel()
+	w, next := retryDelay(minRetryWait, true, false)
+	for range 20 {
+		w, next = retryDelay(next, true, false)
+	}
+	if w != maxRetryWait {
+		t.Fatalf("wait after 20 reads without progress = %v, want the cap %v", w, maxRetryWait)
+	}
+	if w, _ = retryDelay(next, true, true); w != minRetryWait {
+		t.Fatalf("wait after a read that moved the cursor = %v, want %v", w, minRetryWait)
+	}
+	if w, _ = retryDelay(next, false, false); w != minRetryWait {
+		t.Fatalf("wait state after catching up = %v, want %v", w, minRetryWait)
+	}
+}

@@ -287,6 +287,10 @@ type dialect struct {
 	// inside statement text (see inlineBudget).
 	inlineBytes int
 	stmts       *backends.Prepared
+
+	tailMu   sync.Mutex // guards tail and tailStmt
+	tail     *sql.Conn  // TailChanges' own connection; nil until first used
+	tailStmt *sql.Stmt  // qChangesUpToCurrent prepared on tail
 }
 
 var _ backends.Dialect = (*dialect)(nil)
@@ -424,7 +428,67 @@ func (d *dialect) Defragment(ctx context.Context) error {
 	return rows.Close()
 }
 
+var _ backends.ChangesReader = (*dialect)(nil)
+
+// ReadChanges implements backends.ChangesReader: one statement.
+func (d *dialect) ReadChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error) {
+	rows, err := d.stmts.Stmt(qChangesUpToCurrent).QueryContext(ctx, after, upTo)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	defer rows.Close()
+	return backends.ScanChanges(rows)
+}
+
+// TailChanges implements backends.ChangesReader on a connection of the
+// read pool kept for it, with the statement prepared on it once. After an
+// error both are released and taken again on the next call.
+func (d *dialect) TailChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error) {
+	d.tailMu.Lock()
+	defer d.tailMu.Unlock()
+	if d.tail == nil {
+		c, err := d.db.Conn(ctx)
+		if err != nil {
+			return 0, 0, nil, err
+		}
+		st, err := c.PrepareContext(ctx, qChangesUpToCurrent)
+		if err != nil {
+			_ = c.Close()
+			return 0, 0, nil, err
+		}
+		d.tail, d.tailStmt = c, st
+	}
+	rows, err := d.tailStmt.QueryContext(ctx, after, upTo)
+	if err == nil {
+		cur, compact, evs, err = backends.ScanChanges(rows)
+		if cerr := rows.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		d.closeTail()
+		return 0, 0, nil, err
+	}
+	return cur, compact, evs, nil
+}
+
+// closeTail releases the tailer's connection; the caller holds tailMu.
+func (d *dialect) closeTail() {
+	if d.tail == nil {
+		return
+	}
+	_ = d.tailStmt.Close()
+	// Raw's error makes database/sql discard the connection instead of
+	// pooling one that may be broken.
+	_ = d.tail.Raw(func(any) error { return driver.ErrBadConn })
+	_ = d.tail.Close()
+	d.tail, d.tailStmt = nil, nil
+}
+
 func (d *dialect) Close() error {
+	d.tailMu.Lock()
+	d.closeTail()
+	d.tailMu.Unlock()
 	d.stmts.Close()
 	werr := d.wdb.Close()
 	if err := d.db.Close(); err != nil {

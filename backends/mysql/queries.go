@@ -59,6 +59,18 @@ const (
 		FROM kv_log l LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.k = l.k AND p.rev = l.prev_rev AND p.deleted = 0
 		WHERE l.rev > ? AND l.rev <= ? ORDER BY l.rev, l.sub`
 
+	// qChangesUpToCurrent is qChanges capped at the current revision, with
+	// the current and compact revisions in front: one statement, so one
+	// InnoDB read view. kv_meta's row is always there, so a read that finds
+	// no events still returns one row (with NULL events) carrying the
+	// revisions.
+	qChangesUpToCurrent = `SELECT m.rev, m.compact_rev, l.rev, l.k, l.deleted, l.create_rev, l.version, l.lease, l.v,
+			p.create_rev, p.rev, p.version, p.lease, p.v
+		FROM kv_meta m
+		LEFT JOIN kv_log l ON l.rev > ? AND l.rev <= LEAST(?, m.rev)
+		LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.k = l.k AND p.rev = l.prev_rev AND p.deleted = 0
+		WHERE m.id = 1 ORDER BY l.rev, l.sub`
+
 	// qDeleteHistory takes (from, to, compact, compact). MySQL cannot
 	// delete from a table it reads in a subquery, so the rows to delete are
 	// selected through a derived table.
@@ -102,7 +114,7 @@ var statements = []string{
 	qRevisions, qSetRevision, qSetCompact, qGetLatest,
 	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
-	qChanges, qDeleteHistory,
+	qChanges, qChangesUpToCurrent, qDeleteHistory,
 	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseTTL, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
 }
 

@@ -206,6 +206,9 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 
 type dialect struct {
 	pool *pgxpool.Pool
+
+	tailMu sync.Mutex // guards tail
+	tail   *pgx.Conn  // TailChanges' own connection; nil until first used
 }
 
 var _ backends.Dialect = (*dialect)(nil)
@@ -257,20 +260,37 @@ func (d *dialect) BeginBatch(ctx context.Context, keys [][]byte) (backends.Tx, [
 
 var _ backends.ChangesReader = (*dialect)(nil)
 
-// ReadChanges implements backends.ChangesReader: a REPEATABLE READ
-// read-only transaction (one snapshot) with its two reads and its COMMIT,
-// pipelined.
+// ReadChanges implements backends.ChangesReader: one statement.
 func (d *dialect) ReadChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error) {
-	b := &pgx.Batch{}
-	b.Queue(qBeginRead)
-	b.Queue(qRevisions).QueryRow(func(r pgx.Row) error { return r.Scan(&cur, &compact) })
-	b.Queue(qChangesUpToCurrent, after, upTo).Query(func(rows pgx.Rows) error {
-		var err error
-		evs, err = backends.ScanEvents(rows)
-		return err
-	})
-	b.Queue("COMMIT")
-	if err := d.pool.SendBatch(ctx, b).Close(); err != nil {
+	rows, err := d.pool.Query(ctx, qChangesUpToCurrent, after, upTo)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	defer rows.Close()
+	return backends.ScanChanges(rows)
+}
+
+// TailChanges implements backends.ChangesReader on a connection taken from
+// the pool once and kept (hijacked: the pool never hands it out). After an
+// error it is closed and replaced on the next call.
+func (d *dialect) TailChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error) {
+	d.tailMu.Lock()
+	defer d.tailMu.Unlock()
+	if d.tail == nil {
+		c, err := d.pool.Acquire(ctx)
+		if err != nil {
+			return 0, 0, nil, err
+		}
+		d.tail = c.Hijack()
+	}
+	rows, err := d.tail.Query(ctx, qChangesUpToCurrent, after, upTo)
+	if err == nil {
+		cur, compact, evs, err = backends.ScanChanges(rows)
+		rows.Close()
+	}
+	if err != nil {
+		_ = d.tail.Close(context.Background())
+		d.tail = nil
 		return 0, 0, nil, err
 	}
 	return cur, compact, evs, nil
@@ -310,6 +330,12 @@ func (d *dialect) Defragment(ctx context.Context) error {
 }
 
 func (d *dialect) Close() error {
+	d.tailMu.Lock()
+	if d.tail != nil {
+		_ = d.tail.Close(context.Background())
+		d.tail = nil
+	}
+	d.tailMu.Unlock()
 	d.pool.Close()
 	return nil
 }

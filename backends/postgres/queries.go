@@ -12,7 +12,6 @@ const (
 
 	qRevisions   = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1`
 	qBeginWrite  = `BEGIN ISOLATION LEVEL READ COMMITTED`
-	qBeginRead   = `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`
 	qLockMeta    = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1 FOR UPDATE`
 	qSetRevision = `WITH u AS (UPDATE kv_meta SET rev = $1 WHERE id = 1)
 		SELECT pg_notify('` + NotifyChannel + `', $1::text)`
@@ -64,12 +63,16 @@ const (
 		FROM kv_log l LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.key = l.key AND p.rev = l.prev_rev AND NOT p.deleted
 		WHERE l.rev > $1 AND l.rev <= $2 ORDER BY l.rev, l.sub`
 
-	// qChangesUpToCurrent is qChanges capped at the current revision of
-	// the same snapshot.
-	qChangesUpToCurrent = `SELECT l.rev, l.key, l.deleted, l.create_rev, l.version, l.lease, l.value,
+	// qChangesUpToCurrent is qChanges capped at the current revision, with
+	// the current and compact revisions in front: one statement, so one
+	// snapshot. kv_meta's row is always there, so a read that finds no
+	// events still returns one row (with NULL events) carrying the revisions.
+	qChangesUpToCurrent = `SELECT m.rev, m.compact_rev, l.rev, l.key, l.deleted, l.create_rev, l.version, l.lease, l.value,
 			p.create_rev, p.rev, p.version, p.lease, p.value
-		FROM kv_log l LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.key = l.key AND p.rev = l.prev_rev AND NOT p.deleted
-		WHERE l.rev > $1 AND l.rev <= LEAST($2::bigint, (SELECT rev FROM kv_meta WHERE id = 1)) ORDER BY l.rev, l.sub`
+		FROM kv_meta m
+		LEFT JOIN kv_log l ON l.rev > $1 AND l.rev <= LEAST($2::bigint, m.rev)
+		LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.key = l.key AND p.rev = l.prev_rev AND NOT p.deleted
+		WHERE m.id = 1 ORDER BY l.rev, l.sub`
 
 	qDeleteHistory = `DELETE FROM kv_log o WHERE o.rev >= $2 AND o.rev < $3 AND o.rev < $1 AND (o.deleted OR EXISTS
 		(SELECT 1 FROM kv_log n WHERE n.key = o.key AND (n.rev, n.sub) > (o.rev, o.sub) AND n.rev <= $1))`
