@@ -160,10 +160,15 @@ func (h *hub) run(ctx context.Context) error {
 			failWait = 50 * time.Millisecond
 			h.mu.Lock()
 			h.want = max(h.want, rev)
+			// A read that ran while we waited may already cover rev (it
+			// went up to the log's end): then there is nothing to read.
+			stale := rev != 0 && rev <= h.rev
 			h.mu.Unlock()
-			select {
-			case wake <- struct{}{}:
-			default:
+			if !stale {
+				select {
+				case wake <- struct{}{}:
+				default:
+				}
 			}
 			// Let the tailer catch up before asking again, so that a
 			// source that returns at once does not spin.

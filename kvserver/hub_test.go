@@ -1,9 +1,16 @@
 package kvserver
 
 import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/kvsql/kvsql/backends"
 )
 
 func ev(rev int64, valueBytes int) *mvccpb.Event {
@@ -52,5 +59,86 @@ func TestRetryDelay(t *testing.T) {
 	}
 	if w, _ = retryDelay(next, false, false); w != minRetryWait {
 		t.Fatalf("wait state after catching up = %v, want %v", w, minRetryWait)
+	}
+}
+
+// scriptSource reports the revisions of its script in turn, calling
+// before(rev) first, then blocks.
+type scriptSource struct {
+	revs   []int64
+	before func(int64)
+}
+
+func (s *scriptSource) Next(ctx context.Context, after int64) (int64, error) {
+	if len(s.revs) == 0 {
+		<-ctx.Done()
+		return 0, ctx.Err()
+	}
+	r := s.revs[0]
+	s.revs = s.revs[1:]
+	s.before(r)
+	return r, nil
+}
+
+// countingBackend serves TailChanges from a history that grows with
+// commit, and counts calls.
+type countingBackend struct {
+	backends.Backend // other methods unused
+	mu               sync.Mutex
+	history          []*mvccpb.Event
+	reads            atomic.Int64
+}
+
+func (b *countingBackend) commit(e *mvccpb.Event) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.history = append(b.history, e)
+}
+
+func (b *countingBackend) TailChanges(ctx context.Context, after, maxRevs int64) ([]*mvccpb.Event, error) {
+	b.reads.Add(1)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []*mvccpb.Event
+	for _, e := range b.history {
+		if e.Kv.ModRevision > after && e.Kv.ModRevision <= after+maxRevs {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// TestHubSkipsStaleNotifications: a notification for a revision the
+// tailer has already read (a read that ran while the source waited went
+// past it) costs no read.
+func TestHubSkipsStaleNotifications(t *testing.T) {
+	t.Parallel()
+	be := &countingBackend{}
+	reported := make(chan struct{})
+	src := &scriptSource{revs: []int64{5, 8, 9, 10, 11}, before: func(rev int64) {
+		if rev == 11 {
+			be.commit(ev(11, 1)) // 11 commits, then its notification comes
+			close(reported)
+		}
+	}}
+	h := newHub(be, src, time.Hour, slog.New(slog.DiscardHandler))
+	h.rev, h.start = 10, 10
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.run(ctx) }()
+	<-reported
+	for {
+		if rev, ch := h.snapshot(); rev < 11 {
+			<-ch
+			continue
+		}
+		break
+	}
+	cancel()
+	<-done
+	// One read at start, one for 11; each of the four stale notifications
+	// would add one.
+	if n := be.reads.Load(); n != 2 {
+		t.Fatalf("tailer read %d times for 4 stale notifications and 1 new revision; want 2", n)
 	}
 }
