@@ -42,7 +42,10 @@
 #                      (kvsql-*/kine-*: three instances on one database; etcd
 #                      and SQLite kvsql: their one endpoint), bench/watchlat
 #   watch-xinst-load   the same while 16 CAS writers load each of the three
-#                      instances
+#                      instances, each writer as fast as it can (the machine
+#                      saturates: every server's p99 is then CPU queueing)
+#   watch-xinst-paced  the same 48 writers paced to BENCH_PACED_RATE (400)
+#                      CAS attempts per second in all
 #   range-1000keys-16-hist  range-1000keys-16 after BENCH_HISTORY (100000)
 #                      more revisions of updates to those 1000 keys
 #
@@ -59,6 +62,7 @@
 #                   otherwise); the tables show the median of each column and
 #                   the per-round spread
 #   BENCH_CAS_TIME  duration of one cas-64 measurement (default 8s)
+#   BENCH_PACED_RATE  CAS attempts per second of watch-xinst-paced's load
 #   BENCH_HISTORY   revisions written before range-1000keys-16-hist (100000)
 #   BENCH_QUICK=1   a tenth of the requests and one round, to check the
 #                   script itself
@@ -79,7 +83,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${BENCH_CACHE:-$ROOT/.cache/bench}
 BIN=$CACHE/bin
 SET=${BENCH_SET:-sqlite}
-SQL_WORKLOADS="put-1-text put-64-text cas-64 range-1key-1 range-1key-64 range-1000keys-16 count-10000keys-16 watch-xinst-idle watch-xinst-load range-1000keys-16-hist"
+SQL_WORKLOADS="put-1-text put-64-text cas-64 range-1key-1 range-1key-64 range-1000keys-16 count-10000keys-16 watch-xinst-idle watch-xinst-load watch-xinst-paced range-1000keys-16-hist"
 case $SET in
 sqlite)
 	DEF_TARGETS="etcd kvsql kvsql-cgo"
@@ -96,6 +100,7 @@ QUICK=${BENCH_QUICK:-0}
 ROUNDS=${BENCH_ROUNDS:-$DEF_ROUNDS}
 [ "$QUICK" = 1 ] && ROUNDS=${BENCH_ROUNDS:-1}
 CAS_TIME=${BENCH_CAS_TIME:-8s}
+PACED_RATE=${BENCH_PACED_RATE:-400}
 HISTORY=${BENCH_HISTORY:-100000}
 STEP_TIMEOUT=180 # seconds; no single benchmark invocation may run longer
 
@@ -455,12 +460,13 @@ workload() {
 		bench "$1" "$2" watch-latency --put-total "$N_WATCH" --put-rate 100 --streams 10 --watchers-per-stream 10 ;;
 	cas-64) watchlat "$1" "$2" -write "$(ep "$2")" -watch "$(ep "$2")" -count 0 -load-only "$CAS_TIME" \
 		-load "$(ep "$2")" -load-writers 64 ;;
-	watch-xinst-idle | watch-xinst-load)
+	watch-xinst-idle | watch-xinst-load | watch-xinst-paced)
 		c=$N_XWATCH
 		case $2 in kine-*) c=$N_XWATCH_KINE ;; esac
 		local extra=()
-		[ "$1" = watch-xinst-load ] && extra=(-load "$(ep "$2"),$(ep "$2.b"),$(ep "$2.c")" -load-writers 16)
-		WL_MAXTIME=$([ "$1" = watch-xinst-load ] && case $2 in kine-*) echo 30s ;; *) echo 60s ;; esac || echo 60s) watchlat "$1" "$2" -write "$(ep "$2")" -watch "$(ep "$2.b")" -count "$c" "${extra[@]}" ;;
+		[ "$1" != watch-xinst-idle ] && extra=(-load "$(ep "$2"),$(ep "$2.b"),$(ep "$2.c")" -load-writers 16)
+		[ "$1" = watch-xinst-paced ] && extra+=(-load-rate "$PACED_RATE")
+		WL_MAXTIME=$([ "$1" != watch-xinst-idle ] && case $2 in kine-*) echo 30s ;; *) echo 60s ;; esac || echo 60s) watchlat "$1" "$2" -write "$(ep "$2")" -watch "$(ep "$2.b")" -count "$c" "${extra[@]}" ;;
 	*) die "unknown workload $1" ;;
 	esac
 }
@@ -494,11 +500,11 @@ for t in $TARGETS; do load "$t"; done
 # Phase 1: one instance per target.
 rounds put-1 put-64 put-1-text put-64-text cas-64 range-1key-1 range-1key-64 range-1000keys-16 count-10000keys-16 watch-latency
 # Phase 2: three instances of every kvsql-*/kine-* target on its database.
-if selected watch-xinst-idle || selected watch-xinst-load; then
+if selected watch-xinst-idle || selected watch-xinst-load || selected watch-xinst-paced; then
 	for t in $TARGETS; do
 		if multi "$t"; then start "$t.b" && start "$t.c"; fi
 	done
-	rounds watch-xinst-idle watch-xinst-load
+	rounds watch-xinst-idle watch-xinst-load watch-xinst-paced
 	for t in $TARGETS; do stop "$t.b" && stop "$t.c"; done
 fi
 # Phase 3: the history grows by HISTORY revisions of updates to the 1000
@@ -631,6 +637,7 @@ describe() {
 	watch-latency) echo "watch latency put → event, 100 watchers, $N_WATCH puts at 100/s" ;;
 	watch-xinst-idle) echo "cross-instance watch, idle" ;;
 	watch-xinst-load) echo "cross-instance watch, 16 CAS writers on each of 3 instances" ;;
+	watch-xinst-paced) echo "cross-instance watch, the 48 writers paced to $PACED_RATE CAS/s" ;;
 	esac
 }
 
@@ -658,7 +665,7 @@ describe() {
 			echo "| $(describe "$w") | $t | $rps | $avg | $p99 | $errs | $spread |"
 		done
 	done
-	if selected watch-xinst-idle || selected watch-xinst-load; then
+	if selected watch-xinst-idle || selected watch-xinst-load || selected watch-xinst-paced; then
 		echo
 		echo "Cross-instance watch (bench/watchlat): put through instance A, event through a watch on instance B of the"
 		echo "same database ($N_XWATCH timed puts, $N_XWATCH_KINE on kine; etcd: one member, A = B). put→event: from"
@@ -666,7 +673,7 @@ describe() {
 		echo
 		echo "| workload | server | put→event p50 | p99 | max | ack→event p99 | load CAS/s | p99 per round |"
 		echo "|---|---|--:|--:|--:|--:|--:|--:|"
-		for w in watch-xinst-idle watch-xinst-load; do
+		for w in watch-xinst-idle watch-xinst-load watch-xinst-paced; do
 			selected "$w" || continue
 			for t in $TARGETS; do
 				read -r p50 p99 mx ack cas spread < <(wsummary "$w" "$t")

@@ -7,6 +7,9 @@
 //	go run ./bench/watchlat -write 127.0.0.1:2379 -watch 127.0.0.1:2479 \
 //	    -load 127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579 -load-writers 16
 //
+// With -load-rate R the load writers are paced to R CAS attempts per second
+// in all, instead of each running as fast as it can.
+//
 // With -count 0 -load-only 20s it only runs the CAS load (Kubernetes'
 // GuaranteedUpdate shape: get, then txn compare mod_revision, put, else get)
 // and prints its rate.
@@ -22,6 +25,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"sort"
 	"strconv"
@@ -53,6 +57,7 @@ func run() error {
 	load := flag.String("load", "", "comma-separated endpoints to load with CAS writers while timing")
 	loadWriters := flag.Int("load-writers", 16, "CAS writers per load endpoint")
 	loadKeys := flag.Int("load-keys", 64, "keys the CAS writers share")
+	paceRate := flag.Float64("load-rate", 0, "paced load: CAS attempts per second over all load writers (0: each writer as fast as it can)")
 	maxTime := flag.Duration("max-time", 5*time.Minute, "stop after this long whatever the count")
 	loadOnly := flag.Duration("load-only", 0, "with -count 0: only run the CAS load for this long and print its rate")
 	fill := flag.Int("fill", 0, "only write this many puts through -write (see -fill-*) and print the rate")
@@ -83,7 +88,14 @@ func run() error {
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	if *load != "" {
-		for _, ep := range strings.Split(*load, ",") {
+		eps := strings.Split(*load, ",")
+		// With -load-rate each writer starts a CAS every interval (a
+		// writer that falls behind does not burst to catch up).
+		var interval time.Duration
+		if *paceRate > 0 {
+			interval = time.Duration(float64(time.Second) * float64(*loadWriters*len(eps)) / *paceRate)
+		}
+		for _, ep := range eps {
 			lc, err := client(ep)
 			if err != nil {
 				return err
@@ -93,7 +105,25 @@ func run() error {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
+					next := time.Now()
+					if interval > 0 {
+						// spread the writers' first attempts over one interval
+						next = next.Add(time.Duration(rand.Int64N(int64(interval))))
+					}
 					for i := w; loadCtx.Err() == nil; i++ {
+						if interval > 0 {
+							if d := time.Until(next); d > 0 {
+								select {
+								case <-time.After(d):
+								case <-loadCtx.Done():
+									return
+								}
+							}
+							next = next.Add(interval)
+							if now := time.Now(); next.Before(now) {
+								next = now
+							}
+						}
 						key := fmt.Sprintf("load/%d", i%*loadKeys)
 						resp, err := lc.Get(loadCtx, key)
 						if err != nil {
