@@ -182,7 +182,7 @@ func (h *hub) run(ctx context.Context) error {
 	t := time.NewTicker(h.poll)
 	defer t.Stop()
 	backoff := 10 * time.Millisecond
-	retryWait := minRetryWait
+	stuck := 0 // reads in a row that found nothing while behind
 	for {
 		h.mu.Lock()
 		before := h.rev
@@ -204,16 +204,14 @@ func (h *hub) run(ctx context.Context) error {
 		// A source may report a commit before this instance can read it:
 		// MySQL sends a transaction's binlog events before InnoDB makes its
 		// rows visible. Until the log shows what was reported, read again
-		// soon instead of waiting for the next notification. The wait
-		// grows only while reads find nothing new: under a steady stream
-		// of commits the cursor keeps moving and stays a step behind the
-		// binlog, which is no reason to read less often.
+		// soon instead of waiting for the next notification (see
+		// retryDelay).
 		h.mu.Lock()
 		behind, moved := h.rev < h.want, h.rev > before
 		h.mu.Unlock()
 		var retry <-chan time.Time
 		var wait time.Duration
-		wait, retryWait = retryDelay(retryWait, behind, moved)
+		wait, stuck = retryDelay(stuck, behind, moved)
 		if behind {
 			retry = time.After(wait)
 		}
@@ -229,19 +227,33 @@ func (h *hub) run(ctx context.Context) error {
 }
 
 const (
-	minRetryWait = time.Millisecond
-	maxRetryWait = 200 * time.Millisecond
+	// retryEvery is how soon the tailer reads again while the log does
+	// not yet show a reported revision; retryFast such reads in a row run
+	// at that pace (a MySQL commit becomes visible within milliseconds of
+	// its binlog events), then the wait doubles up to retryMax.
+	retryEvery = time.Millisecond
+	retryFast  = 20
+	retryMax   = 200 * time.Millisecond
 )
 
 // retryDelay returns how long the tailer waits before reading again while
-// the cursor is behind what the source reported, and the state to pass
-// next time. The wait doubles only while reads find nothing new; a read
-// that moved the cursor starts it again at the minimum.
-func retryDelay(last time.Duration, behind, moved bool) (wait, next time.Duration) {
-	if moved || !behind {
-		last = minRetryWait
+// the cursor is behind what the source reported, given stuck, the number of
+// reads before this one that found nothing new, and the count to pass next
+// time. A read that moved the cursor, or caught up, starts the count again:
+// under a steady stream of commits the cursor trails the binlog by a step
+// after every read, which is no reason to read less often.
+func retryDelay(stuck int, behind, moved bool) (wait time.Duration, next int) {
+	if !behind {
+		return retryEvery, 0
 	}
-	return last, min(last*2, maxRetryWait)
+	if moved {
+		stuck = 0
+	}
+	wait = retryEvery
+	if stuck >= retryFast {
+		wait = min(retryEvery<<min(stuck-retryFast+1, 16), retryMax)
+	}
+	return wait, stuck + 1
 }
 
 // catchUp reads and publishes every committed event after the cursor.

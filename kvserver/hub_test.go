@@ -42,23 +42,31 @@ func TestHubWindowIsBoundedByBytes(t *testing.T) {
 }
 
 // TestRetryDelay: the wait for rows a source reported but the log does not
-// show yet grows only while reads make no progress. Under a steady stream of
-// commits on MySQL the cursor trails the binlog by a step after every read;
-// a wait that kept doubling then reached its cap and delayed every event.
+// show yet stays short for the first reads (a MySQL commit becomes visible
+// within milliseconds of its binlog events: a doubling wait overshot that
+// by up to 2x) and grows only while reads make no progress. Under a steady
+// stream of commits the cursor trails the binlog by a step after every read;
+// a wait that kept growing then reached its cap and delayed every event.
 func TestRetryDelay(t *testing.T) {
 	t.Parallel()
-	w, next := retryDelay(minRetryWait, true, false)
+	var w time.Duration
+	n := 0
+	for i := range retryFast {
+		if w, n = retryDelay(n, true, false); w != retryEvery {
+			t.Fatalf("wait before read %d without progress = %v, want %v", i+2, w, retryEvery)
+		}
+	}
 	for range 20 {
-		w, next = retryDelay(next, true, false)
+		w, n = retryDelay(n, true, false)
 	}
-	if w != maxRetryWait {
-		t.Fatalf("wait after 20 reads without progress = %v, want the cap %v", w, maxRetryWait)
+	if w != retryMax {
+		t.Fatalf("wait after %d reads without progress = %v, want the cap %v", n, w, retryMax)
 	}
-	if w, _ = retryDelay(next, true, true); w != minRetryWait {
-		t.Fatalf("wait after a read that moved the cursor = %v, want %v", w, minRetryWait)
+	if w, _ = retryDelay(n, true, true); w != retryEvery {
+		t.Fatalf("wait after a read that moved the cursor = %v, want %v", w, retryEvery)
 	}
-	if w, _ = retryDelay(next, false, false); w != minRetryWait {
-		t.Fatalf("wait state after catching up = %v, want %v", w, minRetryWait)
+	if _, n = retryDelay(n, false, false); n != 0 {
+		t.Fatalf("count after catching up = %d, want it to start again", n)
 	}
 }
 
