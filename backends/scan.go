@@ -39,24 +39,11 @@ func ScanKVs(rows Rows) ([]*mvccpb.KeyValue, error) {
 func ScanEvents(rows Rows) ([]*mvccpb.Event, error) {
 	var evs []*mvccpb.Event
 	for rows.Next() {
-		kv := &mvccpb.KeyValue{}
-		var deleted bool
-		var pCreate, pMod, pVersion, pLease sql.NullInt64
-		var pValue []byte
-		if err := rows.Scan(&kv.ModRevision, &kv.Key, &deleted, &kv.CreateRevision, &kv.Version, &kv.Lease, &kv.Value,
-			&pCreate, &pMod, &pVersion, &pLease, &pValue); err != nil {
+		var c eventColumns
+		if err := rows.Scan(c.dest()...); err != nil {
 			return nil, err
 		}
-		ev := &mvccpb.Event{Type: mvccpb.PUT, Kv: kv}
-		if deleted {
-			ev.Type = mvccpb.DELETE
-			ev.Kv = &mvccpb.KeyValue{Key: kv.Key, ModRevision: kv.ModRevision}
-		}
-		if pMod.Valid {
-			ev.PrevKv = &mvccpb.KeyValue{Key: kv.Key, CreateRevision: pCreate.Int64, ModRevision: pMod.Int64,
-				Version: pVersion.Int64, Lease: pLease.Int64, Value: pValue}
-		}
-		evs = append(evs, ev)
+		evs = append(evs, c.event())
 	}
 	return evs, rows.Err()
 }
@@ -66,31 +53,43 @@ func ScanEvents(rows Rows) ([]*mvccpb.Event, error) {
 // query without events returns.
 func ScanChanges(rows Rows) (cur, compact int64, evs []*mvccpb.Event, err error) {
 	for rows.Next() {
-		var rev, create, version, lease sql.NullInt64
-		var deleted sql.NullBool
-		var key, value []byte
-		var pCreate, pMod, pVersion, pLease sql.NullInt64
-		var pValue []byte
-		if err := rows.Scan(&cur, &compact, &rev, &key, &deleted, &create, &version, &lease, &value,
-			&pCreate, &pMod, &pVersion, &pLease, &pValue); err != nil {
+		var c eventColumns
+		if err := rows.Scan(append([]any{&cur, &compact}, c.dest()...)...); err != nil {
 			return 0, 0, nil, err
 		}
-		if !rev.Valid {
-			continue
+		if c.rev.Valid {
+			evs = append(evs, c.event())
 		}
-		ev := &mvccpb.Event{Type: mvccpb.PUT, Kv: &mvccpb.KeyValue{Key: key, CreateRevision: create.Int64,
-			ModRevision: rev.Int64, Version: version.Int64, Lease: lease.Int64, Value: value}}
-		if deleted.Bool {
-			ev.Type = mvccpb.DELETE
-			ev.Kv = &mvccpb.KeyValue{Key: key, ModRevision: rev.Int64}
-		}
-		if pMod.Valid {
-			ev.PrevKv = &mvccpb.KeyValue{Key: key, CreateRevision: pCreate.Int64, ModRevision: pMod.Int64,
-				Version: pVersion.Int64, Lease: pLease.Int64, Value: pValue}
-		}
-		evs = append(evs, ev)
 	}
 	return cur, compact, evs, rows.Err()
+}
+
+// eventColumns holds one row of ScanEvents' columns.
+type eventColumns struct {
+	rev, create, version, lease     sql.NullInt64
+	deleted                         sql.NullBool
+	key, value                      []byte
+	pCreate, pMod, pVersion, pLease sql.NullInt64
+	pValue                          []byte
+}
+
+func (c *eventColumns) dest() []any {
+	return []any{&c.rev, &c.key, &c.deleted, &c.create, &c.version, &c.lease, &c.value,
+		&c.pCreate, &c.pMod, &c.pVersion, &c.pLease, &c.pValue}
+}
+
+func (c *eventColumns) event() *mvccpb.Event {
+	ev := &mvccpb.Event{Type: mvccpb.PUT, Kv: &mvccpb.KeyValue{Key: c.key, CreateRevision: c.create.Int64,
+		ModRevision: c.rev.Int64, Version: c.version.Int64, Lease: c.lease.Int64, Value: c.value}}
+	if c.deleted.Bool {
+		ev.Type = mvccpb.DELETE
+		ev.Kv = &mvccpb.KeyValue{Key: c.key, ModRevision: c.rev.Int64}
+	}
+	if c.pMod.Valid {
+		ev.PrevKv = &mvccpb.KeyValue{Key: c.key, CreateRevision: c.pCreate.Int64, ModRevision: c.pMod.Int64,
+			Version: c.pVersion.Int64, Lease: c.pLease.Int64, Value: c.pValue}
+	}
+	return ev
 }
 
 // ScanIDs reads rows of one integer column.
