@@ -176,13 +176,18 @@ func TestKillInstanceMidGroupCommit(t *testing.T) {
 			var mu sync.Mutex
 			var acked []ackedPut
 			var wg sync.WaitGroup
+			// clientv3 waits for a connection (WaitForReady): a put started
+			// after the kill would block until its context ends, so the
+			// writers' context is cancelled right after the kill.
+			wctx, stopWriters := context.WithCancel(ctx)
+			defer stopWriters()
 			for w := range 16 {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
 					for i := 0; ; i++ {
 						k, v := fmt.Sprintf("w/%02d/%05d", w, i), fmt.Sprintf("v%d", i)
-						resp, err := ca.Put(ctx, k, v)
+						resp, err := ca.Put(wctx, k, v)
 						if err != nil {
 							return // A is gone
 						}
@@ -194,6 +199,7 @@ func TestKillInstanceMidGroupCommit(t *testing.T) {
 			}
 			waitForRevision(t, ctx, cb, 200)
 			a.kill()
+			stopWriters()
 			wg.Wait()
 			final, err := cb.Get(ctx, "w/", clientv3.WithPrefix(), clientv3.WithCountOnly())
 			if err != nil {
