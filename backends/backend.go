@@ -125,4 +125,7 @@ type Member struct {
 	ID         uint64
 	Name       string
 	ClientURLs []string
+	// Leader marks the instance that holds the leader lock; the others
+	// forward their writes to it.
+	Leader bool
 }

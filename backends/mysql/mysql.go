@@ -182,9 +182,16 @@ func (s *Store) TryLead(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-// Heartbeat records this instance as alive.
+// Heartbeat records this instance as alive, and as the leader if m.Leader
+// (clearing any other instance's stale leader mark).
 func (s *Store) Heartbeat(ctx context.Context, m backends.Member) error {
-	_, err := s.db.ExecContext(ctx, qHeartbeat, m.ID, m.Name, strings.Join(m.ClientURLs, ","))
+	if _, err := s.db.ExecContext(ctx, qHeartbeat, m.ID, m.Name, strings.Join(m.ClientURLs, ","), m.Leader); err != nil {
+		return err
+	}
+	if !m.Leader {
+		return nil
+	}
+	_, err := s.db.ExecContext(ctx, qUnmarkLeaders, m.ID)
 	return err
 }
 
@@ -199,7 +206,7 @@ func (s *Store) Members(ctx context.Context, maxAge time.Duration) ([]backends.M
 	for rows.Next() {
 		var m backends.Member
 		var urls string
-		if err := rows.Scan(&m.ID, &m.Name, &urls); err != nil {
+		if err := rows.Scan(&m.ID, &m.Name, &urls, &m.Leader); err != nil {
 			return nil, err
 		}
 		if urls != "" {

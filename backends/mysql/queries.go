@@ -96,9 +96,12 @@ const (
 		COALESCE(SUM(GREATEST(CAST(data_length + index_length AS SIGNED) - CAST(data_free AS SIGNED), 0)), 0)
 		FROM information_schema.tables WHERE table_schema = DATABASE()`
 
-	qHeartbeat = `INSERT INTO kv_member (id, name, client_urls, heartbeat_ms) VALUES (?, ?, ?, ` + nowMS + `)
-		ON DUPLICATE KEY UPDATE name = VALUES(name), client_urls = VALUES(client_urls), heartbeat_ms = VALUES(heartbeat_ms)`
-	qMembers      = `SELECT id, name, client_urls FROM kv_member WHERE heartbeat_ms > ` + nowMS + ` - ? ORDER BY id`
+	qHeartbeat = `INSERT INTO kv_member (id, name, client_urls, heartbeat_ms, leader) VALUES (?, ?, ?, ` + nowMS + `, ?)
+		ON DUPLICATE KEY UPDATE name = VALUES(name), client_urls = VALUES(client_urls), heartbeat_ms = VALUES(heartbeat_ms), leader = VALUES(leader)`
+	// qUnmarkLeaders clears the leader mark of every other instance: the
+	// caller holds the leader lock, so any other mark is stale.
+	qUnmarkLeaders = `UPDATE kv_member SET leader = FALSE WHERE leader AND id <> ?`
+	qMembers       = `SELECT id, name, client_urls, leader FROM kv_member WHERE heartbeat_ms > ` + nowMS + ` - ? ORDER BY id`
 	qForgetMember = `DELETE FROM kv_member WHERE id = ?`
 
 	// Named locks: one elects the instance doing lease expiry, one

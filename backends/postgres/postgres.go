@@ -131,9 +131,16 @@ func (s *Store) TryLead(ctx context.Context) (bool, error) {
 // Member is one live instance.
 type Member = backends.Member
 
-// Heartbeat records this instance as alive.
+// Heartbeat records this instance as alive, and as the leader if m.Leader
+// (clearing any other instance's stale leader mark).
 func (s *Store) Heartbeat(ctx context.Context, m backends.Member) error {
-	_, err := s.pool.Exec(ctx, qHeartbeat, int64(m.ID), m.Name, strings.Join(m.ClientURLs, ","))
+	if _, err := s.pool.Exec(ctx, qHeartbeat, int64(m.ID), m.Name, strings.Join(m.ClientURLs, ","), m.Leader); err != nil {
+		return err
+	}
+	if !m.Leader {
+		return nil
+	}
+	_, err := s.pool.Exec(ctx, qUnmarkLeaders, int64(m.ID))
 	return err
 }
 
@@ -149,7 +156,7 @@ func (s *Store) Members(ctx context.Context, maxAge time.Duration) ([]backends.M
 		var id int64
 		var m backends.Member
 		var urls string
-		if err := rows.Scan(&id, &m.Name, &urls); err != nil {
+		if err := rows.Scan(&id, &m.Name, &urls, &m.Leader); err != nil {
 			return nil, err
 		}
 		m.ID = uint64(id)

@@ -91,9 +91,12 @@ const (
 
 	qSize = `SELECT pg_database_size(current_database())`
 
-	qHeartbeat = `INSERT INTO kv_member (id, name, client_urls, heartbeat) VALUES ($1, $2, $3, clock_timestamp())
-		ON CONFLICT (id) DO UPDATE SET name = excluded.name, client_urls = excluded.client_urls, heartbeat = excluded.heartbeat`
-	qMembers      = `SELECT id, name, client_urls FROM kv_member WHERE heartbeat > clock_timestamp() - $1 * interval '1 millisecond' ORDER BY id`
+	qHeartbeat = `INSERT INTO kv_member (id, name, client_urls, heartbeat, leader) VALUES ($1, $2, $3, clock_timestamp(), $4)
+		ON CONFLICT (id) DO UPDATE SET name = excluded.name, client_urls = excluded.client_urls, heartbeat = excluded.heartbeat, leader = excluded.leader`
+	// qUnmarkLeaders clears the leader mark of every other instance: the
+	// caller holds the leader lock, so any other mark is stale.
+	qUnmarkLeaders = `UPDATE kv_member SET leader = false WHERE leader AND id <> $1`
+	qMembers       = `SELECT id, name, client_urls, leader FROM kv_member WHERE heartbeat > clock_timestamp() - $1 * interval '1 millisecond' ORDER BY id`
 	qForgetMember = `DELETE FROM kv_member WHERE id = $1`
 
 	// leaderLockKey is the advisory lock that elects the instance doing
