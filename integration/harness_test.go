@@ -73,6 +73,7 @@ func serveKVSQL(t testing.TB, be backends.Backend, src interface {
 		ProgressNotifyInterval: opts.ProgressNotifyInterval,
 		SafetyPoll:             opts.SafetyPoll,
 		LeaseCheckInterval:     100 * time.Millisecond,
+		ForwardWrites:          true, // the binary's default
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -58,6 +58,13 @@ func (k *kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse,
 	if err := k.s.checkSize(r); err != nil {
 		return nil, err
 	}
+	if out, ok, err := forward(k.s, ctx, r, pb.KVClient.Put); ok {
+		if err != nil {
+			return nil, err
+		}
+		out.Header = k.s.fill(out.Header)
+		return out, nil
+	}
 	resp, err := k.s.be.Txn(ctx, &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: r}}}})
 	if err != nil {
 		return nil, toGRPC(err)
@@ -73,6 +80,13 @@ func (k *kvService) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (
 	}
 	if err := k.s.checkSize(r); err != nil {
 		return nil, err
+	}
+	if out, ok, err := forward(k.s, ctx, r, pb.KVClient.DeleteRange); ok {
+		if err != nil {
+			return nil, err
+		}
+		out.Header = k.s.fill(out.Header)
+		return out, nil
 	}
 	resp, err := k.s.be.Txn(ctx, &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestDeleteRange{RequestDeleteRange: r}}}})
 	if err != nil {
@@ -97,6 +111,13 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 	if !isReadOnlyTxn(r) {
 		if err := k.s.checkSize(r); err != nil {
 			return nil, err
+		}
+		if out, ok, err := forward(k.s, ctx, r, pb.KVClient.Txn); ok {
+			if err != nil {
+				return nil, err
+			}
+			k.s.fill(out.Header)
+			return out, nil
 		}
 	}
 	resp, err := k.s.be.Txn(ctx, r)

@@ -30,7 +30,7 @@ type memberRegistry interface {
 }
 
 func (s *Server) self() backends.Member {
-	return backends.Member{ID: s.memberID, Name: s.cfg.Name, ClientURLs: s.cfg.ClientURLs}
+	return backends.Member{ID: s.memberID, Name: s.cfg.Name, ClientURLs: s.cfg.ClientURLs, Leader: s.leading.Load()}
 }
 
 // isLeader reports whether this instance should do the leader duties now.
@@ -49,8 +49,10 @@ func (s *Server) isLeader(ctx context.Context) bool {
 	return lead
 }
 
-// heartbeat records this instance in the member registry until ctx ends,
-// then removes it.
+// heartbeat records this instance (and whether it leads) in the member
+// registry until ctx ends, then removes it. When writes are forwarded, it
+// also follows which instance leads. A change of this instance's
+// leadership is announced at once rather than at the next tick.
 func (s *Server) heartbeat(ctx context.Context) error {
 	reg, ok := s.be.(memberRegistry)
 	if !ok {
@@ -59,8 +61,16 @@ func (s *Server) heartbeat(ctx context.Context) error {
 	t := time.NewTicker(heartbeatInterval)
 	defer t.Stop()
 	for {
-		if err := reg.Heartbeat(ctx, s.self()); err != nil && ctx.Err() == nil {
+		me := s.self()
+		if err := reg.Heartbeat(ctx, me); err != nil && ctx.Err() == nil {
 			s.log.Warn("member heartbeat failed; will retry", "err", err)
+		}
+		if s.fwd != nil {
+			if ms, err := reg.Members(ctx, memberTimeout); err == nil {
+				s.fwd.update(ms, me.Leader)
+			} else if ctx.Err() == nil {
+				s.log.Warn("reading the member list failed; will retry", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -69,6 +79,7 @@ func (s *Server) heartbeat(ctx context.Context) error {
 			_ = reg.Forget(cctx, s.memberID)
 			return nil
 		case <-t.C:
+		case <-s.leadChanged:
 		}
 	}
 }

@@ -21,6 +21,7 @@ type Metrics struct {
 	batchSize  prometheus.Histogram
 	batchTime  prometheus.Histogram
 	batchFails prometheus.Counter
+	forwards   *prometheus.CounterVec
 }
 
 // NewMetrics registers kvsql's metrics on reg.
@@ -50,8 +51,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		batchFails: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kvsql_write_batch_failures_total", Help: "Group-commit transactions the database failed (every request in them got the error).",
 		}),
+		forwards: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvsql_write_forwards_total",
+			Help: "Writes this instance handled while another instance led, by outcome: forwarded (the leader answered), direct (the leader was not reachable, so written directly), lost (the connection failed mid-request; outcome unknown).",
+		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.watchers, m.revision, m.batchSize, m.batchTime, m.batchFails)
+	reg.MustRegister(m.requests, m.latency, m.watchers, m.revision, m.batchSize, m.batchTime, m.batchFails, m.forwards)
 	return m
 }
 

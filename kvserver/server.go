@@ -7,11 +7,13 @@ package kvserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"hash/fnv"
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -66,6 +68,16 @@ type Config struct {
 	SafetyPoll time.Duration
 	// LeaseCheckInterval is how often expired leases are revoked.
 	LeaseCheckInterval time.Duration
+
+	// ForwardWrites makes an instance that does not hold the leader lock
+	// send its writes to the leader's advertised client URL, so that the
+	// writes of every instance share one group commit (see forward.go).
+	// It has an effect only on backends several instances share.
+	ForwardWrites bool
+	// ForwardTLS verifies the leader (and may present a client
+	// certificate) when its advertised URL is https://; nil means the
+	// system's roots.
+	ForwardTLS *tls.Config
 }
 
 // Server implements etcd's gRPC services on a Backend.
@@ -88,6 +100,13 @@ type Server struct {
 	// RPCs wait for it, so that no client sees a lease as expired only
 	// because no instance was expiring leases a moment ago.
 	leasesReady chan struct{}
+
+	// leading says whether this instance holds the leader lock;
+	// leadChanged wakes the heartbeat to announce a change at once.
+	leading     atomic.Bool
+	leadChanged chan struct{}
+	// fwd is nil unless writes are forwarded to the leader.
+	fwd *forwarder
 }
 
 // New returns a Server. Call Register to serve it and Run to start the
@@ -130,6 +149,15 @@ func New(cfg Config) (*Server, error) {
 		shutdown:  make(chan struct{}),
 
 		leasesReady: make(chan struct{}),
+		leadChanged: make(chan struct{}, 1),
+	}
+	_, elects := cfg.Backend.(leaderElector)
+	_, registers := cfg.Backend.(memberRegistry)
+	if cfg.ForwardWrites && elects && registers {
+		s.fwd = &forwarder{self: s.memberID, selfURL: map[string]bool{}, tls: cfg.ForwardTLS, metrics: cfg.Metrics, log: cfg.Logger.With("component", "forward")}
+		for _, u := range cfg.ClientURLs {
+			s.fwd.selfURL[u] = true
+		}
 	}
 	s.hub = newHub(cfg.Backend, cfg.Notify, cfg.SafetyPoll, cfg.Logger.With("component", "watch-hub"))
 	if m := cfg.Metrics; m != nil {
@@ -184,6 +212,7 @@ func (s *Server) Register(g *grpc.Server) {
 // returns when ctx ends (nil) or one of them fails. Call it once.
 func (s *Server) Run(ctx context.Context) error {
 	leading := s.takeOverLeases(ctx)
+	s.setLeading(leading)
 	close(s.leasesReady)
 	if err := s.hub.init(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -198,6 +227,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.heartbeat(ctx) })
 	err := g.Wait()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	if s.fwd != nil {
+		s.fwd.close()
+	}
 	return err
 }
 
@@ -259,6 +291,7 @@ func (s *Server) expireLeases(ctx context.Context, leading bool) error {
 		} else if !s.isLeader(ctx) {
 			leading = false
 		}
+		s.setLeading(leading)
 		if !leading {
 			continue
 		}
@@ -273,6 +306,18 @@ func (s *Server) expireLeases(ctx context.Context, leading bool) error {
 		if n > 0 {
 			s.log.Debug("revoked expired leases", "count", n)
 		}
+	}
+}
+
+// setLeading records whether this instance leads and, when that changed,
+// wakes the heartbeat to announce it (and to stop or start forwarding).
+func (s *Server) setLeading(leading bool) {
+	if s.leading.Swap(leading) == leading {
+		return
+	}
+	select {
+	case s.leadChanged <- struct{}{}:
+	default:
 	}
 }
 

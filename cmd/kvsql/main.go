@@ -67,6 +67,7 @@ type config struct {
 	keyFile       string
 	caFile        string
 	clientCert    bool
+	forward       bool
 	logLevel      string
 	logFormat     string
 	version       bool
@@ -123,6 +124,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.keyFile, "key-file", "", "TLS key for https:// listeners")
 	fs.StringVar(&c.caFile, "trusted-ca-file", "", "CA bundle to verify client certificates")
 	fs.BoolVar(&c.clientCert, "client-cert-auth", false, "require a client certificate signed by --trusted-ca-file")
+	fs.BoolVar(&c.forward, "forward-writes", true, "PostgreSQL/MySQL with several instances: send writes to the instance holding the leader lock (at its first advertised client URL) so that every instance's writes share one group commit and fsync; without a ready connection to it, an instance writes directly. An https:// leader is verified with --trusted-ca-file (default: the system's roots) and shown --cert-file/--key-file as client certificate")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&c.version, "version", false, "print the version and exit")
@@ -258,22 +260,50 @@ func tlsConfig(c *config) (*tls.Config, error) {
 		return nil, fmt.Errorf("load --cert-file/--key-file: %w", err)
 	}
 	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if c.caFile != "" {
-		pem, err := os.ReadFile(c.caFile)
-		if err != nil {
-			return nil, fmt.Errorf("read --trusted-ca-file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--trusted-ca-file %s holds no PEM certificate", c.caFile)
-		}
-		tc.ClientCAs = pool
+	if tc.ClientCAs, err = trustedCAs(c); err != nil {
+		return nil, err
 	}
 	if c.clientCert {
 		if tc.ClientCAs == nil {
 			return nil, errors.New("--client-cert-auth needs --trusted-ca-file")
 		}
 		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return tc, nil
+}
+
+// trustedCAs loads --trusted-ca-file (nil if it is not set).
+func trustedCAs(c *config) (*x509.CertPool, error) {
+	if c.caFile == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(c.caFile)
+	if err != nil {
+		return nil, fmt.Errorf("read --trusted-ca-file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--trusted-ca-file %s holds no PEM certificate", c.caFile)
+	}
+	return pool, nil
+}
+
+// forwardTLSConfig is the client side of TLS for writes forwarded to an
+// https:// leader: it trusts --trusted-ca-file (or the system's roots) and
+// presents this instance's certificate, which a leader with
+// --client-cert-auth requires.
+func forwardTLSConfig(c *config) (*tls.Config, error) {
+	roots, err := trustedCAs(c)
+	if err != nil {
+		return nil, err
+	}
+	tc := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	if c.certFile != "" && c.keyFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load --cert-file/--key-file: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
 	}
 	return tc, nil
 }
@@ -378,6 +408,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if advertise == "" {
 		advertise = c.listenURLs
 	}
+	fwdTLS, err := forwardTLSConfig(c)
+	if err != nil {
+		return err
+	}
 	srv, err := kvserver.New(kvserver.Config{
 		Backend:                be,
 		Notify:                 src,
@@ -389,6 +423,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ProgressNotifyInterval: c.progressEvery,
 		SafetyPoll:             c.safetyPoll,
 		Metrics:                metrics,
+		ForwardWrites:          c.forward,
+		ForwardTLS:             fwdTLS,
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,152 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// metricValue scrapes one series (name with its labels, exactly as
+// /metrics prints it) from a kvsql process; 0 if it is not there yet.
+func metricValue(t *testing.T, addr, series string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		name, val, ok := strings.Cut(sc.Text(), " ")
+		if ok && name == series {
+			v, err := strconv.ParseFloat(val, 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", series, err)
+			}
+			return v
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return 0
+}
+
+const batchCount = "kvsql_write_batch_requests_count"
+
+// TestForwardWrites: two kvsql processes on one database. A holds the
+// leader lock, so B forwards its writes to A and they commit in A's group
+// commits: A's batch count grows by them and B's stays put. Results, prev
+// kvs, failed compares and etcd errors come back through B unchanged, with
+// B's member ID in the header. When A is killed, B writes directly (and
+// then takes the leader lock).
+func TestForwardWrites(t *testing.T) {
+	t.Parallel()
+	for _, se := range sharedEndpoints {
+		t.Run(se.name, func(t *testing.T) {
+			t.Parallel()
+			ep := se.endpoint(t)
+			ma, mb := procFreeAddr(t), procFreeAddr(t)
+			a := startKVSQLProc(t, "--endpoint="+ep, "--name=a", "--listen-metrics-urls=http://"+ma)
+			pollUntil(t, 20*time.Second, "instance A takes the leader lock", func() bool { return se.leaderHeld(t, ep) })
+			b := startKVSQLProc(t, "--endpoint="+ep, "--name=b", "--listen-metrics-urls=http://"+mb)
+			ca, cb := a.client(t), b.client(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+
+			// B finds the leader at a heartbeat (every 2 s).
+			pollUntil(t, 20*time.Second, "B forwards a write to A", func() bool {
+				if _, err := cb.Put(ctx, "probe", "x"); err != nil {
+					t.Fatal(err)
+				}
+				return metricValue(t, mb, `kvsql_write_forwards_total{outcome="forwarded"}`) > 0
+			})
+			beforeA, beforeB := metricValue(t, ma, batchCount), metricValue(t, mb, batchCount)
+			get, err := cb.Get(ctx, "probe")
+			if err != nil {
+				t.Fatal(err)
+			}
+			memberB := get.Header.MemberId
+
+			put, err := cb.Put(ctx, "k", "v1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if put.Header.MemberId != memberB {
+				t.Errorf("forwarded Put header member = %x, want B's %x", put.Header.MemberId, memberB)
+			}
+			put2, err := cb.Put(ctx, "k", "v2", clientv3.WithPrevKV())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if put2.PrevKv == nil || string(put2.PrevKv.Value) != "v1" || put2.Header.Revision != put.Header.Revision+1 {
+				t.Fatalf("second Put: prev %v rev %d; want v1 and rev %d", put2.PrevKv, put2.Header.Revision, put.Header.Revision+1)
+			}
+			cas := func(mod int64, val string) *clientv3.TxnResponse {
+				tr, err := cb.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision("k"), "=", mod)).
+					Then(clientv3.OpPut("k", val)).Else(clientv3.OpGet("k")).Commit()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return tr
+			}
+			if tr := cas(put2.Header.Revision, "v3"); !tr.Succeeded {
+				t.Fatal("CAS at the current mod revision failed")
+			}
+			tr := cas(put2.Header.Revision, "v4")
+			if tr.Succeeded {
+				t.Fatal("CAS at a stale mod revision succeeded")
+			}
+			if kvs := tr.Responses[0].GetResponseRange().Kvs; len(kvs) != 1 || string(kvs[0].Value) != "v3" {
+				t.Fatalf("failed CAS's Get = %v, want v3", kvs)
+			}
+			del, err := cb.Delete(ctx, "k", clientv3.WithPrevKV())
+			if err != nil || del.Deleted != 1 || string(del.PrevKvs[0].Value) != "v3" {
+				t.Fatalf("Delete = %v, %v; want 1 deleted with prev v3", del, err)
+			}
+			if _, err := cb.Put(ctx, "leased", "v", clientv3.WithLease(0x1234)); !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				t.Fatalf("Put with an unknown lease through B = %v, want %v", err, rpctypes.ErrLeaseNotFound)
+			}
+			// Everything is there through A, at the revision B reported.
+			ga, err := ca.Get(ctx, "k")
+			if err != nil || len(ga.Kvs) != 0 || ga.Header.Revision != del.Header.Revision {
+				t.Fatalf("Get through A = %v, %v; want no key at revision %d", ga, err, del.Header.Revision)
+			}
+			if d := metricValue(t, mb, batchCount) - beforeB; d != 0 {
+				t.Errorf("B ran %v group commits of its own; want every write forwarded", d)
+			}
+			if d := metricValue(t, ma, batchCount) - beforeA; d < 5 {
+				t.Errorf("A ran %v group commits; want at least the 5 writes B forwarded", d)
+			}
+
+			// A dies: B writes without it.
+			a.kill()
+			var acked int64
+			pollUntil(t, 30*time.Second, "a write through B after A died", func() bool {
+				pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				defer cancel()
+				resp, err := cb.Put(pctx, "after", "x")
+				if err == nil {
+					acked = resp.Header.Revision
+				}
+				return err == nil
+			})
+			got, err := cb.Get(ctx, "after")
+			if err != nil || len(got.Kvs) != 1 || got.Kvs[0].ModRevision != acked {
+				t.Fatalf("Get after = %v, %v; want the write acked at %d", got, err, acked)
+			}
+			if metricValue(t, mb, batchCount) == beforeB {
+				t.Error("B's group commit never ran after A died")
+			}
+		})
+	}
+}

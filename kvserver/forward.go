@@ -1,0 +1,241 @@
+package kvserver
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/kvsql/kvsql/backends"
+)
+
+// Write forwarding. Every instance's group commit takes the database's
+// global write lock and holds it through the commit's fsync, so instances
+// writing at once queue behind each other's fsyncs. An instance that does
+// not hold the leader lock therefore sends its writes (Put, DeleteRange and
+// Txn with writes) to the leader's KV service, as an etcd follower sends
+// proposals to its raft leader: the writes of every instance then share
+// one group commit and one fsync.
+//
+// Forwarding is an optimisation only: correctness rests on the database
+// lock, so any instance may write directly at any time. One that finds no
+// ready connection to the leader does so; a forwarded request is never
+// forwarded again (the leader may have changed meanwhile).
+
+// forwardedKey is the gRPC metadata key that marks a forwarded write.
+const forwardedKey = "kvsql-forwarded"
+
+// Outcomes counted by kvsql_write_forwards_total.
+const (
+	fwdForwarded = "forwarded" // the leader answered (with a result or an etcd error)
+	fwdDirect    = "direct"    // a leader is known but not reachable now: written directly
+	fwdLost      = "lost"      // the connection failed mid-request: outcome unknown
+)
+
+// errForwardLost is returned when the connection to the leader failed after
+// the write was sent: it may or may not have been applied, exactly like
+// etcd's answer when a proposal's outcome is unknown.
+var errForwardLost = rpctypes.ErrGRPCTimeoutDueToConnectionLost
+
+// forwarder holds the connection to the current leader.
+type forwarder struct {
+	self    uint64
+	selfURL map[string]bool // this instance's advertised URLs
+	tls     *tls.Config     // for https:// leader URLs; nil: system roots
+	log     *slog.Logger
+	metrics *Metrics
+
+	mu         sync.Mutex
+	peer       *peer // nil: write directly
+	warnedSelf bool
+}
+
+// peer is a connection to one leader. inflight counts the requests using
+// it, so that a retired connection closes only after they finish (closing
+// it under them would make their outcome unknown).
+type peer struct {
+	id       uint64
+	url      string
+	conn     *grpc.ClientConn
+	kv       pb.KVClient
+	inflight sync.WaitGroup
+}
+
+// isForwarded reports whether ctx is a request another instance forwarded.
+func isForwarded(ctx context.Context) bool {
+	md, ok := metadata.FromIncomingContext(ctx)
+	return ok && len(md.Get(forwardedKey)) > 0
+}
+
+// update points the forwarder at the leader in ms. It stops forwarding when
+// this instance leads or no other instance is marked as leader, and when
+// the leader advertises one of this instance's own URLs (instances that all
+// advertise the default http://127.0.0.1:2379 on different hosts would
+// otherwise each forward to itself).
+func (f *forwarder) update(ms []backends.Member, leading bool) {
+	var lead *backends.Member
+	if !leading {
+		for i := range ms {
+			if ms[i].Leader && ms[i].ID != f.self && len(ms[i].ClientURLs) > 0 {
+				lead = &ms[i]
+				break
+			}
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if lead == nil {
+		f.retireLocked()
+		return
+	}
+	u := lead.ClientURLs[0]
+	if f.selfURL[u] {
+		if f.peer != nil || !f.warnedSelf {
+			f.log.Warn("the leader advertises this instance's own client URL; writing directly (set --advertise-client-urls to an address the other instances reach)", "leader", lead.Name, "url", u)
+		}
+		f.warnedSelf = true
+		f.retireLocked()
+		return
+	}
+	if f.peer != nil && f.peer.id == lead.ID && f.peer.url == u {
+		return
+	}
+	f.retireLocked()
+	conn, err := f.dial(u)
+	if err != nil {
+		f.log.Warn("cannot forward writes to the leader; writing directly", "leader", lead.Name, "url", u, "err", err)
+		return
+	}
+	conn.Connect()
+	f.peer = &peer{id: lead.ID, url: u, conn: conn, kv: pb.NewKVClient(conn)}
+	f.log.Info("forwarding writes to the leader", "leader", lead.Name, "url", u)
+}
+
+// close stops forwarding (at shutdown).
+func (f *forwarder) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.retireLocked()
+}
+
+func (f *forwarder) retireLocked() {
+	p := f.peer
+	if p == nil {
+		return
+	}
+	f.peer = nil
+	go func() {
+		p.inflight.Wait()
+		_ = p.conn.Close()
+	}()
+}
+
+// dial creates (without connecting) a client for an advertised client URL.
+func (f *forwarder) dial(rawURL string) (*grpc.ClientConn, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	var creds credentials.TransportCredentials
+	switch strings.ToLower(u.Scheme) {
+	case "http":
+		creds = insecure.NewCredentials()
+	case "https":
+		c := &tls.Config{MinVersion: tls.VersionTLS12}
+		if f.tls != nil {
+			c = f.tls.Clone()
+		}
+		c.ServerName = u.Hostname()
+		creds = credentials.NewTLS(c)
+	default:
+		return nil, fmt.Errorf("advertised URL %q: scheme must be http or https", rawURL)
+	}
+	return grpc.NewClient(u.Host,
+		grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32), grpc.MaxCallSendMsgSize(math.MaxInt32)),
+		// Within etcd's keepalive enforcement (5 s minimum), so that a
+		// leader that vanished without a FIN is noticed.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
+	)
+}
+
+// acquire returns a ready connection to the leader, or nil when this
+// instance should write directly. Call p.inflight.Done when finished.
+func (f *forwarder) acquire() *peer {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p := f.peer
+	if p == nil {
+		return nil
+	}
+	switch p.conn.GetState() {
+	case connectivity.Ready:
+		p.inflight.Add(1)
+		return p
+	case connectivity.Idle:
+		p.conn.Connect()
+	}
+	f.count(fwdDirect)
+	return nil
+}
+
+func (f *forwarder) count(outcome string) {
+	if f.metrics != nil {
+		f.metrics.forwards.WithLabelValues(outcome).Inc()
+	}
+}
+
+// forward sends a write to the leader when this instance forwards writes
+// and another instance leads. ok reports whether it did; then resp and err
+// are the leader's answer (err is errForwardLost if the connection failed
+// while the write was in flight).
+func forward[Req, Resp any](s *Server, ctx context.Context, r Req, call func(pb.KVClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (resp Resp, ok bool, err error) {
+	f := s.fwd
+	if f == nil || isForwarded(ctx) {
+		return resp, false, nil
+	}
+	p := f.acquire()
+	if p == nil {
+		return resp, false, nil
+	}
+	defer p.inflight.Done()
+	resp, err = call(p.kv, metadata.AppendToOutgoingContext(ctx, forwardedKey, "1"), r)
+	if err == nil {
+		f.count(fwdForwarded)
+		return resp, true, nil
+	}
+	if ctx.Err() != nil {
+		return resp, true, toGRPC(ctx.Err())
+	}
+	if st, _ := status.FromError(err); st.Code() == codes.Unavailable && !fromServer(st.Message()) {
+		// The transport failed: the leader may have applied the write.
+		f.count(fwdLost)
+		s.log.Warn("forwarded write lost its connection to the leader; outcome unknown", "leader", p.url, "err", err)
+		return resp, true, errForwardLost
+	}
+	f.count(fwdForwarded)
+	return resp, true, err
+}
+
+// fromServer reports whether an Unavailable message is an answer of the
+// leader's server (etcd's and kvsql's own errors) rather than of the
+// transport.
+func fromServer(msg string) bool {
+	return strings.HasPrefix(msg, "etcdserver: ") || strings.HasPrefix(msg, "kvsql: ")
+}
