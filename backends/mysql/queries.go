@@ -102,7 +102,7 @@ const (
 	// caller holds the leader lock, so any other mark is stale.
 	qUnmarkLeaders = `UPDATE kv_member SET leader = FALSE WHERE leader AND id <> ?`
 	qMembers       = `SELECT id, name, client_urls, leader FROM kv_member WHERE heartbeat_ms > ` + nowMS + ` - ? ORDER BY id`
-	qForgetMember = `DELETE FROM kv_member WHERE id = ?`
+	qForgetMember  = `DELETE FROM kv_member WHERE id = ?`
 
 	// Named locks: one elects the instance doing lease expiry, one
 	// serialises schema migrations of instances starting together.

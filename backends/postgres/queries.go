@@ -97,7 +97,7 @@ const (
 	// caller holds the leader lock, so any other mark is stale.
 	qUnmarkLeaders = `UPDATE kv_member SET leader = false WHERE leader AND id <> $1`
 	qMembers       = `SELECT id, name, client_urls, leader FROM kv_member WHERE heartbeat > clock_timestamp() - $1 * interval '1 millisecond' ORDER BY id`
-	qForgetMember = `DELETE FROM kv_member WHERE id = $1`
+	qForgetMember  = `DELETE FROM kv_member WHERE id = $1`
 
 	// leaderLockKey is the advisory lock that elects the instance doing
 	// lease expiry ("kvsql" in ASCII).
