@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -147,6 +148,76 @@ func TestForwardWrites(t *testing.T) {
 			if metricValue(t, mb, batchCount) == beforeB {
 				t.Error("B's group commit never ran after A died")
 			}
+		})
+	}
+}
+
+// TestKillLeaderWhileForwarding: 16 writers on follower B, whose writes go
+// to leader A, while A is SIGKILLed mid group commit. B's writers retry
+// failures (a write in flight to A has an unknown outcome) and go on
+// through B, which writes directly and then leads. Every write B
+// acknowledged is there, and a watcher on B from revision 1 sees exactly
+// kv_log.
+func TestKillLeaderWhileForwarding(t *testing.T) {
+	t.Parallel()
+	for _, se := range sharedEndpoints {
+		t.Run(se.name, func(t *testing.T) {
+			t.Parallel()
+			ep := se.endpoint(t)
+			mb := procFreeAddr(t)
+			a := startKVSQLProc(t, "--endpoint="+ep, "--name=a")
+			pollUntil(t, 20*time.Second, "instance A takes the leader lock", func() bool { return se.leaderHeld(t, ep) })
+			b := startKVSQLProc(t, "--endpoint="+ep, "--name=b", "--listen-metrics-urls=http://"+mb)
+			cb := b.client(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			pollUntil(t, 20*time.Second, "B forwards a write to A", func() bool {
+				if _, err := cb.Put(ctx, "w/probe", "x"); err != nil {
+					t.Fatal(err)
+				}
+				return metricValue(t, mb, `kvsql_write_forwards_total{outcome="forwarded"}`) > 0
+			})
+			wch := cb.Watch(ctx, "w/", clientv3.WithPrefix(), clientv3.WithRev(1))
+			upTo := make(chan int64, 1)
+			var evs []*clientv3.Event
+			var werr error
+			done := make(chan struct{})
+			go func() { defer close(done); evs, werr = collect(ctx, wch, upTo) }()
+
+			stop := make(chan struct{})
+			results := make(chan []ackedPut, 16)
+			for w := range 16 {
+				go func() { results <- writeUntil(ctx, cb, fmt.Sprintf("w/%02d", w), stop) }()
+			}
+			waitForRevision(t, ctx, cb, 200)
+			forwarded := metricValue(t, mb, `kvsql_write_forwards_total{outcome="forwarded"}`)
+			a.kill()
+			killedAt, err := cb.Get(ctx, "x", clientv3.WithCountOnly())
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitForRevision(t, ctx, cb, killedAt.Header.Revision+200)
+			close(stop)
+			var acked []ackedPut
+			for range 16 {
+				acked = append(acked, <-results...)
+			}
+			final, err := cb.Get(ctx, "w/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+			if err != nil {
+				t.Fatal(err)
+			}
+			upTo <- final.Header.Revision
+			<-done
+			if werr != nil {
+				t.Fatal(werr)
+			}
+			if forwarded < 100 {
+				t.Fatalf("only %v writes forwarded to A before the kill", forwarded)
+			}
+			t.Logf("forwarded before the kill: %v; after: direct %v, lost %v; acknowledged %d",
+				forwarded, metricValue(t, mb, `kvsql_write_forwards_total{outcome="direct"}`),
+				metricValue(t, mb, `kvsql_write_forwards_total{outcome="lost"}`), len(acked))
+			checkHistory(t, ctx, cb, se.open(t, ep), acked, map[string][]*clientv3.Event{"watch on B": evs}, final.Header.Revision)
 		})
 	}
 }
