@@ -223,7 +223,14 @@ func forward[Req, Resp any](s *Server, ctx context.Context, r Req, call func(pb.
 	if ctx.Err() != nil {
 		return resp, true, toGRPC(ctx.Err())
 	}
-	if st, _ := status.FromError(err); st.Code() == codes.Unavailable && !fromServer(st.Message()) {
+	st, _ := status.FromError(err)
+	if st.Code() == codes.Unavailable && st.Message() == shuttingDownMsg {
+		// The leader's backend refused the write unapplied (it is
+		// stopping, e.g. in a rolling restart): write it here instead.
+		f.count(fwdDirect)
+		return resp, false, nil
+	}
+	if st.Code() == codes.Unavailable && !fromServer(st.Message()) {
 		// The transport failed: the leader may have applied the write.
 		f.count(fwdLost)
 		s.log.Warn("forwarded write lost its connection to the leader; outcome unknown", "leader", p.url, "err", err)
@@ -232,6 +239,10 @@ func forward[Req, Resp any](s *Server, ctx context.Context, r Req, call func(pb.
 	f.count(fwdForwarded)
 	return resp, true, err
 }
+
+// shuttingDownMsg is errShuttingDown's message: the leader refused a write
+// without applying it.
+var shuttingDownMsg = status.Convert(errShuttingDown).Message()
 
 // fromServer reports whether an Unavailable message is an answer of the
 // leader's server (etcd's and kvsql's own errors) rather than of the

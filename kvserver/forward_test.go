@@ -1,8 +1,19 @@
 package kvserver
 
 import (
+	"context"
+	"errors"
 	"log/slog"
+	"net"
+	"sync"
 	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/status"
 
 	"github.com/kvsql/kvsql/backends"
 )
@@ -43,6 +54,83 @@ func TestForwarderPicksLeader(t *testing.T) {
 		}
 		if got != tc.want {
 			t.Errorf("%s: forwarding to %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+// stubKV answers Put with whatever its test sets, recording whether the
+// request came marked as forwarded.
+type stubKV struct {
+	pb.UnimplementedKVServer
+	answer    func() (*pb.PutResponse, error)
+	forwarded chan bool
+}
+
+func (k *stubKV) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
+	k.forwarded <- isForwarded(ctx)
+	return k.answer()
+}
+
+// TestForwardOutcomes: how forward classifies the leader's answers. A
+// result or an etcd error comes back as the answer; "shutting down" (the
+// leader refused the write unapplied) makes this instance write directly;
+// a connection that breaks mid-request is an unknown outcome.
+func TestForwardOutcomes(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stub := &stubKV{forwarded: make(chan bool, 1)}
+	gs := grpc.NewServer()
+	pb.RegisterKVServer(gs, stub)
+	go func() { _ = gs.Serve(lis) }()
+	defer gs.Stop()
+
+	f := &forwarder{self: 1, log: slog.New(slog.DiscardHandler)}
+	defer f.close()
+	s := &Server{log: f.log, fwd: f}
+	f.update([]backends.Member{{ID: 2, Name: "leader", ClientURLs: []string{"http://" + lis.Addr().String()}, Leader: true}}, false)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for f.peer.conn.GetState() != connectivity.Ready {
+		if !f.peer.conn.WaitForStateChange(ctx, f.peer.conn.GetState()) {
+			t.Fatal("no connection to the stub leader")
+		}
+	}
+
+	release := make(chan struct{}) // lets the stub's last handler return
+	defer close(release)
+	for _, tc := range []struct {
+		name   string
+		answer func() (*pb.PutResponse, error)
+		during func() // runs while the stub handles the request
+		ok     bool
+		err    error
+	}{
+		{"result", func() (*pb.PutResponse, error) { return &pb.PutResponse{Header: &pb.ResponseHeader{Revision: 7}}, nil }, nil, true, nil},
+		{"etcd error", func() (*pb.PutResponse, error) { return nil, rpctypes.ErrGRPCLeaseNotFound }, nil, true, rpctypes.ErrGRPCLeaseNotFound},
+		{"database error", func() (*pb.PutResponse, error) { return nil, toGRPC(errors.New("boom")) }, nil, true, toGRPC(errors.New("boom"))},
+		{"leader shutting down", func() (*pb.PutResponse, error) { return nil, errShuttingDown }, nil, false, nil},
+		{"connection lost", func() (*pb.PutResponse, error) { <-release; return nil, nil }, func() { gs.Stop() }, true, errForwardLost},
+	} {
+		stub.answer = tc.answer
+		var during sync.WaitGroup
+		if tc.during != nil {
+			during.Go(func() {
+				<-stub.forwarded
+				tc.during()
+			})
+		}
+		resp, ok, err := forward(s, ctx, &pb.PutRequest{Key: []byte("k")}, pb.KVClient.Put)
+		during.Wait()
+		if tc.during == nil && !<-stub.forwarded {
+			t.Errorf("%s: the leader did not see the request marked as forwarded", tc.name)
+		}
+		if ok != tc.ok || status.Convert(err).Message() != status.Convert(tc.err).Message() || status.Code(err) != status.Code(tc.err) {
+			t.Errorf("%s: forward = ok %v, err %v; want ok %v, err %v", tc.name, ok, err, tc.ok, tc.err)
+		}
+		if tc.name == "result" && (resp == nil || resp.Header.Revision != 7) {
+			t.Errorf("result: response %v, want revision 7", resp)
 		}
 	}
 }
