@@ -77,6 +77,24 @@ func TestForwardWrites(t *testing.T) {
 				t.Fatal(err)
 			}
 			memberB := get.Header.MemberId
+			getA, err := ca.Get(ctx, "probe")
+			if err != nil {
+				t.Fatal(err)
+			}
+			memberA := getA.Header.MemberId
+			for name, c := range map[string]*clientv3.Client{"A": ca, "B": cb} {
+				ep := a.Addr
+				if name == "B" {
+					ep = b.Addr
+				}
+				st, err := c.Status(ctx, ep)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if st.Leader != memberA {
+					t.Errorf("Status through %s: leader %x, want A's %x", name, st.Leader, memberA)
+				}
+			}
 
 			put, err := cb.Put(ctx, "k", "v1")
 			if err != nil {
@@ -148,6 +166,10 @@ func TestForwardWrites(t *testing.T) {
 			if metricValue(t, mb, batchCount) == beforeB {
 				t.Error("B's group commit never ran after A died")
 			}
+			pollUntil(t, 30*time.Second, "Status through B names B as leader", func() bool {
+				st, err := cb.Status(ctx, b.Addr)
+				return err == nil && st.Leader == memberB
+			})
 		})
 	}
 }

@@ -33,7 +33,7 @@ func (m *maintenanceService) Status(ctx context.Context, _ *pb.StatusRequest) (*
 		Version:          EtcdVersion,
 		DbSize:           size,
 		DbSizeInUse:      inUse,
-		Leader:           m.s.memberID,
+		Leader:           m.s.leader(),
 		RaftIndex:        uint64(cur),
 		RaftTerm:         raftTerm,
 		RaftAppliedIndex: uint64(cur),

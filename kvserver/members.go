@@ -65,12 +65,13 @@ func (s *Server) heartbeat(ctx context.Context) error {
 		if err := reg.Heartbeat(ctx, me); err != nil && ctx.Err() == nil {
 			s.log.Warn("member heartbeat failed; will retry", "err", err)
 		}
-		if s.fwd != nil {
-			if ms, err := reg.Members(ctx, memberTimeout); err == nil {
+		if ms, err := reg.Members(ctx, memberTimeout); err == nil {
+			s.leaderID.Store(markedLeader(ms, me))
+			if s.fwd != nil {
 				s.fwd.update(ms, me.Leader)
-			} else if ctx.Err() == nil {
-				s.log.Warn("reading the member list failed; will retry", "err", err)
 			}
+		} else if ctx.Err() == nil {
+			s.log.Warn("reading the member list failed; will retry", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -82,6 +83,29 @@ func (s *Server) heartbeat(ctx context.Context) error {
 		case <-s.leadChanged:
 		}
 	}
+}
+
+// markedLeader returns the member marked as leader in ms (this instance if
+// it leads), or 0 if none is.
+func markedLeader(ms []backends.Member, me backends.Member) uint64 {
+	if me.Leader {
+		return me.ID
+	}
+	for _, m := range ms {
+		if m.Leader && m.ID != me.ID {
+			return m.ID
+		}
+	}
+	return 0
+}
+
+// leader is the member ID Status reports as leader: the instance holding
+// the leader lock, as far as this instance knows, else this instance.
+func (s *Server) leader() uint64 {
+	if id := s.leaderID.Load(); id != 0 && !s.leading.Load() {
+		return id
+	}
+	return s.memberID
 }
 
 // members lists the live instances (this one at least).

@@ -105,6 +105,9 @@ type Server struct {
 	// leadChanged wakes the heartbeat to announce a change at once.
 	leading     atomic.Bool
 	leadChanged chan struct{}
+	// leaderID is the member marked as leader in the registry at the last
+	// heartbeat (0: none seen yet).
+	leaderID atomic.Uint64
 	// fwd is nil unless writes are forwarded to the leader.
 	fwd *forwarder
 }
