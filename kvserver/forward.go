@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
+	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/kvsql/kvsql/backends"
@@ -215,7 +216,10 @@ func forward[Req, Resp any](s *Server, ctx context.Context, r Req, call func(pb.
 		return resp, false, nil
 	}
 	defer p.inflight.Done()
-	resp, err = call(p.kv, metadata.AppendToOutgoingContext(ctx, forwardedKey, "1"), r)
+	// sentTo stays empty unless the request got onto a connection: gRPC
+	// fills it in only from an attempt that created a stream.
+	var sentTo grpcpeer.Peer
+	resp, err = call(p.kv, metadata.AppendToOutgoingContext(ctx, forwardedKey, "1"), r, grpc.Peer(&sentTo))
 	if err == nil {
 		f.count(fwdForwarded)
 		return resp, true, nil
@@ -227,6 +231,12 @@ func forward[Req, Resp any](s *Server, ctx context.Context, r Req, call func(pb.
 	if st.Code() == codes.Unavailable && st.Message() == shuttingDownMsg {
 		// The leader's backend refused the write unapplied (it is
 		// stopping, e.g. in a rolling restart): write it here instead.
+		f.count(fwdDirect)
+		return resp, false, nil
+	}
+	if st.Code() == codes.Unavailable && sentTo.Addr == nil {
+		// No connection took the request (the leader went away between
+		// the ready check and the call): it was never sent.
 		f.count(fwdDirect)
 		return resp, false, nil
 	}
