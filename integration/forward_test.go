@@ -14,6 +14,9 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 // metricValue scrapes one series (name with its labels, exactly as
@@ -135,6 +138,14 @@ func TestForwardWrites(t *testing.T) {
 			}
 			if _, err := cb.Put(ctx, "leased", "v", clientv3.WithLease(0x1234)); !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				t.Fatalf("Put with an unknown lease through B = %v, want %v", err, rpctypes.ErrLeaseNotFound)
+			}
+			// A write forwarded to another member is refused unapplied.
+			wrong := metadata.AppendToOutgoingContext(ctx, "kvsql-forwarded", "deadbeef")
+			if _, err := ca.Put(wrong, "misrouted", "v"); status.Code(err) != codes.FailedPrecondition {
+				t.Errorf("Put marked as forwarded to another member = %v, want FailedPrecondition", err)
+			}
+			if got, err := ca.Get(ctx, "misrouted"); err != nil || len(got.Kvs) != 0 {
+				t.Errorf("the misrouted put was applied: %v, %v", got, err)
 			}
 			// Everything is there through A, at the revision B reported.
 			ga, err := ca.Get(ctx, "k")

@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"math"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -38,9 +40,24 @@ import (
 // lock, so any instance may write directly at any time. One that finds no
 // ready connection to the leader does so; a forwarded request is never
 // forwarded again (the leader may have changed meanwhile).
+//
+// A write must never land in another store: before it forwards anything, a
+// follower asks the server at the leader's URL for its Status and checks
+// its member and cluster IDs (an advertised 127.0.0.1 URL reaches another
+// server on another host). Each forwarded request also names the member it
+// is for, and a kvsql that is not that member refuses it unapplied (the
+// address may since have been taken over by another instance).
 
-// forwardedKey is the gRPC metadata key that marks a forwarded write.
+// forwardedKey is the gRPC metadata key that marks a forwarded write; its
+// value is the member ID (hex) of the leader it is for.
 const forwardedKey = "kvsql-forwarded"
+
+// verifyTimeout bounds the Status call that checks a new leader connection.
+const verifyTimeout = 5 * time.Second
+
+// wrongMemberPrefix starts the error a kvsql returns for a write forwarded
+// to another member: nothing was applied.
+const wrongMemberPrefix = "kvsql: write forwarded to member "
 
 // Outcomes counted by kvsql_write_forwards_total.
 const (
@@ -57,6 +74,7 @@ var errForwardLost = rpctypes.ErrGRPCTimeoutDueToConnectionLost
 // forwarder holds the connection to the current leader.
 type forwarder struct {
 	self    uint64
+	cluster uint64
 	selfURL map[string]bool // this instance's advertised URLs
 	tls     *tls.Config     // for https:// leader URLs; nil: system roots
 	log     *slog.Logger
@@ -65,6 +83,7 @@ type forwarder struct {
 	mu         sync.Mutex
 	peer       *peer // nil: write directly
 	warnedSelf bool
+	warnedDial string // the URL a dial failure was last logged for
 }
 
 // peer is a connection to one leader. inflight counts the requests using
@@ -72,16 +91,31 @@ type forwarder struct {
 // it under them would make their outcome unknown).
 type peer struct {
 	id       uint64
+	name     string
 	url      string
 	conn     *grpc.ClientConn
 	kv       pb.KVClient
 	inflight sync.WaitGroup
+
+	// verified: the server at url answered Status as member id of this
+	// cluster; only then are writes forwarded to it.
+	verified  atomic.Bool
+	verifying atomic.Bool
+	warned    atomic.Bool // a verification failure was logged
 }
 
-// isForwarded reports whether ctx is a request another instance forwarded.
-func isForwarded(ctx context.Context) bool {
+// forwardedTo reports whether ctx is a request another instance forwarded,
+// and the member (hex ID) it was meant for.
+func forwardedTo(ctx context.Context) (string, bool) {
 	md, ok := metadata.FromIncomingContext(ctx)
-	return ok && len(md.Get(forwardedKey)) > 0
+	if !ok {
+		return "", false
+	}
+	v := md.Get(forwardedKey)
+	if len(v) == 0 {
+		return "", false
+	}
+	return v[0], true
 }
 
 // update points the forwarder at the leader in ms. It stops forwarding when
@@ -114,18 +148,57 @@ func (f *forwarder) update(ms []backends.Member, leading bool) {
 		f.retireLocked()
 		return
 	}
-	if f.peer != nil && f.peer.id == lead.ID && f.peer.url == u {
+	if p := f.peer; p != nil && p.id == lead.ID && p.url == u {
+		if !p.verified.Load() {
+			go f.verify(p)
+		}
 		return
 	}
 	f.retireLocked()
 	conn, err := f.dial(u)
 	if err != nil {
-		f.log.Warn("cannot forward writes to the leader; writing directly", "leader", lead.Name, "url", u, "err", err)
+		if f.warnedDial != u {
+			f.log.Warn("cannot forward writes to the leader; writing directly", "leader", lead.Name, "url", u, "err", err)
+		}
+		f.warnedDial = u
 		return
 	}
 	conn.Connect()
-	f.peer = &peer{id: lead.ID, url: u, conn: conn, kv: pb.NewKVClient(conn)}
-	f.log.Info("forwarding writes to the leader", "leader", lead.Name, "url", u)
+	f.peer = &peer{id: lead.ID, name: lead.Name, url: u, conn: conn, kv: pb.NewKVClient(conn)}
+	go f.verify(f.peer)
+}
+
+// verify checks that the server at p's URL is member p.id of this cluster,
+// and marks p usable if it is. Until then writes go to the database
+// directly; a failure is logged once per leader connection and retried at
+// the next heartbeat.
+func (f *forwarder) verify(p *peer) {
+	if !p.verifying.CompareAndSwap(false, true) {
+		return
+	}
+	defer p.verifying.Store(false)
+	ctx, cancel := context.WithTimeout(context.Background(), verifyTimeout)
+	defer cancel()
+	st, err := pb.NewMaintenanceClient(p.conn).Status(ctx, &pb.StatusRequest{}, grpc.WaitForReady(true))
+	if err == nil && (st.Header == nil || st.Header.MemberId != p.id || st.Header.ClusterId != f.cluster) {
+		got := st.GetHeader()
+		err = fmt.Errorf("it answers as member %x of cluster %x, not member %x of cluster %x (is --advertise-client-urls an address the other instances reach?)",
+			got.GetMemberId(), got.GetClusterId(), p.id, f.cluster)
+	}
+	f.mu.Lock()
+	current := f.peer == p
+	f.mu.Unlock()
+	if !current {
+		return // retired meanwhile
+	}
+	if err != nil {
+		if !p.warned.Swap(true) {
+			f.log.Warn("cannot forward writes to the leader; writing directly", "leader", p.name, "url", p.url, "err", err)
+		}
+		return
+	}
+	p.verified.Store(true)
+	f.log.Info("forwarding writes to the leader", "leader", p.name, "url", p.url)
 }
 
 // close stops forwarding (at shutdown).
@@ -169,6 +242,11 @@ func (f *forwarder) dial(rawURL string) (*grpc.ClientConn, error) {
 	}
 	return grpc.NewClient(u.Host,
 		grpc.WithTransportCredentials(creds),
+		// A write is sent once: no retry policy from a service config
+		// (DNS TXT) may resend one whose outcome is unknown. gRPC's
+		// transparent retry of streams the server never processed stays.
+		grpc.WithDisableRetry(),
+		grpc.WithDisableServiceConfig(),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32), grpc.MaxCallSendMsgSize(math.MaxInt32)),
 		// Within etcd's keepalive enforcement (5 s minimum), so that a
 		// leader that vanished without a FIN is noticed.
@@ -183,6 +261,10 @@ func (f *forwarder) acquire() *peer {
 	defer f.mu.Unlock()
 	p := f.peer
 	if p == nil {
+		return nil
+	}
+	if !p.verified.Load() {
+		f.count(fwdDirect)
 		return nil
 	}
 	switch p.conn.GetState() {
@@ -207,8 +289,14 @@ func (f *forwarder) count(outcome string) {
 // are the leader's answer (err is errForwardLost if the connection failed
 // while the write was in flight).
 func forward[Req, Resp any](s *Server, ctx context.Context, r Req, call func(pb.KVClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (resp Resp, ok bool, err error) {
+	if target, ok := forwardedTo(ctx); ok {
+		if target != strconv.FormatUint(s.memberID, 16) {
+			return resp, true, status.Errorf(codes.FailedPrecondition, "%s%s, but this is member %x; not applied", wrongMemberPrefix, target, s.memberID)
+		}
+		return resp, false, nil
+	}
 	f := s.fwd
-	if f == nil || isForwarded(ctx) {
+	if f == nil {
 		return resp, false, nil
 	}
 	p := f.acquire()
@@ -219,7 +307,7 @@ func forward[Req, Resp any](s *Server, ctx context.Context, r Req, call func(pb.
 	// sentTo stays empty unless the request got onto a connection: gRPC
 	// fills it in only from an attempt that created a stream.
 	var sentTo grpcpeer.Peer
-	resp, err = call(p.kv, metadata.AppendToOutgoingContext(ctx, forwardedKey, "1"), r, grpc.Peer(&sentTo))
+	resp, err = call(p.kv, metadata.AppendToOutgoingContext(ctx, forwardedKey, strconv.FormatUint(p.id, 16)), r, grpc.Peer(&sentTo))
 	if err == nil {
 		f.count(fwdForwarded)
 		return resp, true, nil
@@ -228,6 +316,13 @@ func forward[Req, Resp any](s *Server, ctx context.Context, r Req, call func(pb.
 		return resp, true, toGRPC(ctx.Err())
 	}
 	st, _ := status.FromError(err)
+	if st.Code() == codes.FailedPrecondition && strings.HasPrefix(st.Message(), wrongMemberPrefix) {
+		// Another kvsql now serves the leader's address: nothing was
+		// applied. Verify the address again before forwarding to it.
+		p.verified.Store(false)
+		f.count(fwdDirect)
+		return resp, false, nil
+	}
 	if st.Code() == codes.Unavailable && st.Message() == shuttingDownMsg {
 		// The leader's backend refused the write unapplied (it is
 		// stopping, e.g. in a rolling restart): write it here instead.

@@ -12,6 +12,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
@@ -58,17 +59,71 @@ func TestForwarderPicksLeader(t *testing.T) {
 	}
 }
 
-// stubKV answers Put with whatever its test sets, recording whether the
-// request came marked as forwarded.
+// stubKV answers Put with whatever its test sets, recording the member the
+// request was forwarded to ("" if it was not marked as forwarded).
 type stubKV struct {
 	pb.UnimplementedKVServer
 	answer    func() (*pb.PutResponse, error)
-	forwarded chan bool
+	forwarded chan string
 }
 
 func (k *stubKV) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
-	k.forwarded <- isForwarded(ctx)
+	to, _ := forwardedTo(ctx)
+	k.forwarded <- to
 	return k.answer()
+}
+
+// stubStatus answers Status as the given member of the given cluster.
+type stubStatus struct {
+	pb.UnimplementedMaintenanceServer
+	member, cluster uint64
+}
+
+func (m *stubStatus) Status(context.Context, *pb.StatusRequest) (*pb.StatusResponse, error) {
+	return &pb.StatusResponse{Header: &pb.ResponseHeader{MemberId: m.member, ClusterId: m.cluster}}, nil
+}
+
+// stubLeader serves stub KV and Maintenance services on a loopback port.
+func stubLeader(t *testing.T, kv *stubKV, st *stubStatus) (*grpc.Server, string) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	pb.RegisterKVServer(gs, kv)
+	pb.RegisterMaintenanceServer(gs, st)
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	return gs, "http://" + lis.Addr().String()
+}
+
+// TestForwarderVerifiesLeader: writes are forwarded only once the server at
+// the leader's URL has answered Status as that member of this cluster.
+func TestForwarderVerifiesLeader(t *testing.T) {
+	const cluster, leader = 7, 2
+	for _, tc := range []struct {
+		name            string
+		member, cluster uint64
+		want            bool
+	}{
+		{"the leader", leader, cluster, true},
+		{"another member", 3, cluster, false},
+		{"another cluster", leader, 8, false},
+	} {
+		_, url := stubLeader(t, &stubKV{forwarded: make(chan string, 1)}, &stubStatus{member: tc.member, cluster: tc.cluster})
+		f := &forwarder{self: 1, cluster: cluster, log: slog.New(slog.DiscardHandler)}
+		f.update([]backends.Member{{ID: leader, Name: "leader", ClientURLs: []string{url}, Leader: true}}, false)
+		p := f.peer
+		deadline := time.Now().Add(verifyTimeout + time.Second)
+		for !p.verified.Load() && !p.warned.Load() && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := f.acquire() != nil; got != tc.want {
+			t.Errorf("%s: forwarding = %v, want %v", tc.name, got, tc.want)
+		}
+		f.close()
+	}
 }
 
 // TestForwardOutcomes: how forward classifies the leader's answers. A
@@ -76,26 +131,20 @@ func (k *stubKV) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, er
 // leader refused the write unapplied) makes this instance write directly;
 // a connection that breaks mid-request is an unknown outcome.
 func TestForwardOutcomes(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	stub := &stubKV{forwarded: make(chan bool, 1)}
-	gs := grpc.NewServer()
-	pb.RegisterKVServer(gs, stub)
-	go func() { _ = gs.Serve(lis) }()
-	defer gs.Stop()
+	stub := &stubKV{forwarded: make(chan string, 1)}
+	gs, url := stubLeader(t, stub, &stubStatus{member: 2, cluster: 7})
 
-	f := &forwarder{self: 1, log: slog.New(slog.DiscardHandler)}
+	f := &forwarder{self: 1, cluster: 7, log: slog.New(slog.DiscardHandler)}
 	defer f.close()
-	s := &Server{log: f.log, fwd: f}
-	f.update([]backends.Member{{ID: 2, Name: "leader", ClientURLs: []string{"http://" + lis.Addr().String()}, Leader: true}}, false)
+	s := &Server{log: f.log, fwd: f, memberID: 1}
+	f.update([]backends.Member{{ID: 2, Name: "leader", ClientURLs: []string{url}, Leader: true}}, false)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for f.peer.conn.GetState() != connectivity.Ready {
-		if !f.peer.conn.WaitForStateChange(ctx, f.peer.conn.GetState()) {
-			t.Fatal("no connection to the stub leader")
+	for !f.peer.verified.Load() || f.peer.conn.GetState() != connectivity.Ready {
+		if ctx.Err() != nil {
+			t.Fatal("the stub leader was not verified")
 		}
+		time.Sleep(10 * time.Millisecond)
 	}
 
 	release := make(chan struct{}) // lets the stub's last handler return
@@ -111,8 +160,14 @@ func TestForwardOutcomes(t *testing.T) {
 		{"etcd error", func() (*pb.PutResponse, error) { return nil, rpctypes.ErrGRPCLeaseNotFound }, nil, true, rpctypes.ErrGRPCLeaseNotFound},
 		{"database error", func() (*pb.PutResponse, error) { return nil, toGRPC(errors.New("boom")) }, nil, true, toGRPC(errors.New("boom"))},
 		{"leader shutting down", func() (*pb.PutResponse, error) { return nil, errShuttingDown }, nil, false, nil},
+		{"another member at the address", func() (*pb.PutResponse, error) {
+			return nil, status.Error(codes.FailedPrecondition, wrongMemberPrefix+"2, but this is member 3; not applied")
+		}, nil, false, nil},
 		{"connection lost", func() (*pb.PutResponse, error) { <-release; return nil, nil }, func() { gs.Stop() }, true, errForwardLost},
 	} {
+		if !f.peer.verified.Load() {
+			f.verify(f.peer) // after "another member at the address"
+		}
 		stub.answer = tc.answer
 		var during sync.WaitGroup
 		if tc.during != nil {
@@ -123,11 +178,16 @@ func TestForwardOutcomes(t *testing.T) {
 		}
 		resp, ok, err := forward(s, ctx, &pb.PutRequest{Key: []byte("k")}, pb.KVClient.Put)
 		during.Wait()
-		if tc.during == nil && !<-stub.forwarded {
-			t.Errorf("%s: the leader did not see the request marked as forwarded", tc.name)
+		if tc.during == nil {
+			if to := <-stub.forwarded; to != "2" {
+				t.Errorf("%s: the leader saw the request forwarded to %q, want member \"2\"", tc.name, to)
+			}
 		}
 		if ok != tc.ok || status.Convert(err).Message() != status.Convert(tc.err).Message() || status.Code(err) != status.Code(tc.err) {
 			t.Errorf("%s: forward = ok %v, err %v; want ok %v, err %v", tc.name, ok, err, tc.ok, tc.err)
+		}
+		if tc.name == "another member at the address" && f.peer.verified.Load() {
+			t.Error("another member at the address: the leader connection is still trusted")
 		}
 		if tc.name == "result" && (resp == nil || resp.Header.Revision != 7) {
 			t.Errorf("result: response %v, want revision 7", resp)

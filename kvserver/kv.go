@@ -116,7 +116,7 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 			if err != nil {
 				return nil, err
 			}
-			k.s.fill(out.Header)
+			out.Header = k.s.fill(out.Header)
 			return out, nil
 		}
 	}

@@ -157,7 +157,7 @@ func New(cfg Config) (*Server, error) {
 	_, elects := cfg.Backend.(leaderElector)
 	_, registers := cfg.Backend.(memberRegistry)
 	if cfg.ForwardWrites && elects && registers {
-		s.fwd = &forwarder{self: s.memberID, selfURL: map[string]bool{}, tls: cfg.ForwardTLS, metrics: cfg.Metrics, log: cfg.Logger.With("component", "forward")}
+		s.fwd = &forwarder{self: s.memberID, cluster: s.clusterID, selfURL: map[string]bool{}, tls: cfg.ForwardTLS, metrics: cfg.Metrics, log: cfg.Logger.With("component", "forward")}
 		for _, u := range cfg.ClientURLs {
 			s.fwd.selfURL[u] = true
 		}
