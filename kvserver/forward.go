@@ -287,7 +287,9 @@ func (f *forwarder) count(outcome string) {
 // forward sends a write to the leader when this instance forwards writes
 // and another instance leads. ok reports whether it did; then resp and err
 // are the leader's answer (err is errForwardLost if the connection failed
-// while the write was in flight).
+// while the write was in flight). A write that was itself forwarded is
+// written here (ok false) if it names this member, and refused unapplied
+// (ok, FailedPrecondition) if it names another.
 func forward[Req, Resp any](s *Server, ctx context.Context, r Req, call func(pb.KVClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (resp Resp, ok bool, err error) {
 	if target, ok := forwardedTo(ctx); ok {
 		if target != strconv.FormatUint(s.memberID, 16) {
