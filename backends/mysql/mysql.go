@@ -253,7 +253,7 @@ func migrate(ctx context.Context, db *sql.DB, lock string) error {
 			continue
 		}
 		for _, stmt := range splitStatements(m.SQL) {
-			if _, err := c.ExecContext(ctx, stmt); err != nil {
+			if _, err := c.ExecContext(ctx, stmt); err != nil && !alreadyApplied(err) {
 				return fmt.Errorf("migration %s: %w", m.Name, err)
 			}
 		}
@@ -262,6 +262,17 @@ func migrate(ctx context.Context, db *sql.DB, lock string) error {
 		}
 	}
 	return nil
+}
+
+// alreadyApplied reports whether a migration statement failed only because
+// it took effect before: MySQL commits each DDL statement on its own, so a
+// process that died between an ALTER TABLE and recording the version runs
+// the ALTER again on its next start. Only adding a column or an index that
+// exists is tolerated, not creating a table that exists (that may be
+// someone else's table).
+func alreadyApplied(err error) bool {
+	var me *gomysql.MySQLError
+	return errors.As(err, &me) && (me.Number == 1060 || me.Number == 1061) // ER_DUP_FIELDNAME, ER_DUP_KEYNAME
 }
 
 // splitStatements splits a schema file on semicolons that end a line,
