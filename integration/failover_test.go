@@ -58,17 +58,10 @@ var sharedEndpoints = []sharedEndpoint{
 		name:     "mysql",
 		endpoint: freshMySQLEndpoint,
 		leaderHeld: func(t *testing.T, ep string) bool {
-			cfg, err := mysql.ParseEndpoint(ep)
-			if err != nil {
-				t.Fatal(err)
-			}
-			db, err := sql.Open("mysql", cfg.FormatDSN())
-			if err != nil {
-				t.Fatal(err)
-			}
+			db, name := mysqlSQL(t, ep)
 			defer db.Close()
 			var holder sql.NullInt64
-			if err := db.QueryRow(`SELECT IS_USED_LOCK(?)`, "kvsql_leader."+cfg.DBName).Scan(&holder); err != nil {
+			if err := db.QueryRow(`SELECT IS_USED_LOCK(?)`, "kvsql_leader."+name).Scan(&holder); err != nil {
 				t.Fatal(err)
 			}
 			return holder.Valid
@@ -166,12 +159,7 @@ func TestKillInstanceMidGroupCommit(t *testing.T) {
 			ca, cb := a.client(t), b.client(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			wch := cb.Watch(ctx, "w/", clientv3.WithPrefix(), clientv3.WithRev(1))
-			upTo := make(chan int64, 1)
-			var evs []*clientv3.Event
-			var werr error
-			done := make(chan struct{})
-			go func() { defer close(done); evs, werr = collect(ctx, wch, upTo) }()
+			lw := startLogWatch(ctx, cb, "w/")
 
 			var mu sync.Mutex
 			var acked []ackedPut
@@ -201,22 +189,14 @@ func TestKillInstanceMidGroupCommit(t *testing.T) {
 			a.kill()
 			stopWriters()
 			wg.Wait()
-			final, err := cb.Get(ctx, "w/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-			if err != nil {
-				t.Fatal(err)
-			}
-			upTo <- final.Header.Revision
-			<-done
-			if werr != nil {
-				t.Fatal(werr)
-			}
+			evs, final := lw.end(t, ctx)
 			if len(acked) < 100 {
 				t.Fatalf("only %d writes acknowledged before the kill", len(acked))
 			}
 			if strings.Contains(a.allLog.String(), "WARNING: DATA RACE") {
 				t.Fatal("data race in instance A")
 			}
-			checkHistory(t, ctx, cb, se.open(t, ep), acked, map[string][]*clientv3.Event{"watch on B": evs}, final.Header.Revision)
+			checkHistory(t, ctx, cb, se.open(t, ep), acked, map[string][]*clientv3.Event{"watch on B": evs}, final)
 		})
 	}
 }

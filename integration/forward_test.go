@@ -224,12 +224,7 @@ func TestLeaderGoneWhileForwarding(t *testing.T) {
 				defer cancel()
 				p := startForwardingPair(t, ctx, se, "w/probe")
 				cb := p.cb
-				wch := cb.Watch(ctx, "w/", clientv3.WithPrefix(), clientv3.WithRev(1))
-				upTo := make(chan int64, 1)
-				var evs []*clientv3.Event
-				var werr error
-				done := make(chan struct{})
-				go func() { defer close(done); evs, werr = collect(ctx, wch, upTo) }()
+				lw := startLogWatch(ctx, cb, "w/")
 
 				stop := make(chan struct{})
 				type result struct {
@@ -279,15 +274,7 @@ func TestLeaderGoneWhileForwarding(t *testing.T) {
 					r := <-results
 					acked, errs = append(acked, r.acked...), append(errs, r.errs...)
 				}
-				final, err := cb.Get(ctx, "w/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-				if err != nil {
-					t.Fatal(err)
-				}
-				upTo <- final.Header.Revision
-				<-done
-				if werr != nil {
-					t.Fatal(werr)
-				}
+				evs, final := lw.end(t, ctx)
 				if forwarded < 100 {
 					t.Fatalf("only %v writes forwarded to A before it went away", forwarded)
 				}
@@ -303,7 +290,7 @@ func TestLeaderGoneWhileForwarding(t *testing.T) {
 						t.Errorf("put through B failed: %v (clean stop: %v; a kill may only fail puts with %v)", err, clean, rpctypes.ErrTimeoutDueToConnectionLost)
 					}
 				}
-				checkHistory(t, ctx, cb, se.open(t, p.ep), acked, map[string][]*clientv3.Event{"watch on B": evs}, final.Header.Revision)
+				checkHistory(t, ctx, cb, se.open(t, p.ep), acked, map[string][]*clientv3.Event{"watch on B": evs}, final)
 			})
 		}
 	}

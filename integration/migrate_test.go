@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"database/sql"
 	"testing"
 
 	"github.com/kvsql/kvsql/backends/mysql"
@@ -21,14 +20,7 @@ func TestMySQLMigrationRerun(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = st.Close()
-	cfg, err := mysql.ParseEndpoint(ep)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db, err := sql.Open("mysql", cfg.FormatDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, _ := mysqlSQL(t, ep)
 	defer db.Close()
 	if _, err := db.Exec(`DELETE FROM kv_schema WHERE version = 2`); err != nil {
 		t.Fatal(err)

@@ -67,6 +67,40 @@ func eventString(ev *clientv3.Event) string {
 	return s
 }
 
+// logWatch is a watch on a prefix from revision 1 whose events are
+// collected until end is called.
+type logWatch struct {
+	c      *clientv3.Client
+	prefix string
+	upTo   chan int64
+	done   chan struct{}
+	evs    []*clientv3.Event
+	err    error
+}
+
+func startLogWatch(ctx context.Context, c *clientv3.Client, prefix string) *logWatch {
+	w := &logWatch{c: c, prefix: prefix, upTo: make(chan int64, 1), done: make(chan struct{})}
+	wch := c.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(1))
+	go func() { defer close(w.done); w.evs, w.err = collect(ctx, wch, w.upTo) }()
+	return w
+}
+
+// end reads the current revision through the watch's client and returns
+// every event of the prefix up to it, and that revision.
+func (w *logWatch) end(t *testing.T, ctx context.Context) ([]*clientv3.Event, int64) {
+	t.Helper()
+	final, err := w.c.Get(ctx, w.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.upTo <- final.Header.Revision
+	<-w.done
+	if w.err != nil {
+		t.Fatal(w.err)
+	}
+	return w.evs, final.Header.Revision
+}
+
 // collect gathers a watch's events until it has seen revision upTo.
 func collect(ctx context.Context, wch clientv3.WatchChan, upTo <-chan int64) ([]*clientv3.Event, error) {
 	var evs []*clientv3.Event

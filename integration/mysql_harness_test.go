@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"database/sql"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -57,6 +58,21 @@ var myDBCounter atomic.Int64
 func freshMySQLEndpoint(t testing.TB) string {
 	t.Helper()
 	return testdb.FreshMySQLEndpoint(t)
+}
+
+// mysqlSQL opens a plain database/sql handle on a kvsql MySQL endpoint (the
+// caller closes it) and returns the database name.
+func mysqlSQL(t testing.TB, endpoint string) (*sql.DB, string) {
+	t.Helper()
+	cfg, err := mysql.ParseEndpoint(endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("mysql", cfg.FormatDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db, cfg.DBName
 }
 
 // openMySQL opens a kvsql MySQL backend and its binlog source.
