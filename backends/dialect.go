@@ -111,10 +111,14 @@ type Tx interface {
 }
 
 // LatestGetter is implemented by dialects that can read the current
-// revision and one key's latest version in a single statement (one
-// snapshot, one round trip): the common Get then skips a transaction.
+// revision and the latest version of keys in a single statement (one
+// snapshot, one round trip): the common Get then skips a transaction, and
+// concurrent Gets share statements (see getBatcher).
 type LatestGetter interface {
 	// GetLatest returns the current revision and key's live version (nil
 	// if absent); keysOnly leaves the value empty.
 	GetLatest(ctx context.Context, key []byte, keysOnly bool) (cur int64, kv *mvccpb.KeyValue, err error)
+	// GetLatestMany is GetLatest for up to MaxGetBatch keys, which may
+	// repeat: it returns the live ones among them, in any order.
+	GetLatestMany(ctx context.Context, keys [][]byte, keysOnly bool) (cur int64, kvs []*mvccpb.KeyValue, err error)
 }

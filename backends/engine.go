@@ -58,6 +58,9 @@ type Engine struct {
 
 	// compactMu serialises compactions on this instance.
 	compactMu sync.Mutex
+
+	// gets serves plain Gets if the dialect is a LatestGetter (else nil).
+	gets *getBatcher
 }
 
 var _ Backend = (*Engine)(nil)
@@ -90,6 +93,9 @@ func NewEngine(d Dialect, cfg EngineConfig) *Engine {
 		writes: make(chan *writeReq, cfg.MaxBatch),
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
+	}
+	if g, ok := d.(LatestGetter); ok {
+		e.gets = &getBatcher{g: g}
 	}
 	go e.writeLoop()
 	return e
@@ -298,8 +304,8 @@ func (e *Engine) Revisions(ctx context.Context) (current, compact int64, err err
 
 // Range implements Backend.
 func (e *Engine) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
-	if g, ok := e.d.(LatestGetter); ok && isPlainGet(r) {
-		return e.getLatest(ctx, g, r)
+	if e.gets != nil && isPlainGet(r) {
+		return e.getLatest(ctx, r)
 	}
 	var resp *pb.RangeResponse
 	err := e.read(ctx, func(tx Tx) error {
@@ -325,13 +331,13 @@ func isPlainGet(r *pb.RangeRequest) bool {
 		r.MinModRevision == 0 && r.MaxModRevision == 0 && r.MinCreateRevision == 0 && r.MaxCreateRevision == 0
 }
 
-func (e *Engine) getLatest(ctx context.Context, g LatestGetter, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+func (e *Engine) getLatest(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	select {
 	case <-e.stop:
 		return nil, ErrClosed
 	default:
 	}
-	cur, kv, err := g.GetLatest(ctx, r.Key, r.KeysOnly)
+	cur, kv, err := e.gets.get(ctx, r.Key, r.KeysOnly)
 	if err != nil {
 		return nil, err
 	}

@@ -7,7 +7,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -264,6 +266,80 @@ func Run(t *testing.T, open Opener) {
 			}
 		}
 	})
+	t.Run("ConcurrentGetsAreLinearizable", func(t *testing.T) {
+		t.Parallel()
+		runLinearizableGets(t, open(t))
+	})
+}
+
+// runLinearizableGets is the conformance case ConcurrentGetsAreLinearizable:
+// writers count their own keys up while many readers Get every key. A Get
+// that starts after a write was acknowledged must see it (or a later one),
+// however many Gets run at once: backends may answer concurrent Gets with
+// shared statements, but never with one that started before the Get did.
+func runLinearizableGets(t *testing.T, be backends.Backend) {
+	const writers, each, readers = 4, 30, 24
+	ctx := context.Background()
+	acked := make([]atomic.Int64, writers) // newest acknowledged count per key
+	ackedRev := make([]atomic.Int64, writers)
+	key := func(w int) []byte { return []byte(fmt.Sprintf("lin/%d", w)) }
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 1; i <= each; i++ {
+				resp, err := be.Txn(ctx, put(string(key(w)), strconv.Itoa(i)))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				ackedRev[w].Store(resp.Header.Revision)
+				acked[w].Store(int64(i))
+			}
+		}()
+	}
+	var rwg sync.WaitGroup
+	var gets atomic.Int64
+	for r := range readers {
+		rwg.Add(1)
+		go func() {
+			defer rwg.Done()
+			for i := r; ; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				w := i % writers
+				want, wantRev := acked[w].Load(), ackedRev[w].Load()
+				resp, err := be.Range(ctx, &pb.RangeRequest{Key: key(w)})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				gets.Add(1)
+				var got int64
+				if len(resp.Kvs) == 1 {
+					got, _ = strconv.ParseInt(string(resp.Kvs[0].Value), 10, 64)
+					if string(resp.Kvs[0].Key) != string(key(w)) {
+						t.Errorf("Get %s answered with key %s", key(w), resp.Kvs[0].Key)
+						return
+					}
+				}
+				if got < want || resp.Header.Revision < wantRev {
+					t.Errorf("Get %s = %d at revision %d after %d was acknowledged at revision %d: a stale read",
+						key(w), got, resp.Header.Revision, want, wantRev)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(done)
+	rwg.Wait()
+	t.Logf("%d Gets during %d writes", gets.Load(), writers*each)
 }
 
 // casStep is one compare-and-swap of the shape Kubernetes' GuaranteedUpdate

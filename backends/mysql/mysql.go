@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -430,6 +431,43 @@ func (d *dialect) GetLatest(ctx context.Context, key []byte, keysOnly bool) (int
 		value = []byte{}
 	}
 	return cur, &mvccpb.KeyValue{Key: key, CreateRevision: create.Int64, ModRevision: mod.Int64, Version: version.Int64, Lease: lease.Int64, Value: value}, nil
+}
+
+func (d *dialect) GetLatestMany(ctx context.Context, keys [][]byte, keysOnly bool) (int64, []*mvccpb.KeyValue, error) {
+	i, _ := slices.BinarySearch(getManySizes, len(keys))
+	if i == len(getManySizes) {
+		return 0, nil, fmt.Errorf("get %d keys in one statement: at most %d", len(keys), backends.MaxGetBatch)
+	}
+	args := make([]any, 0, 1+getManySizes[i])
+	args = append(args, keysOnly)
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	for len(args) < cap(args) {
+		args = append(args, keys[len(keys)-1])
+	}
+	rows, err := d.stmts.Stmt(qGetLatestMany(getManySizes[i])).QueryContext(ctx, args...)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer rows.Close()
+	var cur int64
+	var kvs []*mvccpb.KeyValue
+	for rows.Next() {
+		var key, value []byte
+		var create, mod, version, lease sql.NullInt64
+		if err := rows.Scan(&cur, &key, &create, &mod, &version, &lease, &value); err != nil {
+			return 0, nil, err
+		}
+		if !mod.Valid {
+			continue
+		}
+		if value == nil {
+			value = []byte{}
+		}
+		kvs = append(kvs, &mvccpb.KeyValue{Key: key, CreateRevision: create.Int64, ModRevision: mod.Int64, Version: version.Int64, Lease: lease.Int64, Value: value})
+	}
+	return cur, kvs, rows.Err()
 }
 
 func (d *dialect) Size(ctx context.Context) (int64, int64, error) {

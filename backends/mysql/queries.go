@@ -112,13 +112,32 @@ const (
 	qReleaseLck = `SELECT RELEASE_LOCK(?)`
 )
 
+// qGetLatestMany returns qGetLatest for n keys, (keysOnly, key...): one row
+// per live key, or a single row with NULL columns if none is.
+func qGetLatestMany(n int) string {
+	return `SELECT m.rev, c.k, c.create_rev, c.mod_rev, c.version, c.lease, IF(?, '', c.v)
+		FROM kv_meta m LEFT JOIN kv_current c ON c.k IN (` + repeatGroup("?", n) + `) WHERE m.id = 1`
+}
+
+// getManySizes are the key counts qGetLatestMany is prepared for; a batch
+// of keys is padded (with its last key) to the next one.
+var getManySizes = []int{2, 4, 8, 16, 32, backends.MaxGetBatch}
+
 // statements lists the fixed statements, prepared once at open.
-var statements = []string{
+var statements = append([]string{
 	qRevisions, qSetRevision, qSetCompact, qGetLatest,
 	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
 	qChanges, qChangesUpToCurrent, qDeleteHistory,
 	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseTTL, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
+}, getManyStatements()...)
+
+func getManyStatements() []string {
+	qs := make([]string, len(getManySizes))
+	for i, n := range getManySizes {
+		qs[i] = qGetLatestMany(n)
+	}
+	return qs
 }
 
 // rangeStatements picks the range and count statements by key-range shape.

@@ -318,6 +318,27 @@ func (d *dialect) GetLatest(ctx context.Context, key []byte, keysOnly bool) (int
 	return cur, &mvccpb.KeyValue{Key: key, CreateRevision: *create, ModRevision: *mod, Version: *version, Lease: *lease, Value: value}, nil
 }
 
+func (d *dialect) GetLatestMany(ctx context.Context, keys [][]byte, keysOnly bool) (int64, []*mvccpb.KeyValue, error) {
+	rows, err := d.pool.Query(ctx, qGetLatestMany, keys, keysOnly)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer rows.Close()
+	var cur int64
+	var kvs []*mvccpb.KeyValue
+	for rows.Next() {
+		var key, value []byte
+		var create, mod, version, lease *int64
+		if err := rows.Scan(&cur, &key, &create, &mod, &version, &lease, &value); err != nil {
+			return 0, nil, err
+		}
+		if mod != nil {
+			kvs = append(kvs, &mvccpb.KeyValue{Key: key, CreateRevision: *create, ModRevision: *mod, Version: *version, Lease: *lease, Value: value})
+		}
+	}
+	return cur, kvs, rows.Err()
+}
+
 func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
 	var n int64
 	if err := d.pool.QueryRow(ctx, qSize).Scan(&n); err != nil {

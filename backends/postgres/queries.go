@@ -24,6 +24,10 @@ const (
 	// qGetLatest reads the revision and one key in one statement: one snapshot.
 	qGetLatest = `SELECT m.rev, c.create_rev, c.mod_rev, c.version, c.lease, CASE WHEN $2 THEN ''::bytea ELSE c.value END
 		FROM kv_meta m LEFT JOIN kv_current c ON c.key = $1 WHERE m.id = 1`
+	// qGetLatestMany is qGetLatest for several keys: one row per live key
+	// (a single row with NULL columns if none is).
+	qGetLatestMany = `SELECT m.rev, c.key, c.create_rev, c.mod_rev, c.version, c.lease, CASE WHEN $2 THEN ''::bytea ELSE c.value END
+		FROM kv_meta m LEFT JOIN kv_current c ON c.key = ANY($1::bytea[]) WHERE m.id = 1`
 	qCountCurSingle  = `SELECT COUNT(*) FROM kv_current WHERE key = $1`
 	qCountCurRange   = `SELECT COUNT(*) FROM kv_current WHERE key >= $1 AND key < $2`
 	qCountCurFromKey = `SELECT COUNT(*) FROM kv_current WHERE key >= $1`
