@@ -1,6 +1,7 @@
 package backends
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -39,6 +40,9 @@ type EngineConfig struct {
 	// MaxKeyBytes, if set, is the longest key the database can store; a put
 	// of a longer key fails with ErrKeyTooLarge before anything is written.
 	MaxKeyBytes int
+	// GetsInFlight caps the statements concurrent plain Gets run at once
+	// (see getBatcher); 0 means DefaultGetsInFlight.
+	GetsInFlight int
 }
 
 // Engine implements Backend on a Dialect. Writes are group-committed: one
@@ -95,7 +99,7 @@ func NewEngine(d Dialect, cfg EngineConfig) *Engine {
 		done:   make(chan struct{}),
 	}
 	if g, ok := d.(LatestGetter); ok {
-		e.gets = &getBatcher{g: g}
+		e.gets = &getBatcher{g: g, slots: cmp.Or(cfg.GetsInFlight, DefaultGetsInFlight)}
 	}
 	go e.writeLoop()
 	return e
@@ -132,13 +136,35 @@ func (e *Engine) writeKeys(ctx context.Context, keys [][]byte, apply func(ctx co
 	return <-req.done
 }
 
+// writeLoop collects queued writes into batches and applies each inside its
+// database transaction; committer commits them, in order.
+//
+// The two overlap: while one batch commits (its COMMIT waits for the
+// fsync), the next batch's transaction is already asking for the write
+// lock. The database grants it the moment the commit releases the lock, so
+// the lock does not sit idle for the round trip between one batch's commit
+// reply and the next batch's begin. Nothing is evaluated early: the next
+// batch reads the revision and its keys only once it holds the lock, so it
+// sees the previous batch's outcome, committed or rolled back.
 func (e *Engine) writeLoop() {
 	defer close(e.done)
-	batch := make([]*writeReq, 0, e.cfg.MaxBatch)
+	commits := make(chan *appliedBatch)
+	committed := make(chan struct{})
+	go func() {
+		defer close(committed)
+		for b := range commits {
+			e.commit(b)
+		}
+	}()
+	defer func() {
+		close(commits)
+		<-committed
+	}()
 	for {
+		var batch []*writeReq
 		select {
 		case req := <-e.writes:
-			batch = append(batch[:0], req)
+			batch = append(make([]*writeReq, 0, e.cfg.MaxBatch), req)
 		case <-e.stop:
 			// Fail what is still queued: nobody will serve it.
 			for {
@@ -159,65 +185,85 @@ func (e *Engine) writeLoop() {
 				break fill
 			}
 		}
-		e.commitBatch(batch)
+		if b := e.apply(batch); b != nil {
+			commits <- b
+		}
 	}
 }
 
-// commitBatch applies a batch in one database transaction. Requests whose
-// context ended while queued are skipped.
-func (e *Engine) commitBatch(batch []*writeReq) {
+// appliedBatch is a batch applied inside its open transaction, waiting for
+// its commit.
+type appliedBatch struct {
+	reqs       []*writeReq
+	results    []error // each request's own outcome if the commit succeeds
+	tx         Tx
+	o          *overlay
+	start, rev int64 // revisions before and after the batch
+	began      time.Time
+}
+
+// fail answers every request of a batch that did not commit with err.
+func (e *Engine) fail(reqs []*writeReq, began time.Time, err error) {
+	if e.cfg.OnBatch != nil {
+		e.cfg.OnBatch(len(reqs), time.Since(began), err)
+	}
+	for _, req := range reqs {
+		req.done <- err
+	}
+}
+
+// apply opens a batch's transaction, taking the write lock, and applies its
+// requests. Requests whose context ended while queued are skipped. If the
+// database fails, the requests are answered and apply returns nil.
+func (e *Engine) apply(reqs []*writeReq) *appliedBatch {
 	ctx := context.Background()
 	began := time.Now()
-	fail := func(err error) {
-		if e.cfg.OnBatch != nil {
-			e.cfg.OnBatch(len(batch), time.Since(began), err)
-		}
-		for _, req := range batch {
-			req.done <- err
-		}
-	}
 	var keys [][]byte
-	for _, req := range batch {
+	for _, req := range reqs {
 		keys = append(keys, req.keys...)
 	}
 	tx, o, err := e.beginBatch(ctx, keys)
 	if err != nil {
-		fail(err)
-		return
+		e.fail(reqs, began, err)
+		return nil
 	}
 	start, _, err := tx.Revisions(ctx)
 	if err != nil {
 		_ = tx.Rollback()
-		fail(fmt.Errorf("read revision: %w", err))
-		return
+		e.fail(reqs, began, fmt.Errorf("read revision: %w", err))
+		return nil
 	}
-	rev := start
-	results := make([]error, len(batch))
-	for i, req := range batch {
+	b := &appliedBatch{reqs: reqs, results: make([]error, len(reqs)), tx: tx, o: o, start: start, rev: start, began: began}
+	for i, req := range reqs {
 		if err := req.ctx.Err(); err != nil {
-			results[i] = err
+			b.results[i] = err
 			continue
 		}
-		next, err := req.apply(ctx, o, rev)
+		next, err := req.apply(ctx, o, b.rev)
 		if err != nil {
 			_ = tx.Rollback()
-			fail(err)
-			return
+			e.fail(reqs, began, err)
+			return nil
 		}
-		rev = next
+		b.rev = next
 	}
-	if err := e.finishBatch(ctx, tx, o, start, rev); err != nil {
-		fail(err)
+	return b
+}
+
+// commit commits an applied batch and answers its requests.
+func (e *Engine) commit(b *appliedBatch) {
+	if err := e.finishBatch(context.Background(), b.tx, b.o, b.start, b.rev); err != nil {
+		e.fail(b.reqs, b.began, err)
 		return
 	}
-	if rev != start && e.cfg.OnCommit != nil {
-		e.cfg.OnCommit(rev)
+	if b.rev != b.start && e.cfg.OnCommit != nil {
+		e.cfg.OnCommit(b.rev)
 	}
 	if e.cfg.OnBatch != nil {
-		e.cfg.OnBatch(len(batch), time.Since(began), nil)
+		e.cfg.OnBatch(len(b.reqs), time.Since(b.began), nil)
 	}
-	for i, req := range batch {
-		req.done <- results[i]
+	for i, req := range b.reqs {
+		req.done <- b.results[i]
 	}
 }
 

@@ -12,9 +12,10 @@ import (
 const (
 	// MaxGetBatch is how many keys one coalesced Get statement reads at most.
 	MaxGetBatch = 64
-	// getsInFlight is how many Get statements an instance runs at once.
-	// Requests arriving while that many run wait and share the next one.
-	getsInFlight = 4
+	// DefaultGetsInFlight is how many Get statements an instance runs at
+	// once unless EngineConfig.GetsInFlight says otherwise. Requests
+	// arriving while that many run wait and share the next one.
+	DefaultGetsInFlight = 4
 )
 
 // getBatcher coalesces concurrent single-key Gets into shared statements,
@@ -25,12 +26,13 @@ const (
 // starts. So every statement starts after each of its requests arrived and
 // sees every write acknowledged before then: the reads stay linearizable.
 //
-// Up to getsInFlight statements run at once. A request that finds a free
+// Up to slots statements run at once. A request that finds a free
 // slot runs its statement itself, on its own goroutine, with no added
 // latency. When a statement finishes and requests are queued, the slot goes
 // to a new goroutine that reads them together.
 type getBatcher struct {
-	g LatestGetter
+	g     LatestGetter
+	slots int
 
 	mu       sync.Mutex
 	inFlight int
@@ -64,7 +66,7 @@ type sharedRead struct {
 // get returns the current revision and key's live version (nil if absent).
 func (b *getBatcher) get(ctx context.Context, key []byte, keysOnly bool) (int64, *mvccpb.KeyValue, error) {
 	b.mu.Lock()
-	if b.inFlight < getsInFlight {
+	if b.inFlight < b.slots {
 		b.inFlight++
 		b.mu.Unlock()
 		cur, kv, err := b.g.GetLatest(ctx, key, keysOnly)

@@ -98,14 +98,14 @@ func goGet(ctx context.Context, b *getBatcher, key string, out chan<- getResult)
 	}()
 }
 
-// fillSlots starts getsInFlight Gets that stay in flight until f.hold is
+// fillSlots starts DefaultGetsInFlight Gets that stay in flight until f.hold is
 // closed.
 func fillSlots(t *testing.T, f *fakeGetter, b *getBatcher, out chan<- getResult) {
 	t.Helper()
-	for i := range getsInFlight {
+	for i := range DefaultGetsInFlight {
 		goGet(context.Background(), b, fmt.Sprintf("busy%d", i), out)
 	}
-	for range getsInFlight {
+	for range DefaultGetsInFlight {
 		if kind := <-f.started; kind != "one" {
 			t.Fatalf("statement %q started, want a single Get", kind)
 		}
@@ -137,8 +137,8 @@ func TestGetBatcherReadsAfterArrival(t *testing.T) {
 	f := newFakeGetter()
 	hold := make(chan struct{})
 	f.hold = hold
-	b := &getBatcher{g: f}
-	busy := make(chan getResult, getsInFlight)
+	b := &getBatcher{g: f, slots: DefaultGetsInFlight}
+	busy := make(chan getResult, DefaultGetsInFlight)
 	fillSlots(t, f, b, busy)
 
 	f.set("k", "v") // acknowledged after the busy statements took their snapshot
@@ -151,7 +151,7 @@ func TestGetBatcherReadsAfterArrival(t *testing.T) {
 	waitQueued(t, b, 2)
 
 	close(hold)
-	for range getsInFlight {
+	for range DefaultGetsInFlight {
 		if r := <-busy; r.err != nil || r.rev != 1 {
 			t.Fatalf("busy get = %+v, want revision 1", r)
 		}
@@ -184,8 +184,8 @@ func TestGetBatcherSharesStatements(t *testing.T) {
 	}
 	hold := make(chan struct{})
 	f.hold = hold
-	b := &getBatcher{g: f}
-	busy := make(chan getResult, getsInFlight)
+	b := &getBatcher{g: f, slots: DefaultGetsInFlight}
+	busy := make(chan getResult, DefaultGetsInFlight)
 	fillSlots(t, f, b, busy)
 	f.mu.Lock()
 	f.hold = nil
@@ -196,7 +196,7 @@ func TestGetBatcherSharesStatements(t *testing.T) {
 	}
 	waitQueued(t, b, n)
 	close(hold)
-	for range getsInFlight {
+	for range DefaultGetsInFlight {
 		<-busy
 	}
 	for range n {
@@ -234,8 +234,8 @@ func TestGetBatcherCallerGivesUp(t *testing.T) {
 	f := newFakeGetter()
 	hold := make(chan struct{})
 	f.hold = hold
-	b := &getBatcher{g: f}
-	busy := make(chan getResult, getsInFlight)
+	b := &getBatcher{g: f, slots: DefaultGetsInFlight}
+	busy := make(chan getResult, DefaultGetsInFlight)
 	fillSlots(t, f, b, busy)
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -258,7 +258,7 @@ func TestGetBatcherCallerGivesUp(t *testing.T) {
 	f.mu.Lock()
 	f.hold = make(chan struct{}) // never closed
 	f.mu.Unlock()
-	for range getsInFlight {
+	for range DefaultGetsInFlight {
 		<-busy
 	}
 	cancel()
@@ -282,8 +282,8 @@ func TestGetBatcherError(t *testing.T) {
 	f := newFakeGetter()
 	hold := make(chan struct{})
 	f.hold = hold
-	b := &getBatcher{g: f}
-	busy := make(chan getResult, getsInFlight)
+	b := &getBatcher{g: f, slots: DefaultGetsInFlight}
+	busy := make(chan getResult, DefaultGetsInFlight)
 	fillSlots(t, f, b, busy)
 	boom := errors.New("boom")
 	f.mu.Lock()
@@ -295,7 +295,7 @@ func TestGetBatcherError(t *testing.T) {
 	}
 	waitQueued(t, b, 3)
 	close(hold)
-	for range getsInFlight {
+	for range DefaultGetsInFlight {
 		<-busy
 	}
 	for range 3 {

@@ -60,6 +60,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.StatementTimeout > 0 {
 		pcfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(cfg.StatementTimeout.Milliseconds(), 10)
 	}
+	if cfg.Engine.GetsInFlight == 0 {
+		// Half the pool at most, so that the writer's two connections
+		// (one batch committing, the next waiting for the lock) and other
+		// reads never wait behind Gets.
+		cfg.Engine.GetsInFlight = max(1, int(pcfg.MaxConns)/2)
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: connect: %w", err)
