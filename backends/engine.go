@@ -136,35 +136,13 @@ func (e *Engine) writeKeys(ctx context.Context, keys [][]byte, apply func(ctx co
 	return <-req.done
 }
 
-// writeLoop collects queued writes into batches and applies each inside its
-// database transaction; committer commits them, in order.
-//
-// The two overlap: while one batch commits (its COMMIT waits for the
-// fsync), the next batch's transaction is already asking for the write
-// lock. The database grants it the moment the commit releases the lock, so
-// the lock does not sit idle for the round trip between one batch's commit
-// reply and the next batch's begin. Nothing is evaluated early: the next
-// batch reads the revision and its keys only once it holds the lock, so it
-// sees the previous batch's outcome, committed or rolled back.
 func (e *Engine) writeLoop() {
 	defer close(e.done)
-	commits := make(chan *appliedBatch)
-	committed := make(chan struct{})
-	go func() {
-		defer close(committed)
-		for b := range commits {
-			e.commit(b)
-		}
-	}()
-	defer func() {
-		close(commits)
-		<-committed
-	}()
+	batch := make([]*writeReq, 0, e.cfg.MaxBatch)
 	for {
-		var batch []*writeReq
 		select {
 		case req := <-e.writes:
-			batch = append(make([]*writeReq, 0, e.cfg.MaxBatch), req)
+			batch = append(batch[:0], req)
 		case <-e.stop:
 			// Fail what is still queued: nobody will serve it.
 			for {
@@ -185,85 +163,65 @@ func (e *Engine) writeLoop() {
 				break fill
 			}
 		}
-		if b := e.apply(batch); b != nil {
-			commits <- b
-		}
+		e.commitBatch(batch)
 	}
 }
 
-// appliedBatch is a batch applied inside its open transaction, waiting for
-// its commit.
-type appliedBatch struct {
-	reqs       []*writeReq
-	results    []error // each request's own outcome if the commit succeeds
-	tx         Tx
-	o          *overlay
-	start, rev int64 // revisions before and after the batch
-	began      time.Time
-}
-
-// fail answers every request of a batch that did not commit with err.
-func (e *Engine) fail(reqs []*writeReq, began time.Time, err error) {
-	if e.cfg.OnBatch != nil {
-		e.cfg.OnBatch(len(reqs), time.Since(began), err)
-	}
-	for _, req := range reqs {
-		req.done <- err
-	}
-}
-
-// apply opens a batch's transaction, taking the write lock, and applies its
-// requests. Requests whose context ended while queued are skipped. If the
-// database fails, the requests are answered and apply returns nil.
-func (e *Engine) apply(reqs []*writeReq) *appliedBatch {
+// commitBatch applies a batch in one database transaction. Requests whose
+// context ended while queued are skipped.
+func (e *Engine) commitBatch(batch []*writeReq) {
 	ctx := context.Background()
 	began := time.Now()
+	fail := func(err error) {
+		if e.cfg.OnBatch != nil {
+			e.cfg.OnBatch(len(batch), time.Since(began), err)
+		}
+		for _, req := range batch {
+			req.done <- err
+		}
+	}
 	var keys [][]byte
-	for _, req := range reqs {
+	for _, req := range batch {
 		keys = append(keys, req.keys...)
 	}
 	tx, o, err := e.beginBatch(ctx, keys)
 	if err != nil {
-		e.fail(reqs, began, err)
-		return nil
+		fail(err)
+		return
 	}
 	start, _, err := tx.Revisions(ctx)
 	if err != nil {
 		_ = tx.Rollback()
-		e.fail(reqs, began, fmt.Errorf("read revision: %w", err))
-		return nil
-	}
-	b := &appliedBatch{reqs: reqs, results: make([]error, len(reqs)), tx: tx, o: o, start: start, rev: start, began: began}
-	for i, req := range reqs {
-		if err := req.ctx.Err(); err != nil {
-			b.results[i] = err
-			continue
-		}
-		next, err := req.apply(ctx, o, b.rev)
-		if err != nil {
-			_ = tx.Rollback()
-			e.fail(reqs, began, err)
-			return nil
-		}
-		b.rev = next
-	}
-	return b
-}
-
-// commit commits an applied batch and answers its requests.
-func (e *Engine) commit(b *appliedBatch) {
-	if err := e.finishBatch(context.Background(), b.tx, b.o, b.start, b.rev); err != nil {
-		e.fail(b.reqs, b.began, err)
+		fail(fmt.Errorf("read revision: %w", err))
 		return
 	}
-	if b.rev != b.start && e.cfg.OnCommit != nil {
-		e.cfg.OnCommit(b.rev)
+	rev := start
+	results := make([]error, len(batch))
+	for i, req := range batch {
+		if err := req.ctx.Err(); err != nil {
+			results[i] = err
+			continue
+		}
+		next, err := req.apply(ctx, o, rev)
+		if err != nil {
+			_ = tx.Rollback()
+			fail(err)
+			return
+		}
+		rev = next
+	}
+	if err := e.finishBatch(ctx, tx, o, start, rev); err != nil {
+		fail(err)
+		return
+	}
+	if rev != start && e.cfg.OnCommit != nil {
+		e.cfg.OnCommit(rev)
 	}
 	if e.cfg.OnBatch != nil {
-		e.cfg.OnBatch(len(b.reqs), time.Since(b.began), nil)
+		e.cfg.OnBatch(len(batch), time.Since(began), nil)
 	}
-	for i, req := range b.reqs {
-		req.done <- b.results[i]
+	for i, req := range batch {
+		req.done <- results[i]
 	}
 }
 

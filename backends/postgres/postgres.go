@@ -61,9 +61,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		pcfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(cfg.StatementTimeout.Milliseconds(), 10)
 	}
 	if cfg.Engine.GetsInFlight == 0 {
-		// Half the pool at most, so that the writer's two connections
-		// (one batch committing, the next waiting for the lock) and other
-		// reads never wait behind Gets.
+		// Half the pool at most, so that the writer and other reads
+		// find a connection without waiting behind Gets, and fewer
+		// backends compete for the server's CPUs.
 		cfg.Engine.GetsInFlight = max(1, int(pcfg.MaxConns)/2)
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
