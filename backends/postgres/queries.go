@@ -62,9 +62,18 @@ const (
 
 	qCurrentMany = `SELECT key, create_rev, mod_rev, version, lease, value FROM kv_current WHERE key = ANY($1::bytea[])`
 
+	// prevJoin attaches each event's previous version (prev_kv). It is a
+	// LATERAL subquery with OFFSET 0, which PostgreSQL never flattens into
+	// a plain join: one index lookup per event. As a plain join the
+	// planner, unable to tell how few rows the revision range holds,
+	// chose a merge join that read and sorted all of kv_log on every
+	// read (220 ms at 55 000 revisions, growing with the history).
+	prevJoin = `LEFT JOIN LATERAL (SELECT q.create_rev, q.rev, q.version, q.lease, q.value FROM kv_log q
+			WHERE l.prev_rev <> 0 AND q.key = l.key AND q.rev = l.prev_rev AND NOT q.deleted OFFSET 0) p ON true`
+
 	qChanges = `SELECT l.rev, l.key, l.deleted, l.create_rev, l.version, l.lease, l.value,
 			p.create_rev, p.rev, p.version, p.lease, p.value
-		FROM kv_log l LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.key = l.key AND p.rev = l.prev_rev AND NOT p.deleted
+		FROM kv_log l ` + prevJoin + `
 		WHERE l.rev > $1 AND l.rev <= $2 ORDER BY l.rev, l.sub`
 
 	// qChangesUpToCurrent is qChanges capped at the current revision, with
@@ -75,7 +84,7 @@ const (
 			p.create_rev, p.rev, p.version, p.lease, p.value
 		FROM kv_meta m
 		LEFT JOIN kv_log l ON l.rev > $1 AND l.rev <= LEAST($2::bigint, m.rev)
-		LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.key = l.key AND p.rev = l.prev_rev AND NOT p.deleted
+		` + prevJoin + `
 		WHERE m.id = 1 ORDER BY l.rev, l.sub`
 
 	qDeleteHistory = `DELETE FROM kv_log o WHERE o.rev >= $2 AND o.rev < $3 AND o.rev < $1 AND (o.deleted OR EXISTS

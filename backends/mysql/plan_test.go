@@ -1,0 +1,89 @@
+package mysql
+
+import (
+	"context"
+	"database/sql"
+	"strings"
+	"testing"
+
+	gomysql "github.com/go-sql-driver/mysql"
+
+	"github.com/kvsql/kvsql/internal/testdb"
+)
+
+// The watch tailer reads a few new revisions after every commit, and a
+// watch replays history through qChanges: with a long history neither may
+// read kv_log as a whole (see the PostgreSQL dialect's test of the same).
+func TestChangesStatementsUseIndexes(t *testing.T) {
+	ctx := context.Background()
+	endpoint := testdb.FreshMySQLEndpoint(t)
+	st, err := Open(ctx, Config{DSN: endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	dc, err := ParseEndpoint(endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(must(gomysql.NewConnector(dc)))
+	defer db.Close()
+	// 1 000 000 revisions over 1000 keys, each row pointing at the key's
+	// previous revision.
+	for _, q := range []string{
+		`CREATE TEMPORARY TABLE digits (d INT NOT NULL)`,
+		`INSERT INTO digits VALUES (0), (1), (2), (3), (4), (5), (6), (7), (8), (9)`,
+		`INSERT INTO kv_log (rev, sub, k, deleted, create_rev, prev_rev, version, lease, v)
+			SELECT g, 0, CONCAT('/registry/k', g % 1000), 0, 2, IF(g > 1001, g - 1000, 0), 1, 0, REPEAT('v', 20)
+			FROM (SELECT 2 + a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d + 100000 * h.d AS g
+				FROM digits a, digits b, digits c, digits e, digits f, digits h) s`,
+		`UPDATE kv_meta SET rev = 1 + 1000000 WHERE id = 1`,
+		`ANALYZE TABLE kv_log`,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	for name, q := range map[string]string{
+		"qChanges":            strings.Replace(strings.Replace(qChanges, "?", "999990", 1), "?", "1000001", 1),
+		"qChangesUpToCurrent": strings.Replace(strings.Replace(qChangesUpToCurrent, "?", "999990", 1), "?", "1000001", 1),
+	} {
+		rows, err := db.QueryContext(ctx, "EXPLAIN "+q)
+		if err != nil {
+			t.Fatalf("explain %s: %v", name, err)
+		}
+		cols, _ := rows.Columns()
+		var plan []string
+		for rows.Next() {
+			vals := make([]sql.NullString, len(cols))
+			ptrs := make([]any, len(cols))
+			for i := range vals {
+				ptrs[i] = &vals[i]
+			}
+			if err := rows.Scan(ptrs...); err != nil {
+				t.Fatal(err)
+			}
+			row := map[string]string{}
+			var line []string
+			for i, c := range cols {
+				row[c] = vals[i].String
+				line = append(line, c+"="+vals[i].String)
+			}
+			plan = append(plan, strings.Join(line, " "))
+			if row["table"] != "m" && row["type"] == "ALL" {
+				t.Errorf("%s reads all of table %s", name, row["table"])
+			}
+		}
+		rows.Close()
+		if t.Failed() {
+			t.Logf("%s plan:\n\t%s", name, strings.Join(plan, "\n\t"))
+		}
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
