@@ -64,3 +64,35 @@ func TestMetricsEndpoint(t *testing.T) {
 		}
 	}
 }
+
+// TestPprofEndpoint: --enable-pprof adds Go's profiles to the metrics
+// listener; without it they are not served, and without a metrics listener
+// the flag is refused with a message that names the missing one.
+func TestPprofEndpoint(t *testing.T) {
+	t.Parallel()
+	get := func(addr, path string) int {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		return resp.StatusCode
+	}
+	on := procFreeAddr(t)
+	startKVSQLProc(t, "--listen-metrics-urls=http://"+on, "--enable-pprof")
+	for _, path := range []string{"/debug/pprof/", "/debug/pprof/cmdline", "/debug/pprof/goroutine?debug=1", "/debug/pprof/profile?seconds=1"} {
+		if code := get(on, path); code != http.StatusOK {
+			t.Errorf("with --enable-pprof, GET %s: %d", path, code)
+		}
+	}
+	off := procFreeAddr(t)
+	startKVSQLProc(t, "--listen-metrics-urls=http://"+off)
+	if code := get(off, "/debug/pprof/"); code != http.StatusNotFound {
+		t.Errorf("without --enable-pprof, GET /debug/pprof/: %d, want 404", code)
+	}
+	_, stderr, code := runKVSQL(t, nil, "--enable-pprof")
+	if code == 0 || !strings.Contains(stderr, "--listen-metrics-urls") {
+		t.Errorf("--enable-pprof alone: exit %d, stderr %q; want a refusal naming --listen-metrics-urls", code, stderr)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"os"
 	"os/signal"
@@ -63,6 +64,7 @@ type config struct {
 	stmtTimeout   time.Duration
 	serverID      uint
 	metricsURLs   string
+	enablePprof   bool
 	certFile      string
 	keyFile       string
 	caFile        string
@@ -110,6 +112,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.advertiseURLs, "advertise-client-urls", "", "comma-separated client URLs to report in MemberList (default: --listen-client-urls)")
 	fs.StringVar(&c.name, "name", "default", "this member's name")
 	fs.StringVar(&c.metricsURLs, "listen-metrics-urls", "", "comma-separated http:// URLs to serve Prometheus metrics on, at /metrics (default: none)")
+	fs.BoolVar(&c.enablePprof, "enable-pprof", false, "serve Go's runtime profiles (net/http/pprof) at /debug/pprof/ on the --listen-metrics-urls listeners, as etcd's --enable-pprof does on its client URLs")
 	fs.StringVar(&c.dataDir, "data-dir", "kvsql-data", "directory for the embedded SQLite database")
 	fs.StringVar(&c.endpoint, "endpoint", "", "database URL; the scheme picks the backend: sqlite://PATH (default: sqlite://<data-dir>/state.db) or postgres://USER:PASS@HOST:PORT/DB?sslmode=... or mysql://USER:PASS@tcp(HOST:PORT)/DB")
 	fs.StringVar(&c.notifyMode, "notify", "auto", "how watches learn of commits: auto (the database's change stream: in-process for SQLite, LISTEN/NOTIFY for PostgreSQL, the binlog for MySQL) or poll (read the log every --notify-poll-interval; for PgBouncer in transaction mode and other poolers where LISTEN cannot work, or MySQL servers whose binlog cannot be read)")
@@ -149,6 +152,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (flags start with --)", fs.Arg(0))
+	}
+	if c.enablePprof && c.metricsURLs == "" {
+		return nil, errors.New("--enable-pprof serves on the metrics listeners: set --listen-metrics-urls too")
 	}
 	return c, nil
 }
@@ -372,6 +378,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		onBatch = metrics.OnBatch
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		if c.enablePprof {
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		}
 		for _, raw := range strings.Split(c.metricsURLs, ",") {
 			u, err := url.Parse(strings.TrimSpace(raw))
 			if err != nil || u.Scheme != "http" || u.Host == "" {
