@@ -98,17 +98,40 @@ func goGet(ctx context.Context, b *getBatcher, key string, out chan<- getResult)
 	}()
 }
 
-// fillSlots starts DefaultGetsInFlight Gets that stay in flight until f.hold is
-// closed.
-func fillSlots(t *testing.T, f *fakeGetter, b *getBatcher, out chan<- getResult) {
+// setHold makes the statements that start from now on wait on hold
+// (nil: answer at once).
+func (f *fakeGetter) setHold(hold chan struct{}) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hold = hold
+}
+
+// occupy returns a batcher on f whose every slot is taken by a Get whose
+// statement waits until release is called; release returns those Gets'
+// answers. Statements that start in between wait on whatever f.hold is
+// then: occupy leaves it nil, so they answer at once.
+func occupy(t *testing.T, f *fakeGetter) (b *getBatcher, release func() []getResult) {
 	t.Helper()
+	hold := make(chan struct{})
+	f.setHold(hold)
+	b = &getBatcher{g: f, slots: DefaultGetsInFlight}
+	busy := make(chan getResult, DefaultGetsInFlight)
 	for i := range DefaultGetsInFlight {
-		goGet(context.Background(), b, fmt.Sprintf("busy%d", i), out)
+		goGet(context.Background(), b, fmt.Sprintf("busy%d", i), busy)
 	}
 	for range DefaultGetsInFlight {
 		if kind := <-f.started; kind != "one" {
 			t.Fatalf("statement %q started, want a single Get", kind)
 		}
+	}
+	f.setHold(nil)
+	return b, func() []getResult {
+		close(hold)
+		var rs []getResult
+		for range DefaultGetsInFlight {
+			rs = append(rs, <-busy)
+		}
+		return rs
 	}
 }
 
@@ -135,24 +158,15 @@ func waitQueued(t *testing.T, b *getBatcher, n int) {
 // before it arrived.
 func TestGetBatcherReadsAfterArrival(t *testing.T) {
 	f := newFakeGetter()
-	hold := make(chan struct{})
-	f.hold = hold
-	b := &getBatcher{g: f, slots: DefaultGetsInFlight}
-	busy := make(chan getResult, DefaultGetsInFlight)
-	fillSlots(t, f, b, busy)
-
+	b, release := occupy(t, f)
 	f.set("k", "v") // acknowledged after the busy statements took their snapshot
-	f.mu.Lock()
-	f.hold = nil // statements started from now on answer at once
-	f.mu.Unlock()
 	late := make(chan getResult, 2)
 	goGet(context.Background(), b, "k", late)
 	goGet(context.Background(), b, "absent", late)
 	waitQueued(t, b, 2)
 
-	close(hold)
-	for range DefaultGetsInFlight {
-		if r := <-busy; r.err != nil || r.rev != 1 {
+	for _, r := range release() {
+		if r.err != nil || r.rev != 1 {
 			t.Fatalf("busy get = %+v, want revision 1", r)
 		}
 	}
@@ -182,23 +196,13 @@ func TestGetBatcherSharesStatements(t *testing.T) {
 	for i := 0; i < n; i += 2 {
 		f.set(fmt.Sprintf("k%d", i), fmt.Sprintf("v%d", i)) // odd keys are absent
 	}
-	hold := make(chan struct{})
-	f.hold = hold
-	b := &getBatcher{g: f, slots: DefaultGetsInFlight}
-	busy := make(chan getResult, DefaultGetsInFlight)
-	fillSlots(t, f, b, busy)
-	f.mu.Lock()
-	f.hold = nil
-	f.mu.Unlock()
+	b, release := occupy(t, f)
 	out := make(chan getResult, n)
 	for i := range n {
 		goGet(context.Background(), b, fmt.Sprintf("k%d", i), out)
 	}
 	waitQueued(t, b, n)
-	close(hold)
-	for range DefaultGetsInFlight {
-		<-busy
-	}
+	release()
 	for range n {
 		r := <-out
 		var i int
@@ -232,11 +236,7 @@ func TestGetBatcherSharesStatements(t *testing.T) {
 // all of whose callers gave up is cancelled and frees its slot.
 func TestGetBatcherCallerGivesUp(t *testing.T) {
 	f := newFakeGetter()
-	hold := make(chan struct{})
-	f.hold = hold
-	b := &getBatcher{g: f, slots: DefaultGetsInFlight}
-	busy := make(chan getResult, DefaultGetsInFlight)
-	fillSlots(t, f, b, busy)
+	b, release := occupy(t, f)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	gone := make(chan getResult, 1)
@@ -254,13 +254,8 @@ func TestGetBatcherCallerGivesUp(t *testing.T) {
 	goGet(ctx, b, "a", stuck)
 	goGet(ctx, b, "b", stuck)
 	waitQueued(t, b, 2)
-	close(hold) // the busy statements finish; the shared one starts and holds
-	f.mu.Lock()
-	f.hold = make(chan struct{}) // never closed
-	f.mu.Unlock()
-	for range DefaultGetsInFlight {
-		<-busy
-	}
+	f.setHold(make(chan struct{})) // never closed
+	release()                      // the busy statements finish; the shared one starts and hangs
 	cancel()
 	for range 2 {
 		if r := <-stuck; !errors.Is(r.err, context.Canceled) {
@@ -280,24 +275,17 @@ func TestGetBatcherCallerGivesUp(t *testing.T) {
 // A failed statement fails every Get it serves.
 func TestGetBatcherError(t *testing.T) {
 	f := newFakeGetter()
-	hold := make(chan struct{})
-	f.hold = hold
-	b := &getBatcher{g: f, slots: DefaultGetsInFlight}
-	busy := make(chan getResult, DefaultGetsInFlight)
-	fillSlots(t, f, b, busy)
+	b, release := occupy(t, f)
 	boom := errors.New("boom")
 	f.mu.Lock()
-	f.hold, f.err = nil, boom
+	f.err = boom
 	f.mu.Unlock()
 	out := make(chan getResult, 3)
 	for i := range 3 {
 		goGet(context.Background(), b, fmt.Sprint(i), out)
 	}
 	waitQueued(t, b, 3)
-	close(hold)
-	for range DefaultGetsInFlight {
-		<-busy
-	}
+	release()
 	for range 3 {
 		if r := <-out; !errors.Is(r.err, boom) {
 			t.Fatalf("get %s = %v, want %v", r.key, r.err, boom)
