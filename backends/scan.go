@@ -33,6 +33,29 @@ func ScanKVs(rows Rows) ([]*mvccpb.KeyValue, error) {
 	return kvs, rows.Err()
 }
 
+// ScanLatest reads the rows of a LatestGetter's GetLatestMany statement:
+// the current revision, then (key, create_rev, mod_rev, version, lease,
+// value) of a live key, NULL in the one row a statement that found none
+// returns.
+func ScanLatest(rows Rows) (cur int64, kvs []*mvccpb.KeyValue, err error) {
+	for rows.Next() {
+		var key, value []byte
+		var create, mod, version, lease sql.NullInt64
+		if err := rows.Scan(&cur, &key, &create, &mod, &version, &lease, &value); err != nil {
+			return 0, nil, err
+		}
+		if !mod.Valid {
+			continue
+		}
+		if value == nil {
+			value = []byte{}
+		}
+		kvs = append(kvs, &mvccpb.KeyValue{Key: key, CreateRevision: create.Int64, ModRevision: mod.Int64,
+			Version: version.Int64, Lease: lease.Int64, Value: value})
+	}
+	return cur, kvs, rows.Err()
+}
+
 // ScanEvents reads rows of a change query: (rev, key, deleted, create_rev,
 // version, lease, value) and the previous version's (create_rev, rev,
 // version, lease, value), NULL when the event has no prev_kv.

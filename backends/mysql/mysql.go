@@ -451,23 +451,7 @@ func (d *dialect) GetLatestMany(ctx context.Context, keys [][]byte, keysOnly boo
 		return 0, nil, err
 	}
 	defer rows.Close()
-	var cur int64
-	var kvs []*mvccpb.KeyValue
-	for rows.Next() {
-		var key, value []byte
-		var create, mod, version, lease sql.NullInt64
-		if err := rows.Scan(&cur, &key, &create, &mod, &version, &lease, &value); err != nil {
-			return 0, nil, err
-		}
-		if !mod.Valid {
-			continue
-		}
-		if value == nil {
-			value = []byte{}
-		}
-		kvs = append(kvs, &mvccpb.KeyValue{Key: key, CreateRevision: create.Int64, ModRevision: mod.Int64, Version: version.Int64, Lease: lease.Int64, Value: value})
-	}
-	return cur, kvs, rows.Err()
+	return backends.ScanLatest(rows)
 }
 
 func (d *dialect) Size(ctx context.Context) (int64, int64, error) {

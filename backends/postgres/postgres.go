@@ -330,19 +330,7 @@ func (d *dialect) GetLatestMany(ctx context.Context, keys [][]byte, keysOnly boo
 		return 0, nil, err
 	}
 	defer rows.Close()
-	var cur int64
-	var kvs []*mvccpb.KeyValue
-	for rows.Next() {
-		var key, value []byte
-		var create, mod, version, lease *int64
-		if err := rows.Scan(&cur, &key, &create, &mod, &version, &lease, &value); err != nil {
-			return 0, nil, err
-		}
-		if mod != nil {
-			kvs = append(kvs, &mvccpb.KeyValue{Key: key, CreateRevision: *create, ModRevision: *mod, Version: *version, Lease: *lease, Value: value})
-		}
-	}
-	return cur, kvs, rows.Err()
+	return backends.ScanLatest(rows)
 }
 
 func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
