@@ -54,6 +54,31 @@ func ParseEndpoint(endpoint string) (*gomysql.Config, error) {
 	return cfg, nil
 }
 
+// connCharset and connCollation are the character set every connection
+// uses, whatever the server's default. kvsql stores bytes, so the choice
+// matters only for how the server reads statement text: the write
+// connections send arguments escaped into the text (InterpolateParams), and
+// in a multibyte character set such as gbk or sjis a byte before the
+// escaping backslash can swallow it, so that a quote in a key ends the
+// string literal (SQL injection). utf8mb4 has no such sequence.
+const (
+	connCharset   = "utf8mb4"
+	connCollation = "utf8mb4_bin"
+)
+
+// setCharset makes every connection of dc use connCharset (the driver sends
+// SET NAMES after connecting, after any init_connect), and refuses session
+// variables in the endpoint that would change it again afterwards.
+func setCharset(dc *gomysql.Config) error {
+	for name := range dc.Params {
+		switch strings.ToLower(name) {
+		case "character_set_client", "character_set_connection", "character_set_results", "collation_connection", "names":
+			return fmt.Errorf("mysql: the endpoint sets %s; kvsql sets the connection character set itself (%s): remove it", name, connCharset)
+		}
+	}
+	return dc.Apply(gomysql.Charset(connCharset, connCollation))
+}
+
 // Store is a backends.Engine on MySQL plus leader election and a member
 // registry for several instances sharing one database.
 type Store struct {
@@ -76,6 +101,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	dc.ClientFoundRows = true // UPDATE reports matched rows
 	dc.ParseTime = false
+	if err := setCharset(dc); err != nil {
+		return nil, err
+	}
 	conn, err := gomysql.NewConnector(dc)
 	if err != nil {
 		return nil, fmt.Errorf("mysql: %w", err)
