@@ -54,6 +54,12 @@ type Engine struct {
 	log *slog.Logger
 
 	writes chan *writeReq
+	// sendMu guards closed. Writers queue a request holding it for
+	// reading; Close sets closed holding it for writing, so that once
+	// closed is set no request can enter the queue after the writer has
+	// drained it for the last time.
+	sendMu sync.RWMutex
+	closed bool
 	// stop is closed by Close; done is closed when the writer has exited.
 	stop      chan struct{}
 	done      chan struct{}
@@ -108,6 +114,9 @@ func NewEngine(d Dialect, cfg EngineConfig) *Engine {
 // Close stops the writer after the queued writes and closes the database.
 func (e *Engine) Close() error {
 	e.closeOnce.Do(func() {
+		e.sendMu.Lock()
+		e.closed = true
+		e.sendMu.Unlock()
 		close(e.stop)
 		<-e.done
 		e.closeErr = e.d.Close()
@@ -124,13 +133,20 @@ func (e *Engine) write(ctx context.Context, apply func(ctx context.Context, o *o
 // writer loads them for the whole batch in one statement.
 func (e *Engine) writeKeys(ctx context.Context, keys [][]byte, apply func(ctx context.Context, o *overlay, rev int64) (int64, error)) error {
 	req := &writeReq{ctx: ctx, keys: keys, apply: apply, done: make(chan error, 1)}
+	e.sendMu.RLock()
+	if e.closed {
+		e.sendMu.RUnlock()
+		return ErrClosed
+	}
+	// The writer keeps reading the queue until Close has set closed (which
+	// waits for this RUnlock), so a full queue only delays this send.
 	select {
 	case e.writes <- req:
-	case <-e.stop:
-		return ErrClosed
 	case <-ctx.Done():
+		e.sendMu.RUnlock()
 		return ctx.Err()
 	}
+	e.sendMu.RUnlock()
 	// Once queued the request is applied or failed by the writer; waiting
 	// for it (rather than for ctx) keeps "acknowledged" equal to "committed".
 	return <-req.done

@@ -270,6 +270,7 @@ func Run(t *testing.T, open Opener) {
 		t.Parallel()
 		runLinearizableGets(t, open(t))
 	})
+	runReliability(t, open)
 }
 
 // runLinearizableGets is the conformance case ConcurrentGetsAreLinearizable:
