@@ -29,8 +29,13 @@ var (
 	ErrLeaseNotFound = errors.New("lease not found")
 	// ErrLeaseExists: LeaseGrant with an ID that is already in use.
 	ErrLeaseExists = errors.New("lease already exists")
-	// ErrKeyTooLarge: the key is longer than the database can index.
+	// ErrKeyTooLarge: the key is longer than the database can index
+	// (wrapped with the key's length and the limit).
 	ErrKeyTooLarge = errors.New("key too large")
+	// ErrRefused: the database refused to store a write (a value or key it
+	// cannot store, a constraint); wraps the database's error. Nothing of
+	// the request was written, and no other request failed with it.
+	ErrRefused = errors.New("the database refused the write")
 	// ErrClosed: the backend is shutting down.
 	ErrClosed = errors.New("backend closed")
 )
@@ -65,14 +70,20 @@ type Backend interface {
 	// Revisions returns the current and the compact revision.
 	Revisions(ctx context.Context) (current, compact int64, err error)
 
-	// Compact discards history below rev. ErrCompacted if rev is not above
-	// the compact revision, ErrFutureRev if rev is above the current revision.
-	Compact(ctx context.Context, rev int64) error
+	// Compact discards history below rev and returns the current revision
+	// when the compaction was recorded (etcd's response header revision).
+	// ErrCompacted if rev is not above the compact revision, ErrFutureRev if
+	// rev is above the current revision.
+	Compact(ctx context.Context, rev int64) (int64, error)
 
-	// LeaseGrant creates lease id with the given TTL in seconds.
-	LeaseGrant(ctx context.Context, id, ttl int64) error
-	// LeaseRevoke deletes the lease and, in one revision, every key attached to it.
-	LeaseRevoke(ctx context.Context, id int64) error
+	// LeaseGrant creates lease id with the given TTL in seconds and returns
+	// the revision it was granted at (the current revision then).
+	LeaseGrant(ctx context.Context, id, ttl int64) (int64, error)
+	// LeaseRevoke deletes the lease and, in one revision, every key attached
+	// to it. It returns that revision, or the current revision when no key
+	// was attached: what etcd reports in the response header. A revision read
+	// after the call returns could include other clients' writes.
+	LeaseRevoke(ctx context.Context, id int64) (int64, error)
 	// LeaseRenew restarts the lease's TTL and returns it.
 	LeaseRenew(ctx context.Context, id int64) (ttl int64, err error)
 	// LeaseInfo describes one lease; keys are listed only when withKeys.

@@ -52,6 +52,15 @@ type Dialect interface {
 	// lock (the kv_meta row) until Commit or Rollback, so that revisions
 	// commit in revision order.
 	BeginWrite(ctx context.Context) (Tx, error)
+	// BeginCompact opens a transaction of compaction's cleanup (see
+	// CompactTx); it does not take the global write lock.
+	BeginCompact(ctx context.Context) (CompactTx, error)
+	// RefusedWrite reports whether err, returned by a write transaction,
+	// is the database refusing one of its statements for what it writes
+	// (a value or key it cannot store, a constraint), after which the
+	// transaction is known not to have committed. A lost connection is not
+	// such a refusal: the outcome of its commit may be unknown.
+	RefusedWrite(err error) bool
 	// Size returns the database size in bytes and the part in use.
 	Size(ctx context.Context) (size, inUse int64, err error)
 	// Defragment reclaims free space.
@@ -82,10 +91,6 @@ type Tx interface {
 	// Changes returns the events of revisions in (after, upTo], in
 	// (rev, sub) order, with PrevKv set from the row at PrevRev.
 	Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error)
-	// DeleteHistory removes kv_log rows with from <= rev < to that no read
-	// at a revision >= compact needs: tombstones and versions superseded by
-	// a newer version at or below compact. It returns the rows removed.
-	DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error)
 
 	// LeaseInsert creates a lease expiring ttl seconds from now; false if
 	// the id exists.

@@ -18,9 +18,8 @@ import (
 const (
 	// DefaultMaxBatch is how many client writes one database transaction takes at most.
 	DefaultMaxBatch = 256
-	// compactBatchRevs is how many revisions of history one compaction
-	// transaction removes, so that compaction never holds the write lock long.
-	compactBatchRevs = 1000
+	// hashBatchRevs is how many revisions of history Hash reads per query.
+	hashBatchRevs = 1000
 	// expireBatch is how many expired leases one pass revokes.
 	expireBatch = 256
 )
@@ -43,6 +42,9 @@ type EngineConfig struct {
 	// GetsInFlight caps the statements concurrent plain Gets run at once
 	// (see getBatcher); 0 means DefaultGetsInFlight.
 	GetsInFlight int
+	// CompactStepRows caps the kv_log rows one transaction of compaction's
+	// cleanup covers; 0 means DefaultCompactStepRows.
+	CompactStepRows int
 }
 
 // Engine implements Backend on a Dialect. Writes are group-committed: one
@@ -80,6 +82,8 @@ var _ Backend = (*Engine)(nil)
 // revision after it (rev+1 if it changed anything, else rev). A non-nil
 // error from apply means the database failed and the whole batch is rolled
 // back; a request's own (user-facing) failure goes into res.err instead.
+// If the database refused the batch, apply runs again in a transaction of
+// its own, so it must set its outputs afresh each time it runs.
 type writeReq struct {
 	ctx   context.Context
 	keys  [][]byte // single keys apply will read: loaded for the whole batch at once
@@ -183,36 +187,64 @@ func (e *Engine) writeLoop() {
 	}
 }
 
-// commitBatch applies a batch in one database transaction. Requests whose
-// context ended while queued are skipped.
+// commitBatch applies a batch in one database transaction and answers its
+// requests. If the database refuses one of the batch's writes (a value it
+// cannot store, a constraint), nothing of the batch is committed; each
+// request is then applied again in a transaction of its own, so that the
+// refused one fails alone and the others commit (DESIGN.md, invariant 8).
 func (e *Engine) commitBatch(batch []*writeReq) {
-	ctx := context.Background()
-	began := time.Now()
-	fail := func(err error) {
-		if e.cfg.OnBatch != nil {
-			e.cfg.OnBatch(len(batch), time.Since(began), err)
+	results, err := e.applyBatch(batch)
+	switch {
+	case err == nil:
+		for i, req := range batch {
+			req.done <- results[i]
 		}
+	case errors.Is(err, ErrRefused) && len(batch) > 1:
+		for _, req := range batch {
+			e.commitBatch([]*writeReq{req})
+		}
+	default:
 		for _, req := range batch {
 			req.done <- err
 		}
 	}
+}
+
+// applyBatch applies a batch in one database transaction and returns each
+// request's result, or the error that failed the whole batch (then nothing
+// was committed, or, if the connection broke during the commit, the outcome
+// is unknown). A refusal by the database after the write lock was taken is
+// wrapped in ErrRefused. Requests whose context ended while queued are
+// skipped.
+func (e *Engine) applyBatch(batch []*writeReq) (results []error, err error) {
+	ctx := context.Background()
+	began := time.Now()
+	defer func() {
+		if e.cfg.OnBatch != nil {
+			e.cfg.OnBatch(len(batch), time.Since(began), err)
+		}
+	}()
 	var keys [][]byte
 	for _, req := range batch {
 		keys = append(keys, req.keys...)
 	}
 	tx, o, err := e.beginBatch(ctx, keys)
 	if err != nil {
-		fail(err)
-		return
+		return nil, err
+	}
+	refused := func(err error) error {
+		if e.d.RefusedWrite(err) {
+			return fmt.Errorf("%w: %w", ErrRefused, err)
+		}
+		return err
 	}
 	start, _, err := tx.Revisions(ctx)
 	if err != nil {
 		_ = tx.Rollback()
-		fail(fmt.Errorf("read revision: %w", err))
-		return
+		return nil, fmt.Errorf("read revision: %w", err)
 	}
 	rev := start
-	results := make([]error, len(batch))
+	results = make([]error, len(batch))
 	for i, req := range batch {
 		if err := req.ctx.Err(); err != nil {
 			results[i] = err
@@ -221,24 +253,17 @@ func (e *Engine) commitBatch(batch []*writeReq) {
 		next, err := req.apply(ctx, o, rev)
 		if err != nil {
 			_ = tx.Rollback()
-			fail(err)
-			return
+			return nil, refused(err)
 		}
 		rev = next
 	}
 	if err := e.finishBatch(ctx, tx, o, start, rev); err != nil {
-		fail(err)
-		return
+		return nil, refused(err)
 	}
 	if rev != start && e.cfg.OnCommit != nil {
 		e.cfg.OnCommit(rev)
 	}
-	if e.cfg.OnBatch != nil {
-		e.cfg.OnBatch(len(batch), time.Since(began), nil)
-	}
-	for i, req := range batch {
-		req.done <- results[i]
-	}
+	return results, nil
 }
 
 // beginBatch opens a batch's write transaction (taking the write lock) and
@@ -424,77 +449,6 @@ func (e *Engine) changes(ctx context.Context, afterRev, maxRevs int64, tail bool
 	return evs, err
 }
 
-// Compact implements Backend. The compact revision is set under the write
-// lock; the history it frees is then removed in batches of compactBatchRevs
-// revisions, each its own transaction, so writers wait at most one batch.
-func (e *Engine) Compact(ctx context.Context, rev int64) error {
-	e.compactMu.Lock()
-	defer e.compactMu.Unlock()
-	var prevCompact int64
-	var userErr error
-	err := e.write(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
-		tx, err := o.db(ctx)
-		if err != nil {
-			return cur, err
-		}
-		_, compact, err := tx.Revisions(ctx)
-		if err != nil {
-			return cur, err
-		}
-		switch {
-		case rev <= compact:
-			userErr = ErrCompacted
-			return cur, nil
-		case rev > cur:
-			userErr = ErrFutureRev
-			return cur, nil
-		}
-		prevCompact = compact
-		return cur, tx.SetCompact(ctx, rev)
-	})
-	if err != nil {
-		return err
-	}
-	if userErr != nil {
-		return userErr
-	}
-	return e.deleteHistory(ctx, max(prevCompact, 0), rev)
-}
-
-func (e *Engine) deleteHistory(ctx context.Context, from, compact int64) error {
-	ctx = context.WithoutCancel(ctx) // a half-finished batch loop is fine, but finish what we start
-	del := func(lo, hi int64) error {
-		tx, err := e.d.BeginWrite(ctx)
-		if err != nil {
-			return fmt.Errorf("compact revisions %d..%d: %w", lo, hi, err)
-		}
-		if _, err := tx.DeleteHistory(ctx, compact, lo, hi); err != nil {
-			_ = tx.Rollback()
-			return fmt.Errorf("compact revisions %d..%d: %w", lo, hi, err)
-		}
-		if err := tx.Commit(); err != nil {
-			return fmt.Errorf("compact revisions %d..%d: %w", lo, hi, err)
-		}
-		return nil
-	}
-	// Below from, only the versions that were live at the previous
-	// compaction are left (at most one per key). Those superseded since,
-	// by a newer version or a tombstone at or below compact, must go as
-	// well: once the tombstone is removed, a read at a revision >= compact
-	// would otherwise find the deleted key alive again.
-	if from > 0 {
-		if err := del(0, from); err != nil {
-			return err
-		}
-	}
-	for lo := from; lo < compact; lo += compactBatchRevs {
-		if err := del(lo, min(lo+compactBatchRevs, compact)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // Hash implements Backend: a CRC-32C over every stored version at or below
 // rev, in (rev, sub) order.
 func (e *Engine) Hash(ctx context.Context, rev int64) (uint32, int64, error) {
@@ -520,8 +474,8 @@ func (e *Engine) Hash(ctx context.Context, rev int64) (uint32, int64, error) {
 			}
 			h.Write(buf[:])
 		}
-		for lo := int64(0); lo < rev; lo += compactBatchRevs {
-			evs, err := tx.Changes(ctx, lo, min(lo+compactBatchRevs, rev))
+		for lo := int64(0); lo < rev; lo += hashBatchRevs {
+			evs, err := tx.Changes(ctx, lo, min(lo+hashBatchRevs, rev))
 			if err != nil {
 				return err
 			}

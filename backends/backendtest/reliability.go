@@ -28,6 +28,10 @@ func runReliability(t *testing.T, open Opener) {
 		t.Parallel()
 		rangeHeaderIsItsSnapshot(t, open(t))
 	})
+	t.Run("LeaseCallsReportTheirRevision", func(t *testing.T) {
+		t.Parallel()
+		leaseCallsReportTheirRevision(t, open(t))
+	})
 }
 
 // writesRacingClose starts writers and closes the backend under them: every
@@ -136,6 +140,59 @@ func rangeHeaderIsItsSnapshot(t *testing.T, be backends.Backend) {
 			if kv.ModRevision != tr.Header.Revision {
 				t.Fatalf("txn %s: header revision %d but %s was read at mod revision %d", rd.name, tr.Header.Revision, kv.Key, kv.ModRevision)
 			}
+		}
+	}
+}
+
+// leaseCallsReportTheirRevision checks that LeaseRevoke reports the
+// revision of its own deletions and LeaseGrant the revision it was applied
+// at, while other writes commit around them (issue 12, item 9).
+func leaseCallsReportTheirRevision(t *testing.T, be backends.Backend) {
+	ctx := context.Background()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := be.Txn(ctx, put("lease-rev/noise", fmt.Sprint(i))); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+	for i := range 50 {
+		id := int64(1000 + i)
+		if _, err := be.LeaseGrant(ctx, id, 60); err != nil {
+			t.Fatal(err)
+		}
+		key := fmt.Sprintf("lease-rev/k%d", i)
+		mustTxn(t, be, &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{
+			RequestPut: &pb.PutRequest{Key: []byte(key), Value: []byte("v"), Lease: id}}}}})
+		rev, err := be.LeaseRevoke(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The key's deletion is the newest change of the key.
+		got, err := be.Range(ctx, &pb.RangeRequest{Key: []byte(key), Revision: rev})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got.Kvs) != 0 {
+			t.Fatalf("LeaseRevoke reported revision %d, but %s is still live there", rev, key)
+		}
+		before, err := be.Range(ctx, &pb.RangeRequest{Key: []byte(key), Revision: rev - 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(before.Kvs) != 1 {
+			t.Fatalf("LeaseRevoke reported revision %d, but %s was already gone at %d: that is not the revision of its deletion", rev, key, rev-1)
 		}
 	}
 }

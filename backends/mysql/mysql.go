@@ -482,6 +482,43 @@ func (d *dialect) GetLatestMany(ctx context.Context, keys [][]byte, keysOnly boo
 	return backends.ScanLatest(rows)
 }
 
+// BeginCompact implements backends.Dialect: a READ COMMITTED transaction
+// on the read pool (prepared statements) that does not touch kv_meta. READ
+// COMMITTED keeps InnoDB from taking gap locks on the key index, where
+// writers insert.
+func (d *dialect) BeginCompact(ctx context.Context) (backends.CompactTx, error) {
+	tx, err := d.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		return nil, err
+	}
+	return &compactTx{tx: tx, st: backends.StmtTx{Tx: tx, Prepared: d.stmts}}, nil
+}
+
+// refusedErrors are the server errors that refuse a write for what it
+// writes; the statement fails, and kvsql's multi-statement writes stop
+// before their COMMIT.
+var refusedErrors = map[uint16]bool{
+	1048: true, // ER_BAD_NULL_ERROR
+	1062: true, // ER_DUP_ENTRY
+	1153: true, // ER_NET_PACKET_TOO_LARGE
+	1264: true, // ER_WARN_DATA_OUT_OF_RANGE
+	1366: true, // ER_TRUNCATED_WRONG_VALUE_FOR_FIELD
+	1406: true, // ER_DATA_TOO_LONG
+	1644: true, // ER_SIGNAL_EXCEPTION (a trigger's SIGNAL)
+	3819: true, // ER_CHECK_CONSTRAINT_VIOLATED (MySQL)
+	4025: true, // ER_CONSTRAINT_FAILED (MariaDB)
+}
+
+// RefusedWrite implements backends.Dialect.
+func (d *dialect) RefusedWrite(err error) bool {
+	var me *gomysql.MySQLError
+	if errors.As(err, &me) {
+		return refusedErrors[me.Number]
+	}
+	// The driver refuses a packet over max_allowed_packet before sending it.
+	return errors.Is(err, gomysql.ErrPktTooLarge)
+}
+
 func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
 	var size, inUse int64
 	err := d.db.QueryRowContext(ctx, qSize).Scan(&size, &inUse)
@@ -875,14 +912,6 @@ func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, 
 	return backends.ScanEvents(rows)
 }
 
-func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error) {
-	res, err := t.st.Exec(ctx, qDeleteHistory, from, to, compact, compact)
-	if err != nil {
-		return 0, err
-	}
-	return res.RowsAffected()
-}
-
 func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {
 	res, err := t.st.Exec(ctx, qLeaseInsert, id, ttl, ttl)
 	if err != nil {
@@ -948,3 +977,49 @@ func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, err
 	defer rows.Close()
 	return backends.ScanIDs(rows)
 }
+
+// compactTx implements backends.CompactTx.
+type compactTx struct {
+	tx *sql.Tx
+	st backends.StmtTx
+}
+
+func (c *compactTx) CleanedTo(ctx context.Context) (int64, error) {
+	var rev int64
+	err := c.st.QueryRow(ctx, qCleanedTo, nil, &rev)
+	return rev, err
+}
+
+func (c *compactTx) SetCleanedTo(ctx context.Context, rev int64) error {
+	_, err := c.st.Exec(ctx, qSetCleanedTo, rev)
+	return err
+}
+
+func (c *compactTx) StepEnd(ctx context.Context, from, upTo int64, limit int) (int64, error) {
+	var rev int64
+	err := c.st.QueryRow(ctx, qStepEnd, []any{from, upTo, limit}, &rev)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return rev, err
+}
+
+func (c *compactTx) DeleteSuperseded(ctx context.Context, compact, from, to int64) (int64, error) {
+	older, err := c.st.Exec(ctx, qDeleteSuperseded, from, to, compact, compact)
+	if err != nil {
+		return 0, err
+	}
+	tombs, err := c.st.Exec(ctx, qDeleteTombstones, from, to, compact)
+	if err != nil {
+		return 0, err
+	}
+	n, err := older.RowsAffected()
+	if err != nil {
+		return 0, err
+	}
+	m, err := tombs.RowsAffected()
+	return n + m, err
+}
+
+func (c *compactTx) Commit() error   { return c.tx.Commit() }
+func (c *compactTx) Rollback() error { return c.tx.Rollback() }

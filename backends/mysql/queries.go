@@ -71,13 +71,17 @@ const (
 		LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.k = l.k AND p.rev = l.prev_rev AND p.deleted = 0
 		WHERE m.id = 1 ORDER BY l.rev, l.sub`
 
-	// qDeleteHistory takes (from, to, compact, compact). MySQL cannot
-	// delete from a table it reads in a subquery, so the rows to delete are
-	// selected through a derived table.
-	qDeleteHistory = `DELETE o FROM kv_log o JOIN (
-			SELECT l.rev, l.sub FROM kv_log l WHERE l.rev >= ? AND l.rev < ? AND l.rev < ? AND (l.deleted = 1 OR EXISTS
-				(SELECT 1 FROM kv_log n WHERE n.k = l.k AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= ?))
-		) d ON o.rev = d.rev AND o.sub = d.sub`
+	// Compaction's cleanup (backends.CompactTx). qDeleteSuperseded takes
+	// (from, to, compact, compact): for each row n of the step, the older
+	// rows of its key below compact go, found through kv_log_key_rev.
+	// qDeleteTombstones takes (from, to, compact).
+	qCleanedTo        = `SELECT cleaned_rev FROM kv_compact WHERE id = 1 FOR UPDATE`
+	qSetCleanedTo     = `UPDATE kv_compact SET cleaned_rev = ? WHERE id = 1`
+	qStepEnd          = `SELECT rev FROM kv_log WHERE rev >= ? AND rev <= ? ORDER BY rev, sub LIMIT ?, 1`
+	qDeleteSuperseded = `DELETE o FROM kv_log n JOIN kv_log o
+			ON o.k = n.k AND o.rev <= n.rev AND (o.rev < n.rev OR o.sub < n.sub)
+		WHERE n.rev >= ? AND n.rev < ? AND n.rev <= ? AND o.rev < ?`
+	qDeleteTombstones = `DELETE FROM kv_log WHERE rev >= ? AND rev < ? AND rev < ? AND deleted = 1`
 
 	qLeaseInsert  = `INSERT IGNORE INTO kv_lease (id, ttl, expiry_ms) VALUES (?, ?, ` + nowMS + ` + ? * 1000)`
 	qLeaseGet     = `SELECT ttl, expiry_ms - ` + nowMS + ` FROM kv_lease WHERE id = ?`
@@ -128,7 +132,8 @@ var statements = append([]string{
 	qRevisions, qSetRevision, qSetCompact, qGetLatest,
 	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
-	qChanges, qChangesUpToCurrent, qDeleteHistory,
+	qChanges, qChangesUpToCurrent,
+	qCleanedTo, qSetCleanedTo, qStepEnd, qDeleteSuperseded, qDeleteTombstones,
 	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseTTL, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
 }, getManyStatements()...)
 

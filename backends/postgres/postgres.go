@@ -28,6 +28,13 @@ import (
 //go:embed schema/*.sql
 var schemaFS embed.FS
 
+// MaxKeyBytes is the longest key this dialect stores. A btree index entry
+// holds at most about 2700 bytes (a third of a page), and kv_log's key index
+// holds the key with its revision; a key close to that limit would fail in
+// the database, inside a group commit. Keys are refused above 2048 bytes,
+// MySQL's limit too, before they reach the database.
+const MaxKeyBytes = 2048
+
 // Config configures Open.
 type Config struct {
 	// URL is a libpq-style connection URL or DSN, parsed by
@@ -83,6 +90,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	d := &dialect{pool: pool}
+	cfg.Engine.MaxKeyBytes = MaxKeyBytes
 	return &Store{Engine: backends.NewEngine(d, cfg.Engine), pool: pool, log: log}, nil
 }
 
@@ -333,6 +341,31 @@ func (d *dialect) GetLatestMany(ctx context.Context, keys [][]byte, keysOnly boo
 	return backends.ScanLatest(rows)
 }
 
+// BeginCompact implements backends.Dialect: a READ COMMITTED transaction
+// that does not touch kv_meta.
+func (d *dialect) BeginCompact(ctx context.Context) (backends.CompactTx, error) {
+	tx, err := d.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if err != nil {
+		return nil, err
+	}
+	return &compactTx{tx: tx}, nil
+}
+
+// RefusedWrite implements backends.Dialect: a data exception (class 22), an
+// integrity constraint (23) or a program limit such as an index row too
+// large (54). The server then aborts the transaction.
+func (d *dialect) RefusedWrite(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || len(pe.Code) < 2 {
+		return false
+	}
+	switch pe.Code[:2] {
+	case "22", "23", "54":
+		return true
+	}
+	return false
+}
+
 func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
 	var n int64
 	if err := d.pool.QueryRow(ctx, qSize).Scan(&n); err != nil {
@@ -573,14 +606,6 @@ func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, 
 	return backends.ScanEvents(rows)
 }
 
-func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error) {
-	tag, err := t.q.Exec(ctx, qDeleteHistory, compact, from, to)
-	if err != nil {
-		return 0, err
-	}
-	return tag.RowsAffected(), nil
-}
-
 func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {
 	tag, err := t.q.Exec(ctx, qLeaseInsert, id, ttl)
 	if err != nil {
@@ -636,3 +661,41 @@ func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, err
 	defer rows.Close()
 	return backends.ScanIDs(rows)
 }
+
+// compactTx implements backends.CompactTx.
+type compactTx struct{ tx pgx.Tx }
+
+func (c *compactTx) CleanedTo(ctx context.Context) (int64, error) {
+	var rev int64
+	err := c.tx.QueryRow(ctx, qCleanedTo).Scan(&rev)
+	return rev, err
+}
+
+func (c *compactTx) SetCleanedTo(ctx context.Context, rev int64) error {
+	_, err := c.tx.Exec(ctx, qSetCleanedTo, rev)
+	return err
+}
+
+func (c *compactTx) StepEnd(ctx context.Context, from, upTo int64, limit int) (int64, error) {
+	var rev int64
+	err := c.tx.QueryRow(ctx, qStepEnd, from, upTo, limit).Scan(&rev)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	return rev, err
+}
+
+func (c *compactTx) DeleteSuperseded(ctx context.Context, compact, from, to int64) (int64, error) {
+	older, err := c.tx.Exec(ctx, qDeleteSuperseded, compact, from, to)
+	if err != nil {
+		return 0, err
+	}
+	tombs, err := c.tx.Exec(ctx, qDeleteTombstones, compact, from, to)
+	if err != nil {
+		return 0, err
+	}
+	return older.RowsAffected() + tombs.RowsAffected(), nil
+}
+
+func (c *compactTx) Commit() error   { return c.tx.Commit(context.Background()) }
+func (c *compactTx) Rollback() error { return c.tx.Rollback(context.Background()) }
