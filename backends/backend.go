@@ -60,6 +60,9 @@ type Backend interface {
 	// that are committed, in (revision, sub-revision) order, each with PrevKv
 	// set when the key had a live previous version. Because revisions commit
 	// in order the result is always a prefix of the history after afterRev.
+	// A result is whole revisions; it stops early after the revision whose
+	// events (keys, values, prev_kv values; see EventBytes) reach the
+	// engine's ChangesBytes, so one read never holds much more memory.
 	// ErrCompacted if afterRev+1 is below the compact revision.
 	Changes(ctx context.Context, afterRev int64, maxRevs int64) ([]*mvccpb.Event, error)
 	// TailChanges is Changes for the instance's watch tailer (one caller,

@@ -89,8 +89,11 @@ type Tx interface {
 	// Write appends rows to kv_log and applies them to kv_current.
 	Write(ctx context.Context, rows []LogRow) error
 	// Changes returns the events of revisions in (after, upTo], in
-	// (rev, sub) order, with PrevKv set from the row at PrevRev.
-	Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error)
+	// (rev, sub) order, with PrevKv set from the row at PrevRev. It stops
+	// after the revision whose events reach maxBytes (0: no limit; see
+	// ScanEvents), so that one read never holds more than that and a
+	// revision.
+	Changes(ctx context.Context, after, upTo int64, maxBytes int) ([]*mvccpb.Event, error)
 
 	// LeaseInsert creates a lease expiring ttl seconds from now; false if
 	// the id exists.

@@ -20,6 +20,9 @@ const (
 	DefaultMaxBatch = 256
 	// hashBatchRevs is how many revisions of history Hash reads per query.
 	hashBatchRevs = 1000
+	// DefaultChangesBytes is EngineConfig.ChangesBytes' default: with 1.5
+	// MiB values and prev_kv, 1000 revisions could otherwise be 3 GiB.
+	DefaultChangesBytes = 8 << 20
 	// expireBatch is how many expired leases one pass revokes.
 	expireBatch = 256
 )
@@ -45,6 +48,10 @@ type EngineConfig struct {
 	// CompactStepRows caps the kv_log rows one transaction of compaction's
 	// cleanup covers; 0 means DefaultCompactStepRows.
 	CompactStepRows int
+	// ChangesBytes caps the events (keys and values, prev_kv included) one
+	// read of the log returns, beyond the revision that reaches it; 0
+	// means DefaultChangesBytes.
+	ChangesBytes int
 }
 
 // Engine implements Backend on a Dialect. Writes are group-committed: one
@@ -95,6 +102,9 @@ type writeReq struct {
 func NewEngine(d Dialect, cfg EngineConfig) *Engine {
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = DefaultMaxBatch
+	}
+	if cfg.ChangesBytes <= 0 {
+		cfg.ChangesBytes = DefaultChangesBytes
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -421,7 +431,7 @@ func (e *Engine) changes(ctx context.Context, afterRev, maxRevs int64, tail bool
 		if tail {
 			read = cr.TailChanges
 		}
-		_, compact, evs, err := read(ctx, afterRev, afterRev+maxRevs)
+		_, compact, evs, err := read(ctx, afterRev, afterRev+maxRevs, e.cfg.ChangesBytes)
 		if err != nil {
 			return nil, err
 		}
@@ -443,7 +453,7 @@ func (e *Engine) changes(ctx context.Context, afterRev, maxRevs int64, tail bool
 		if upTo <= afterRev {
 			return nil
 		}
-		evs, err = tx.Changes(ctx, afterRev, upTo)
+		evs, err = tx.Changes(ctx, afterRev, upTo, e.cfg.ChangesBytes)
 		return err
 	})
 	return evs, err
@@ -474,10 +484,15 @@ func (e *Engine) Hash(ctx context.Context, rev int64) (uint32, int64, error) {
 			}
 			h.Write(buf[:])
 		}
-		for lo := int64(0); lo < rev; lo += hashBatchRevs {
-			evs, err := tx.Changes(ctx, lo, min(lo+hashBatchRevs, rev))
+		for lo := int64(0); lo < rev; {
+			hi := min(lo+hashBatchRevs, rev)
+			evs, err := tx.Changes(ctx, lo, hi, e.cfg.ChangesBytes)
 			if err != nil {
 				return err
+			}
+			lo = hi
+			if n := len(evs); n > 0 && eventsBytes(evs) >= e.cfg.ChangesBytes {
+				lo = evs[n-1].Kv.ModRevision // cut short by size: go on after it
 			}
 			for _, ev := range evs {
 				putInt(ev.Kv.ModRevision)
@@ -495,6 +510,15 @@ func (e *Engine) Hash(ctx context.Context, rev int64) (uint32, int64, error) {
 		return nil
 	})
 	return sum, compact, err
+}
+
+// eventsBytes sums EventBytes over evs.
+func eventsBytes(evs []*mvccpb.Event) int {
+	n := 0
+	for _, ev := range evs {
+		n += EventBytes(ev)
+	}
+	return n
 }
 
 // Size implements Backend.

@@ -29,7 +29,7 @@ func openMySQLBackend(tb testing.TB) backends.Backend {
 
 func TestConformancePostgres(t *testing.T) {
 	backendtest.Run(t, openPostgresBackend)
-	backendtest.RunCompaction(t, func(tb testing.TB, cfg backends.EngineConfig) backends.Backend {
+	backendtest.RunTuned(t, func(tb testing.TB, cfg backends.EngineConfig) backends.Backend {
 		st, err := postgres.Open(context.Background(), postgres.Config{URL: freshPostgresURL(tb), Engine: cfg})
 		if err != nil {
 			tb.Fatal(err)
@@ -41,7 +41,7 @@ func TestConformancePostgres(t *testing.T) {
 
 func TestConformanceMySQL(t *testing.T) {
 	backendtest.Run(t, openMySQLBackend)
-	backendtest.RunCompaction(t, func(tb testing.TB, cfg backends.EngineConfig) backends.Backend {
+	backendtest.RunTuned(t, func(tb testing.TB, cfg backends.EngineConfig) backends.Backend {
 		st, err := mysql.Open(context.Background(), mysql.Config{DSN: freshMySQLEndpoint(tb), Engine: cfg})
 		if err != nil {
 			tb.Fatal(err)

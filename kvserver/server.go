@@ -86,6 +86,7 @@ type Server struct {
 	be        backends.Backend
 	log       *slog.Logger
 	hub       *hub
+	history   *history // log reads for watchers older than the hub's window
 	clusterID uint64
 	memberID  uint64
 	health    *health.Server
@@ -163,6 +164,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.hub = newHub(cfg.Backend, cfg.Notify, cfg.SafetyPoll, cfg.Logger.With("component", "watch-hub"))
+	s.history = newHistory(cfg.Backend)
 	if m := cfg.Metrics; m != nil {
 		s.hub.onRev = func(rev int64) { m.revision.Set(float64(rev)) }
 	}
@@ -229,6 +231,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.expireLeases(ctx, leading) })
 	g.Go(func() error { return s.heartbeat(ctx) })
 	err := g.Wait()
+	s.history.close()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	if s.fwd != nil {
 		s.fwd.close()

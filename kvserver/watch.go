@@ -281,7 +281,7 @@ func (st *watchStream) deliver(ctx context.Context, w *watcher, rev int64) error
 		evs, upTo, ok := st.s.hub.read(w.next-1, maxEventsPerResponse)
 		if !ok {
 			var err error
-			evs, err = st.s.be.Changes(ctx, w.next-1, catchupRevs)
+			evs, upTo, err = st.s.history.read(ctx, w.next-1)
 			if errors.Is(err, backends.ErrCompacted) {
 				_, compact, rerr := st.s.be.Revisions(ctx)
 				if rerr != nil {
@@ -296,7 +296,6 @@ func (st *watchStream) deliver(ctx context.Context, w *watcher, rev int64) error
 			if len(evs) == 0 {
 				break // not committed yet as far as this snapshot goes
 			}
-			upTo = evs[len(evs)-1].Kv.ModRevision
 		}
 		var out []*mvccpb.Event
 		for _, ev := range evs {

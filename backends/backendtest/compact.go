@@ -16,16 +16,71 @@ import (
 // OpenerWith opens a fresh, empty backend with the given engine settings.
 type OpenerWith func(tb testing.TB, cfg backends.EngineConfig) backends.Backend
 
-// RunCompaction checks compaction against a model of etcd's history, with
-// cleanup steps of a few rows, so that every step boundary case occurs:
-// after each of several compactions, every read at or above the compact
-// revision and every watch replay from it is what it was before.
-func RunCompaction(t *testing.T, open OpenerWith) {
+// RunTuned runs the cases that need engine settings other than the
+// defaults: compaction with cleanup steps of a few rows, so that every step
+// boundary case occurs (after each of several compactions, every read at or
+// above the compact revision and every watch replay from it is what it was
+// before), and reads of the log under a small byte budget.
+func RunTuned(t *testing.T, open OpenerWith) {
 	t.Run("CompactionInSmallStepsKeepsHistory", func(t *testing.T) {
 		t.Parallel()
 		be := open(t, backends.EngineConfig{CompactStepRows: 3})
 		compactInSteps(t, be)
 	})
+	t.Run("ChangesStopAtTheByteBudget", func(t *testing.T) {
+		t.Parallel()
+		be := open(t, backends.EngineConfig{ChangesBytes: 1 << 20})
+		changesStopAtTheByteBudget(t, be)
+	})
+}
+
+// changesStopAtTheByteBudget: a read of the log holds about the byte budget
+// and never splits a revision (issue 12, item 7: 1000 revisions of 1 MiB
+// values with prev_kv were up to 2 GiB in one read).
+func changesStopAtTheByteBudget(t *testing.T, be backends.Backend) {
+	ctx := context.Background()
+	big := string(make([]byte, 300<<10))
+	for i := range 12 {
+		mustTxn(t, be, put(fmt.Sprintf("big/%d", i%4), big)) // revisions 2..13, prev_kv from the 5th on
+	}
+	// one revision of three such puts
+	mustTxn(t, be, &pb.TxnRequest{Success: []*pb.RequestOp{
+		put("big/a", big).Success[0], put("big/b", big).Success[0], put("big/c", big).Success[0],
+	}}) // revision 14
+	var got []*mvccpb.Event
+	reads := 0
+	for after := int64(1); after < 14; reads++ {
+		evs, err := be.Changes(ctx, after, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) == 0 {
+			t.Fatalf("no events after %d, want up to 14", after)
+		}
+		size := 0
+		for _, ev := range evs {
+			size += backends.EventBytes(ev)
+		}
+		last := evs[len(evs)-1].Kv.ModRevision
+		// At most the budget plus one revision (the last one read).
+		var lastRev int
+		for _, ev := range evs {
+			if ev.Kv.ModRevision == last {
+				lastRev += backends.EventBytes(ev)
+			}
+		}
+		if size-lastRev >= 1<<20 {
+			t.Fatalf("read after %d holds %d bytes before its last revision, over the 1 MiB budget", after, size-lastRev)
+		}
+		got = append(got, evs...)
+		after = last
+	}
+	if len(got) != 15 || got[len(got)-1].Kv.ModRevision != 14 {
+		t.Fatalf("read %d events in %d reads, want 15 ending at revision 14", len(got), reads)
+	}
+	if reads < 3 {
+		t.Fatalf("about 6 MiB of events came in %d reads: the budget was not applied", reads)
+	}
 }
 
 // compactInSteps writes a random history (puts, overwrites, deletes,

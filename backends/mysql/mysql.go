@@ -536,19 +536,19 @@ func (d *dialect) Defragment(ctx context.Context) error {
 var _ backends.ChangesReader = (*dialect)(nil)
 
 // ReadChanges implements backends.ChangesReader: one statement.
-func (d *dialect) ReadChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error) {
+func (d *dialect) ReadChanges(ctx context.Context, after, upTo int64, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error) {
 	rows, err := d.stmts.Stmt(qChangesUpToCurrent).QueryContext(ctx, after, upTo)
 	if err != nil {
 		return 0, 0, nil, err
 	}
 	defer rows.Close()
-	return backends.ScanChanges(rows)
+	return backends.ScanChanges(rows, maxBytes)
 }
 
 // TailChanges implements backends.ChangesReader on a connection of the
 // read pool kept for it, with the statement prepared on it once. After an
 // error both are released and taken again on the next call.
-func (d *dialect) TailChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error) {
+func (d *dialect) TailChanges(ctx context.Context, after, upTo int64, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error) {
 	d.tailMu.Lock()
 	defer d.tailMu.Unlock()
 	if d.tail == nil {
@@ -565,7 +565,7 @@ func (d *dialect) TailChanges(ctx context.Context, after, upTo int64) (cur, comp
 	}
 	rows, err := d.tailStmt.QueryContext(ctx, after, upTo)
 	if err == nil {
-		cur, compact, evs, err = backends.ScanChanges(rows)
+		cur, compact, evs, err = backends.ScanChanges(rows, maxBytes)
 		if cerr := rows.Close(); err == nil {
 			err = cerr
 		}
@@ -903,13 +903,13 @@ func nonNil(b []byte) []byte {
 	return b
 }
 
-func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error) {
+func (t *txn) Changes(ctx context.Context, after, upTo int64, maxBytes int) ([]*mvccpb.Event, error) {
 	rows, err := t.st.Query(ctx, qChanges, after, upTo)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	return backends.ScanEvents(rows)
+	return backends.ScanEvents(rows, maxBytes)
 }
 
 func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {

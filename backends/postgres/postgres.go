@@ -282,19 +282,19 @@ func (d *dialect) BeginBatch(ctx context.Context, keys [][]byte) (backends.Tx, [
 var _ backends.ChangesReader = (*dialect)(nil)
 
 // ReadChanges implements backends.ChangesReader: one statement.
-func (d *dialect) ReadChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error) {
+func (d *dialect) ReadChanges(ctx context.Context, after, upTo int64, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error) {
 	rows, err := d.pool.Query(ctx, qChangesUpToCurrent, after, upTo)
 	if err != nil {
 		return 0, 0, nil, err
 	}
 	defer rows.Close()
-	return backends.ScanChanges(rows)
+	return backends.ScanChanges(rows, maxBytes)
 }
 
 // TailChanges implements backends.ChangesReader on a connection taken from
 // the pool once and kept (hijacked: the pool never hands it out). After an
 // error it is closed and replaced on the next call.
-func (d *dialect) TailChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error) {
+func (d *dialect) TailChanges(ctx context.Context, after, upTo int64, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error) {
 	d.tailMu.Lock()
 	defer d.tailMu.Unlock()
 	if d.tail == nil {
@@ -306,8 +306,11 @@ func (d *dialect) TailChanges(ctx context.Context, after, upTo int64) (cur, comp
 	}
 	rows, err := d.tail.Query(ctx, qChangesUpToCurrent, after, upTo)
 	if err == nil {
-		cur, compact, evs, err = backends.ScanChanges(rows)
+		cur, compact, evs, err = backends.ScanChanges(rows, maxBytes)
 		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
 	}
 	if err != nil {
 		_ = d.tail.Close(context.Background())
@@ -597,13 +600,13 @@ func (t *txn) Current(ctx context.Context, keys [][]byte) ([]*mvccpb.KeyValue, e
 	return t.queryKVs(ctx, qCurrentMany, keys)
 }
 
-func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error) {
+func (t *txn) Changes(ctx context.Context, after, upTo int64, maxBytes int) ([]*mvccpb.Event, error) {
 	rows, err := t.q.Query(ctx, qChanges, after, upTo)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	return backends.ScanEvents(rows)
+	return backends.ScanEvents(rows, maxBytes)
 }
 
 func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {

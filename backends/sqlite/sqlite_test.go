@@ -25,7 +25,7 @@ func open(tb testing.TB) backends.Backend {
 
 func TestConformance(t *testing.T) {
 	backendtest.Run(t, open)
-	backendtest.RunCompaction(t, func(tb testing.TB, cfg backends.EngineConfig) backends.Backend {
+	backendtest.RunTuned(t, func(tb testing.TB, cfg backends.EngineConfig) backends.Backend {
 		be, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(tb.TempDir(), "state.db"), Engine: cfg})
 		if err != nil {
 			tb.Fatal(err)
