@@ -12,6 +12,7 @@ package backends
 import (
 	"context"
 	"errors"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -36,8 +37,21 @@ var (
 	// cannot store, a constraint); wraps the database's error. Nothing of
 	// the request was written, and no other request failed with it.
 	ErrRefused = errors.New("the database refused the write")
+	// ErrNotLeader: this instance does not hold the leader lock (any more).
+	ErrNotLeader = errors.New("this instance does not hold the leader lock")
 	// ErrClosed: the backend is shutting down.
 	ErrClosed = errors.New("backend closed")
+)
+
+// Timeouts every dialect uses for the sessions several instances share.
+const (
+	// DefaultSessionTimeout is how long a database waits for a session
+	// that holds the write lock or the leader lock and went silent (its
+	// instance froze or lost its network) before ending it, so that the
+	// lock passes to the other instances (DESIGN.md invariant 9).
+	DefaultSessionTimeout = 5 * time.Second
+	// LeaderCheckTimeout bounds one check or take-over of the leader lock.
+	LeaderCheckTimeout = 2 * time.Second
 )
 
 // Backend is what kvserver needs from storage. Every method is safe for

@@ -107,6 +107,8 @@ func (e *Engine) cleanStep(ctx context.Context, compact int64, limit int) (bool,
 		return true, nil // the next compaction resumes it
 	default:
 	}
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.WriteTimeout)
+	defer cancel()
 	tx, err := e.d.BeginCompact(ctx)
 	if err != nil {
 		return false, fmt.Errorf("begin cleanup: %w", err)

@@ -23,6 +23,9 @@ const (
 	// DefaultChangesBytes is EngineConfig.ChangesBytes' default: with 1.5
 	// MiB values and prev_kv, 1000 revisions could otherwise be 3 GiB.
 	DefaultChangesBytes = 8 << 20
+	// DefaultWriteTimeout is EngineConfig.WriteTimeout's default: far above
+	// any healthy commit (milliseconds), below clients' patience.
+	DefaultWriteTimeout = 15 * time.Second
 	// expireBatch is how many expired leases one pass revokes.
 	expireBatch = 256
 )
@@ -52,6 +55,12 @@ type EngineConfig struct {
 	// read of the log returns, beyond the revision that reaches it; 0
 	// means DefaultChangesBytes.
 	ChangesBytes int
+	// WriteTimeout bounds one group-commit transaction and one read of the
+	// watch tailer; 0 means DefaultWriteTimeout.
+	WriteTimeout time.Duration
+	// Database names the database in errors (dialect and address, never
+	// credentials), so that a client told "database error" knows which.
+	Database string
 }
 
 // Engine implements Backend on a Dialect. Writes are group-committed: one
@@ -105,6 +114,9 @@ func NewEngine(d Dialect, cfg EngineConfig) *Engine {
 	}
 	if cfg.ChangesBytes <= 0 {
 		cfg.ChangesBytes = DefaultChangesBytes
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -161,9 +173,16 @@ func (e *Engine) writeKeys(ctx context.Context, keys [][]byte, apply func(ctx co
 		return ctx.Err()
 	}
 	e.sendMu.RUnlock()
-	// Once queued the request is applied or failed by the writer; waiting
-	// for it (rather than for ctx) keeps "acknowledged" equal to "committed".
-	return <-req.done
+	// Once queued the request is applied or failed by the writer. A caller
+	// whose deadline passes first gets its context's error, as an etcd
+	// client whose proposal timed out does: the write may still commit,
+	// but it was not acknowledged.
+	select {
+	case err := <-req.done:
+		return e.dbErr(err)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (e *Engine) writeLoop() {
@@ -227,7 +246,13 @@ func (e *Engine) commitBatch(batch []*writeReq) {
 // wrapped in ErrRefused. Requests whose context ended while queued are
 // skipped.
 func (e *Engine) applyBatch(batch []*writeReq) (results []error, err error) {
-	ctx := context.Background()
+	// A database that stops answering (a frozen server, a dropped network)
+	// must not hold the writer, and every write queued behind this batch,
+	// for long: past WriteTimeout the batch fails (its outcome unknown if
+	// the commit was under way) and the next one starts on a fresh
+	// connection.
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.WriteTimeout)
+	defer cancel()
 	began := time.Now()
 	defer func() {
 		if e.cfg.OnBatch != nil {
@@ -342,10 +367,10 @@ func (e *Engine) read(ctx context.Context, fn func(tx Tx) error) error {
 	}
 	tx, err := e.d.BeginRead(ctx)
 	if err != nil {
-		return fmt.Errorf("begin read transaction: %w", err)
+		return e.dbErr(fmt.Errorf("begin read transaction: %w", err))
 	}
 	defer func() { _ = tx.Rollback() }()
-	return fn(tx)
+	return e.dbErr(fn(tx))
 }
 
 // Revisions implements Backend.
@@ -394,7 +419,7 @@ func (e *Engine) getLatest(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 	}
 	cur, kv, err := e.gets.get(ctx, r.Key, r.KeysOnly)
 	if err != nil {
-		return nil, err
+		return nil, e.dbErr(err)
 	}
 	resp := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: cur}}
 	if kv != nil {
@@ -429,11 +454,16 @@ func (e *Engine) changes(ctx context.Context, afterRev, maxRevs int64, tail bool
 		}
 		read := cr.ReadChanges
 		if tail {
+			// The tailer has no client deadline; a read that hangs on a
+			// dead connection would stop every watch on this instance.
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, e.cfg.WriteTimeout)
+			defer cancel()
 			read = cr.TailChanges
 		}
 		_, compact, evs, err := read(ctx, afterRev, afterRev+maxRevs, e.cfg.ChangesBytes)
 		if err != nil {
-			return nil, err
+			return nil, e.dbErr(err)
 		}
 		if afterRev+1 < compact {
 			return nil, ErrCompacted
@@ -522,10 +552,13 @@ func eventsBytes(evs []*mvccpb.Event) int {
 }
 
 // Size implements Backend.
-func (e *Engine) Size(ctx context.Context) (int64, int64, error) { return e.d.Size(ctx) }
+func (e *Engine) Size(ctx context.Context) (int64, int64, error) {
+	size, inUse, err := e.d.Size(ctx)
+	return size, inUse, e.dbErr(err)
+}
 
 // Defragment implements Backend.
-func (e *Engine) Defragment(ctx context.Context) error { return e.d.Defragment(ctx) }
+func (e *Engine) Defragment(ctx context.Context) error { return e.dbErr(e.d.Defragment(ctx)) }
 
 // checkRev validates a requested read revision against the current and
 // compact revisions; 0 means "current".
@@ -539,6 +572,17 @@ func checkRev(rev, cur, compact int64) error {
 		return ErrCompacted
 	}
 	return nil
+}
+
+// dbErr names the database in err, unless err is a request's own failure
+// or its context's, or the backend is closing.
+func (e *Engine) dbErr(err error) error {
+	switch {
+	case err == nil, e.cfg.Database == "", isUserErr(err), errors.Is(err, ErrClosed), errors.Is(err, ErrRefused),
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.As(err, new(callerError)):
+		return err
+	}
+	return fmt.Errorf("%s: %w", e.cfg.Database, err)
 }
 
 // isUserErr reports whether err is a request's own failure (reported to that

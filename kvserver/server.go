@@ -292,7 +292,10 @@ func (s *Server) expireLeases(ctx context.Context, leading bool) error {
 			return nil
 		case <-t.C:
 		}
-		if !leading {
+		// The heartbeat clears s.leading when it finds the leader lock's
+		// session gone: then this is a take-over again (with its lease
+		// extension), not a continuation.
+		if !leading || !s.leading.Load() {
 			leading = s.takeOverLeases(ctx)
 		} else if !s.isLeader(ctx) {
 			leading = false

@@ -7,6 +7,7 @@
 package mysql
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"database/sql/driver"
@@ -15,6 +16,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -23,6 +25,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/kvsql/kvsql/backends"
+	"github.com/kvsql/kvsql/internal/dbnet"
 )
 
 //go:embed schema/*.sql
@@ -37,7 +40,13 @@ type Config struct {
 	DSN string
 	// MaxOpenConns caps the connection pool (default 32).
 	MaxOpenConns int
-	Engine       backends.EngineConfig
+	// SessionTimeout is how long the server waits for a session of this
+	// instance that holds the write lock (a write transaction) or the
+	// leader lock and has gone silent — the instance froze or lost its
+	// network — before it ends the session, so that its locks pass on.
+	// 0 means backends.DefaultSessionTimeout. Whole seconds.
+	SessionTimeout time.Duration
+	Engine         backends.EngineConfig
 }
 
 // ParseEndpoint turns a kvsql endpoint (mysql://user:pass@tcp(host:port)/db)
@@ -89,6 +98,9 @@ type Store struct {
 
 	leadMu   sync.Mutex // guards leadConn
 	leadConn *sql.Conn  // holds the leader lock while open
+	// sessionTimeout is Config.SessionTimeout in whole seconds, as a
+	// setting's text.
+	sessionTimeout string
 }
 
 var _ backends.Backend = (*Store)(nil)
@@ -101,6 +113,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	dc.ClientFoundRows = true // UPDATE reports matched rows
 	dc.ParseTime = false
+	// Connections notice a dead server or network (dbnet) instead of
+	// hanging for the kernel's 15 minutes.
+	dc.DialFunc = dbnet.Dial
+	if dc.Timeout == 0 {
+		dc.Timeout = dbnet.ConnectTimeout
+	}
+	sessionTimeout := strconv.Itoa(max(1, int(cmp.Or(cfg.SessionTimeout, backends.DefaultSessionTimeout).Round(time.Second).Seconds())))
 	if err := setCharset(dc); err != nil {
 		return nil, err
 	}
@@ -140,6 +159,27 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	// instead of assuming its 64 MiB default and having the server reset
 	// the connection.
 	wc.MaxAllowedPacket = 0
+	// A write transaction whose instance goes silent while it holds the
+	// write lock is ended by the server after the session timeout.
+	// MariaDB ends idle transactions (idle_transaction_timeout); MySQL has
+	// no such setting, so its write connections are closed after that
+	// long idle in or out of a transaction (wait_timeout), and the pool
+	// retires idle ones before the server does.
+	var version string
+	if err := db.QueryRowContext(ctx, `SELECT VERSION()`).Scan(&version); err != nil {
+		stmts.Close()
+		_ = db.Close()
+		return nil, fmt.Errorf("mysql: read the server version: %w", err)
+	}
+	mariaDB := strings.Contains(strings.ToLower(version), "mariadb")
+	if wc.Params == nil {
+		wc.Params = map[string]string{}
+	}
+	if mariaDB {
+		wc.Params["idle_transaction_timeout"] = sessionTimeout
+	} else {
+		wc.Params["wait_timeout"] = sessionTimeout
+	}
 	wconn, err := gomysql.NewConnector(wc)
 	if err != nil {
 		stmts.Close()
@@ -150,6 +190,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	wdb.SetMaxOpenConns(writerConns)
 	wdb.SetMaxIdleConns(writerConns)
 	wdb.SetConnMaxLifetime(time.Hour)
+	if !mariaDB {
+		wdb.SetConnMaxIdleTime(cmp.Or(cfg.SessionTimeout, backends.DefaultSessionTimeout) / 2)
+	}
 	var maxPacket int64
 	if err := db.QueryRowContext(ctx, `SELECT @@max_allowed_packet`).Scan(&maxPacket); err != nil {
 		stmts.Close()
@@ -159,7 +202,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	d := &dialect{db: db, wdb: wdb, stmts: stmts, inlineBytes: inlineBudget(maxPacket)}
 	cfg.Engine.MaxKeyBytes = MaxKeyBytes
-	return &Store{Engine: backends.NewEngine(d, cfg.Engine), db: db, cfg: dc, leader: leaderLock + "." + dc.DBName}, nil
+	if cfg.Engine.Database == "" {
+		cfg.Engine.Database = fmt.Sprintf("MySQL at %s/%s", dc.Addr, dc.DBName)
+	}
+	return &Store{Engine: backends.NewEngine(d, cfg.Engine), db: db, cfg: dc, leader: leaderLock + "." + dc.DBName, sessionTimeout: sessionTimeout}, nil
 }
 
 // DB returns the connection pool.
@@ -187,11 +233,13 @@ func (s *Store) Close() error {
 func (s *Store) TryLead(ctx context.Context) (bool, error) {
 	s.leadMu.Lock()
 	defer s.leadMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, backends.LeaderCheckTimeout)
+	defer cancel()
 	if s.leadConn != nil {
 		if err := s.leadConn.PingContext(ctx); err == nil {
 			return true, nil
 		}
-		_ = s.leadConn.Close()
+		discard(s.leadConn)
 		s.leadConn = nil
 	}
 	c, err := s.db.Conn(ctx)
@@ -200,28 +248,61 @@ func (s *Store) TryLead(ctx context.Context) (bool, error) {
 	}
 	var got sql.NullInt64
 	if err := c.QueryRowContext(ctx, qGetLock, s.leader, 0).Scan(&got); err != nil {
-		_ = c.Close()
+		discard(c)
 		return false, err
 	}
 	if got.Int64 != 1 {
 		_ = c.Close()
 		return false, nil
 	}
+	// The lock lives as long as this session: if this instance goes
+	// silent (frozen, partitioned), the server ends the session after the
+	// session timeout and the lock passes on. TryLead's pings keep it
+	// busy while the instance runs.
+	if _, err := c.ExecContext(ctx, qSessionWaitTimeout, s.sessionTimeout); err != nil {
+		discard(c)
+		return false, err
+	}
 	s.leadConn = c
 	return true, nil
 }
 
+// discard closes c without returning it to the pool: it may hold a lock or
+// a session setting no other use may inherit.
+func discard(c *sql.Conn) {
+	_ = c.Raw(func(any) error { return driver.ErrBadConn })
+	_ = c.Close()
+}
+
 // Heartbeat records this instance as alive, and as the leader if m.Leader
-// (clearing any other instance's stale leader mark).
+// (clearing any other instance's stale leader mark). The leader's marks
+// are written on the session that holds the leader lock: an instance that
+// lost the lock while it was frozen cannot mark itself leader again on the
+// strength of what it held before (its session was ended).
 func (s *Store) Heartbeat(ctx context.Context, m backends.Member) error {
-	if _, err := s.db.ExecContext(ctx, qHeartbeat, m.ID, m.Name, strings.Join(m.ClientURLs, ","), m.Leader); err != nil {
+	if !m.Leader {
+		_, err := s.db.ExecContext(ctx, qHeartbeat, m.ID, m.Name, strings.Join(m.ClientURLs, ","), false)
 		return err
 	}
-	if !m.Leader {
-		return nil
+	s.leadMu.Lock()
+	defer s.leadMu.Unlock()
+	if s.leadConn == nil {
+		return backends.ErrNotLeader
 	}
-	_, err := s.db.ExecContext(ctx, qUnmarkLeaders, m.ID)
-	return err
+	for _, st := range []struct {
+		q    string
+		args []any
+	}{
+		{qHeartbeat, []any{m.ID, m.Name, strings.Join(m.ClientURLs, ","), true}},
+		{qUnmarkLeaders, []any{m.ID}},
+	} {
+		if _, err := s.leadConn.ExecContext(ctx, st.q, st.args...); err != nil {
+			discard(s.leadConn)
+			s.leadConn = nil
+			return fmt.Errorf("%w: %w", backends.ErrNotLeader, err)
+		}
+	}
+	return nil
 }
 
 // Members lists instances that sent a heartbeat within maxAge.

@@ -113,7 +113,10 @@ const (
 	leaderLock  = "kvsql_leader"
 	migrateLock = "kvsql_migrate"
 	qGetLock    = `SELECT GET_LOCK(?, ?)`
-	qReleaseLck = `SELECT RELEASE_LOCK(?)`
+	// qSessionWaitTimeout ends the leader lock's session when it has been
+	// idle for the session timeout (its instance froze or lost its network).
+	qSessionWaitTimeout = `SET SESSION wait_timeout = ?`
+	qReleaseLck         = `SELECT RELEASE_LOCK(?)`
 )
 
 // qGetLatestMany returns qGetLatest for n keys, (keysOnly, key...): one row

@@ -7,6 +7,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"embed"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -23,6 +25,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/kvsql/kvsql/backends"
+	"github.com/kvsql/kvsql/internal/dbnet"
 )
 
 //go:embed schema/*.sql
@@ -42,7 +45,13 @@ type Config struct {
 	URL string
 	// StatementTimeout, if set, bounds every statement on the server.
 	StatementTimeout time.Duration
-	Engine           backends.EngineConfig
+	// SessionTimeout is how long the server waits for a session of this
+	// instance that holds the write lock (a write transaction) or the
+	// leader lock and has gone silent — the instance froze or lost its
+	// network — before it ends the session, so that its locks pass on.
+	// 0 means backends.DefaultSessionTimeout.
+	SessionTimeout time.Duration
+	Engine         backends.EngineConfig
 }
 
 // Store is a backends.Engine on PostgreSQL plus what several instances
@@ -54,6 +63,12 @@ type Store struct {
 
 	leadMu   sync.Mutex // guards leadConn
 	leadConn *pgx.Conn  // holds the leader advisory lock while open
+	// sessionTimeout is Config.SessionTimeout in milliseconds, as a
+	// setting's text.
+	sessionTimeout string
+	// oldServer is set once a server without idle_session_timeout (before
+	// PostgreSQL 14) was seen, so that it is reported once.
+	oldServer atomic.Bool
 }
 
 var _ backends.Backend = (*Store)(nil)
@@ -67,6 +82,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.StatementTimeout > 0 {
 		pcfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(cfg.StatementTimeout.Milliseconds(), 10)
 	}
+	// Connections notice a dead server or network (dbnet) instead of
+	// hanging for the kernel's 15 minutes.
+	pcfg.ConnConfig.DialFunc = dbnet.Dial
+	if pcfg.ConnConfig.ConnectTimeout == 0 {
+		pcfg.ConnConfig.ConnectTimeout = dbnet.ConnectTimeout
+	}
+	sessionTimeout := cmp.Or(cfg.SessionTimeout, backends.DefaultSessionTimeout)
 	if cfg.Engine.GetsInFlight == 0 {
 		// Half the pool at most, so that the writer and other reads
 		// find a connection without waiting behind Gets, and fewer
@@ -89,9 +111,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &dialect{pool: pool}
+	timeout := strconv.FormatInt(sessionTimeout.Milliseconds(), 10)
+	d := &dialect{pool: pool, sessionTimeout: timeout}
 	cfg.Engine.MaxKeyBytes = MaxKeyBytes
-	return &Store{Engine: backends.NewEngine(d, cfg.Engine), pool: pool, log: log}, nil
+	if cfg.Engine.Database == "" {
+		cfg.Engine.Database = fmt.Sprintf("PostgreSQL at %s:%d/%s", pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, pcfg.ConnConfig.Database)
+	}
+	return &Store{Engine: backends.NewEngine(d, cfg.Engine), pool: pool, log: log, sessionTimeout: timeout}, nil
 }
 
 // Pool returns the connection pool (notify/pgnotify takes its listener
@@ -117,6 +143,8 @@ func (s *Store) Close() error {
 func (s *Store) TryLead(ctx context.Context) (bool, error) {
 	s.leadMu.Lock()
 	defer s.leadMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, backends.LeaderCheckTimeout)
+	defer cancel()
 	if s.leadConn != nil {
 		if err := s.leadConn.Ping(ctx); err == nil {
 			return true, nil
@@ -138,6 +166,20 @@ func (s *Store) TryLead(ctx context.Context) (bool, error) {
 		_ = conn.Close(context.Background())
 		return false, nil
 	}
+	// The lock lives as long as this session: if this instance goes
+	// silent (frozen, partitioned), the server ends the session after the
+	// session timeout and the lock passes on. TryLead's pings keep it
+	// busy while the instance runs.
+	if _, err := conn.Exec(ctx, qIdleSessionTimeout, s.sessionTimeout); err != nil {
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "42704" { // undefined_object: before PostgreSQL 14
+			_ = conn.Close(context.Background())
+			return false, err
+		}
+		if !s.oldServer.Swap(true) {
+			s.log.Warn("this PostgreSQL has no idle_session_timeout (it came in version 14): if the instance holding the leader lock freezes, the lock stays with it until its connection breaks")
+		}
+	}
 	s.leadConn = conn
 	return true, nil
 }
@@ -146,16 +188,29 @@ func (s *Store) TryLead(ctx context.Context) (bool, error) {
 type Member = backends.Member
 
 // Heartbeat records this instance as alive, and as the leader if m.Leader
-// (clearing any other instance's stale leader mark).
+// (clearing any other instance's stale leader mark). The leader's marks
+// are written on the session that holds the leader lock: an instance that
+// lost the lock while it was frozen cannot mark itself leader again on the
+// strength of what it held before (its session was ended).
 func (s *Store) Heartbeat(ctx context.Context, m backends.Member) error {
-	if _, err := s.pool.Exec(ctx, qHeartbeat, int64(m.ID), m.Name, strings.Join(m.ClientURLs, ","), m.Leader); err != nil {
+	if !m.Leader {
+		_, err := s.pool.Exec(ctx, qHeartbeat, int64(m.ID), m.Name, strings.Join(m.ClientURLs, ","), false)
 		return err
 	}
-	if !m.Leader {
-		return nil
+	s.leadMu.Lock()
+	defer s.leadMu.Unlock()
+	if s.leadConn == nil {
+		return backends.ErrNotLeader
 	}
-	_, err := s.pool.Exec(ctx, qUnmarkLeaders, int64(m.ID))
-	return err
+	b := &pgx.Batch{}
+	b.Queue(qHeartbeat, int64(m.ID), m.Name, strings.Join(m.ClientURLs, ","), true)
+	b.Queue(qUnmarkLeaders, int64(m.ID))
+	if err := s.leadConn.SendBatch(ctx, b).Close(); err != nil {
+		_ = s.leadConn.Close(context.Background())
+		s.leadConn = nil
+		return fmt.Errorf("%w: %w", backends.ErrNotLeader, err)
+	}
+	return nil
 }
 
 // Members lists instances that sent a heartbeat within maxAge.
@@ -227,6 +282,9 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 
 type dialect struct {
 	pool *pgxpool.Pool
+	// sessionTimeout is idle_in_transaction_session_timeout for write
+	// transactions (milliseconds, as a setting's text).
+	sessionTimeout string
 
 	tailMu sync.Mutex // guards tail
 	tail   *pgx.Conn  // TailChanges' own connection; nil until first used
@@ -263,6 +321,10 @@ func (d *dialect) BeginBatch(ctx context.Context, keys [][]byte) (backends.Tx, [
 	t := &txn{q: c, conn: c, locked: true}
 	b := &pgx.Batch{}
 	b.Queue(qBeginWrite)
+	// A transaction holding the write lock whose instance goes silent is
+	// ended by the server after the session timeout (before the lock, so
+	// that a wait for it counts as well).
+	b.Queue(qIdleTxTimeout, d.sessionTimeout)
 	b.Queue(qLockMeta).QueryRow(func(r pgx.Row) error { return r.Scan(&t.lockedRev, &t.lockedCompact) })
 	var kvs []*mvccpb.KeyValue
 	if len(keys) > 0 {

@@ -10,10 +10,14 @@ const (
 	// committed revision.
 	NotifyChannel = "kvsql_commits"
 
-	qRevisions   = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1`
-	qBeginWrite  = `BEGIN ISOLATION LEVEL READ COMMITTED`
-	qLockMeta    = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1 FOR UPDATE`
-	qSetRevision = `WITH u AS (UPDATE kv_meta SET rev = $1 WHERE id = 1)
+	qRevisions  = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1`
+	qBeginWrite = `BEGIN ISOLATION LEVEL READ COMMITTED`
+	qLockMeta   = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1 FOR UPDATE`
+	// The session timeouts (Config.SessionTimeout), in milliseconds: for
+	// the write transaction only, and for the leader lock's session.
+	qIdleTxTimeout      = `SELECT set_config('idle_in_transaction_session_timeout', $1, true)`
+	qIdleSessionTimeout = `SELECT set_config('idle_session_timeout', $1, false)`
+	qSetRevision        = `WITH u AS (UPDATE kv_meta SET rev = $1 WHERE id = 1)
 		SELECT pg_notify('` + NotifyChannel + `', $1::text)`
 	qSetCompact = `UPDATE kv_meta SET compact_rev = $1 WHERE id = 1`
 

@@ -52,6 +52,9 @@ func Open(ctx context.Context, cfg Config) (*backends.Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Engine.Database == "" {
+		cfg.Engine.Database = "SQLite at " + cfg.Path
+	}
 	return backends.NewEngine(d, cfg.Engine), nil
 }
 
