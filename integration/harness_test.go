@@ -14,7 +14,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
-	"google.golang.org/grpc"
 
 	"github.com/kvsql/kvsql/backends"
 	"github.com/kvsql/kvsql/backends/sqlite"
@@ -78,17 +77,22 @@ func serveKVSQL(t testing.TB, be backends.Backend, src interface {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(srv.GRPCOptions()...)
-	srv.Register(gs)
+	// Served as the binary serves it: gRPC and HTTP on one port.
+	front, err := srv.NewFrontend(kvserver.FrontendConfig{Listeners: []kvserver.ClientListener{{Listener: lis}}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	runDone := make(chan error, 1)
 	go func() { runDone <- srv.Run(ctx) }()
 	serveDone := make(chan error, 1)
-	go func() { serveDone <- gs.Serve(lis) }()
+	go func() { serveDone <- front.Serve() }()
 	t.Cleanup(func() {
 		srv.Shutdown()
-		gs.GracefulStop()
-		<-serveDone
+		front.Stop(context.Background())
+		if err := <-serveDone; err != nil {
+			t.Errorf("serve: %v", err)
+		}
 		cancel()
 		if err := <-runDone; err != nil {
 			t.Errorf("kvserver.Run: %v", err)
