@@ -63,6 +63,15 @@ func serveKVSQL(t testing.TB, be backends.Backend, src interface {
 		t.Fatal(err)
 	}
 	ep := "http://" + lis.Addr().String()
+	return serveFrontend(t, be, src, opts, kvserver.FrontendConfig{Listeners: []kvserver.ClientListener{{Listener: lis}}}, ep)
+}
+
+// serveFrontend serves be on fc's listeners until the test ends; ep is the
+// advertised client URL.
+func serveFrontend(t testing.TB, be backends.Backend, src interface {
+	Next(context.Context, int64) (int64, error)
+}, opts serverOptions, fc kvserver.FrontendConfig, ep string) server {
+	t.Helper()
 	srv, err := kvserver.New(kvserver.Config{
 		Backend:                be,
 		Notify:                 src,
@@ -78,7 +87,7 @@ func serveKVSQL(t testing.TB, be backends.Backend, src interface {
 		t.Fatal(err)
 	}
 	// Served as the binary serves it: gRPC and HTTP on one port.
-	front, err := srv.NewFrontend(kvserver.FrontendConfig{Listeners: []kvserver.ClientListener{{Listener: lis}}})
+	front, err := srv.NewFrontend(fc)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,7 +47,7 @@ func parseClientURLs(c *config) ([]clientURL, error) {
 			if u.Scheme != "http" && u.Scheme != "https" {
 				return nil, fmt.Errorf("%s %q: scheme must be http or https", set.flag, raw)
 			}
-			if prev, dup := seen[u.Host]; dup {
+			if prev, dup := seen[u.Host]; dup && u.Port() != "0" {
 				return nil, fmt.Errorf("%s %q: %s is already served by %s", set.flag, raw, u.Host, prev)
 			}
 			seen[u.Host] = set.flag + " " + raw
