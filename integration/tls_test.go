@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -335,6 +336,19 @@ func TestProcessTLSFlags(t *testing.T) {
 	}
 	if code, body, err := httpsGet(t, url+"/health", ca, &good, false); err != nil || code != http.StatusOK {
 		t.Errorf("GET /health: %d %q %v", code, body, err)
+	}
+	// --auto-tls: a generated certificate in the data dir.
+	auto := startKVSQLProcURL(t, "https", "--auto-tls")
+	if _, err := os.Stat(filepath.Join(auto.DataDir, "fixtures", "client", "cert.pem")); err != nil {
+		t.Errorf("--auto-tls certificate: %v", err)
+	}
+	ac, err := clientv3.New(clientv3.Config{Endpoints: []string{"https://" + auto.Addr}, TLS: &tls.Config{InsecureSkipVerify: true}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	if err := putErr(ac); err != nil {
+		t.Errorf("--auto-tls: %v", err)
 	}
 	if curl, err := exec.LookPath("curl"); err == nil {
 		out, err := exec.Command(curl, "-sS", "--max-time", "30", "--cacert", ca.CAFile, "--cert", good.CertFile, "--key", good.KeyFile, url+"/health").CombinedOutput()
