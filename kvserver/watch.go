@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"sort"
 	"time"
 
@@ -137,7 +138,13 @@ func (st *watchStream) run(ctx context.Context, ctrl <-chan *pb.WatchRequest, re
 			if errors.Is(err, context.Canceled) || ctx.Err() != nil {
 				return rpctypes.ErrGRPCWatchCanceled
 			}
-			return nil // io.EOF: the client closed its side
+			if !errors.Is(err, io.EOF) {
+				return err
+			}
+			// The client closed its side (as the JSON gateway does once
+			// it has read the request body): as etcd, keep sending
+			// events until the stream itself ends.
+			recvErr = nil
 		case <-changed:
 		case <-ticker.C:
 			if err := st.progressTick(rev); err != nil {

@@ -36,7 +36,8 @@ const MaxKeyBytes = 2048
 
 // Config configures Open.
 type Config struct {
-	// DSN is a go-sql-driver/mysql DSN: user:pass@tcp(host:3306)/db.
+	// DSN is a kvsql endpoint: [mysql://]user:pass@tcp(host:3306)/db with
+	// the driver's parameters and kvsql's TLS ones (see ParseEndpoint).
 	DSN string
 	// MaxOpenConns caps the connection pool (default 32).
 	MaxOpenConns int
@@ -47,20 +48,6 @@ type Config struct {
 	// 0 means backends.DefaultSessionTimeout. Whole seconds.
 	SessionTimeout time.Duration
 	Engine         backends.EngineConfig
-}
-
-// ParseEndpoint turns a kvsql endpoint (mysql://user:pass@tcp(host:port)/db)
-// into a driver config.
-func ParseEndpoint(endpoint string) (*gomysql.Config, error) {
-	dsn := strings.TrimPrefix(endpoint, "mysql://")
-	cfg, err := gomysql.ParseDSN(dsn)
-	if err != nil {
-		return nil, fmt.Errorf("mysql: parse endpoint (want mysql://user:pass@tcp(host:3306)/db): %w", err)
-	}
-	if cfg.DBName == "" {
-		return nil, errors.New("mysql: the endpoint names no database (want mysql://user:pass@tcp(host:3306)/db)")
-	}
-	return cfg, nil
 }
 
 // connCharset and connCollation are the character set every connection

@@ -41,7 +41,8 @@ const MaxKeyBytes = 2048
 // Config configures Open.
 type Config struct {
 	// URL is a libpq-style connection URL or DSN, parsed by
-	// pgxpool.ParseConfig (pool_max_conns, sslmode, ... are honoured).
+	// pgxpool.ParseConfig (pool_max_conns, sslmode, sslrootcert, ... are
+	// honoured). Open's errors never contain it.
 	URL string
 	// StatementTimeout, if set, bounds every statement on the server.
 	StatementTimeout time.Duration
@@ -77,7 +78,7 @@ var _ backends.Backend = (*Store)(nil)
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	pcfg, err := pgxpool.ParseConfig(cfg.URL)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: parse endpoint: %w", err)
+		return nil, parseError(err)
 	}
 	if cfg.StatementTimeout > 0 {
 		pcfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(cfg.StatementTimeout.Milliseconds(), 10)
