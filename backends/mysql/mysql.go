@@ -85,9 +85,8 @@ type Store struct {
 
 	leadMu   sync.Mutex // guards leadConn
 	leadConn *sql.Conn  // holds the leader lock while open
-	// sessionTimeout is Config.SessionTimeout in whole seconds, as a
-	// setting's text.
-	sessionTimeout string
+	// sessionTimeout is Config.SessionTimeout in whole seconds.
+	sessionTimeout int
 }
 
 var _ backends.Backend = (*Store)(nil)
@@ -106,7 +105,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if dc.Timeout == 0 {
 		dc.Timeout = dbnet.ConnectTimeout
 	}
-	sessionTimeout := strconv.Itoa(max(1, int(cmp.Or(cfg.SessionTimeout, backends.DefaultSessionTimeout).Round(time.Second).Seconds())))
+	sessionSecs := max(1, int(cmp.Or(cfg.SessionTimeout, backends.DefaultSessionTimeout).Round(time.Second).Seconds()))
+	sessionTimeout := strconv.Itoa(sessionSecs)
 	if err := setCharset(dc); err != nil {
 		return nil, err
 	}
@@ -192,7 +192,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Engine.Database == "" {
 		cfg.Engine.Database = fmt.Sprintf("MySQL at %s/%s", dc.Addr, dc.DBName)
 	}
-	return &Store{Engine: backends.NewEngine(d, cfg.Engine), db: db, cfg: dc, leader: leaderLock + "." + dc.DBName, sessionTimeout: sessionTimeout}, nil
+	return &Store{Engine: backends.NewEngine(d, cfg.Engine), db: db, cfg: dc, leader: leaderLock + "." + dc.DBName, sessionTimeout: sessionSecs}, nil
 }
 
 // DB returns the connection pool.
