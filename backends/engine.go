@@ -33,16 +33,46 @@ type EngineConfig struct {
 	// OnCommit, if set, is called after every commit that created new
 	// revisions, with the newest revision. It must not block.
 	OnCommit func(rev int64)
-	// OnBatch, if set, is called after every group-commit transaction with
-	// how many requests it carried, how long it took and whether it failed.
-	// It must not block.
-	OnBatch func(requests int, took time.Duration, err error)
+	// Observer, if set, is told of every queued write and every
+	// group-commit transaction (kvserver's metrics implement it).
+	Observer Observer
 	// MaxKeyBytes, if set, is the longest key the database can store; a put
 	// of a longer key fails with ErrKeyTooLarge before anything is written.
 	MaxKeyBytes int
 	// GetsInFlight caps the statements concurrent plain Gets run at once
 	// (see getBatcher); 0 means DefaultGetsInFlight.
 	GetsInFlight int
+}
+
+// Observer receives the writer's measurements. Its methods are called from
+// the writer's goroutine or a client's and must not block.
+type Observer interface {
+	// WriteQueued: a write entered the group-commit queue. Each is later
+	// part of exactly one BatchDone's Requests.
+	WriteQueued()
+	// BatchDone: a group-commit transaction ended.
+	BatchDone(BatchStats)
+}
+
+// BatchStats describes one group-commit transaction.
+type BatchStats struct {
+	// Requests is how many client writes the batch took from the queue
+	// (the instance's own lease expiry passes are not counted): Applied
+	// of them committed (those that failed on their own, such as a Put
+	// with an unknown lease, count as applied: the transaction carried
+	// them), Failed did not (the database failed the transaction, or the
+	// client gave up while the write was queued).
+	Requests, Applied, Failed int
+	// Took is the whole transaction, from asking for the write lock to
+	// the end of the commit.
+	Took time.Duration
+	// Commit is the commit step alone: SQLite's COMMIT (the WAL write and
+	// fsync), or on PostgreSQL and MySQL the round trip that carries the
+	// batch's rows and COMMIT, which the server answers after its WAL or
+	// redo-log flush. Zero if the batch failed before it.
+	Commit time.Duration
+	// Err is the database error that failed the batch, if any.
+	Err error
 }
 
 // Engine implements Backend on a Dialect. Writes are group-committed: one
@@ -79,6 +109,10 @@ type writeReq struct {
 	keys  [][]byte // single keys apply will read: loaded for the whole batch at once
 	apply func(ctx context.Context, o *overlay, rev int64) (int64, error)
 	done  chan error
+	// internal marks the instance's own periodic work (lease expiry
+	// passes, lease promotion), which the Observer is not told of: it is
+	// no client's proposal.
+	internal bool
 }
 
 // NewEngine starts an Engine on d. Close stops it and closes d.
@@ -120,12 +154,24 @@ func (e *Engine) write(ctx context.Context, apply func(ctx context.Context, o *o
 	return e.writeKeys(ctx, nil, apply)
 }
 
+// writeInternal is write for the instance's own periodic work.
+func (e *Engine) writeInternal(ctx context.Context, apply func(ctx context.Context, o *overlay, rev int64) (int64, error)) error {
+	return e.enqueue(ctx, &writeReq{ctx: ctx, apply: apply, done: make(chan error, 1), internal: true})
+}
+
 // writeKeys is write with the single keys apply will read, so that the
 // writer loads them for the whole batch in one statement.
 func (e *Engine) writeKeys(ctx context.Context, keys [][]byte, apply func(ctx context.Context, o *overlay, rev int64) (int64, error)) error {
-	req := &writeReq{ctx: ctx, keys: keys, apply: apply, done: make(chan error, 1)}
+	return e.enqueue(ctx, &writeReq{ctx: ctx, keys: keys, apply: apply, done: make(chan error, 1)})
+}
+
+// enqueue hands req to the writer and waits for its batch to end.
+func (e *Engine) enqueue(ctx context.Context, req *writeReq) error {
 	select {
 	case e.writes <- req:
+		if e.cfg.Observer != nil && !req.internal {
+			e.cfg.Observer.WriteQueued()
+		}
 	case <-e.stop:
 		return ErrClosed
 	case <-ctx.Done():
@@ -149,6 +195,9 @@ func (e *Engine) writeLoop() {
 				select {
 				case req := <-e.writes:
 					req.done <- ErrClosed
+					if e.cfg.Observer != nil && !req.internal { // Took 0: never in a transaction
+						e.cfg.Observer.BatchDone(BatchStats{Requests: 1, Failed: 1, Err: ErrClosed})
+					}
 				default:
 					return
 				}
@@ -171,11 +220,23 @@ func (e *Engine) writeLoop() {
 // context ended while queued are skipped.
 func (e *Engine) commitBatch(batch []*writeReq) {
 	ctx := context.Background()
-	began := time.Now()
-	fail := func(err error) {
-		if e.cfg.OnBatch != nil {
-			e.cfg.OnBatch(len(batch), time.Since(began), err)
+	proposals := 0
+	for _, req := range batch {
+		if !req.internal {
+			proposals++
 		}
+	}
+	st := BatchStats{Requests: proposals}
+	began := time.Now()
+	done := func() {
+		st.Took = time.Since(began)
+		if e.cfg.Observer != nil && proposals > 0 {
+			e.cfg.Observer.BatchDone(st)
+		}
+	}
+	fail := func(err error) {
+		st.Failed, st.Applied, st.Err = proposals, 0, err
+		done()
 		for _, req := range batch {
 			req.done <- err
 		}
@@ -197,9 +258,13 @@ func (e *Engine) commitBatch(batch []*writeReq) {
 	}
 	rev := start
 	results := make([]error, len(batch))
+	skipped := 0
 	for i, req := range batch {
 		if err := req.ctx.Err(); err != nil {
 			results[i] = err
+			if !req.internal {
+				skipped++
+			}
 			continue
 		}
 		next, err := req.apply(ctx, o, rev)
@@ -210,16 +275,15 @@ func (e *Engine) commitBatch(batch []*writeReq) {
 		}
 		rev = next
 	}
-	if err := e.finishBatch(ctx, tx, o, start, rev); err != nil {
+	if err := e.finishBatch(ctx, tx, o, start, rev, &st.Commit); err != nil {
 		fail(err)
 		return
 	}
 	if rev != start && e.cfg.OnCommit != nil {
 		e.cfg.OnCommit(rev)
 	}
-	if e.cfg.OnBatch != nil {
-		e.cfg.OnBatch(len(batch), time.Since(began), nil)
-	}
+	st.Applied, st.Failed = proposals-skipped, skipped
+	done()
 	for i, req := range batch {
 		req.done <- results[i]
 	}
@@ -254,13 +318,18 @@ func (e *Engine) beginBatch(ctx context.Context, keys [][]byte) (Tx, *overlay, e
 // finishBatch writes the batch's queued rows, stores its newest revision
 // rev (if it is past start) and commits: in one round trip where the
 // transaction is a BatchCommitter. On error the transaction is over.
-func (e *Engine) finishBatch(ctx context.Context, tx Tx, o *overlay, start, rev int64) error {
+// commitTook receives the duration of the commit step (see
+// BatchStats.Commit).
+func (e *Engine) finishBatch(ctx context.Context, tx Tx, o *overlay, start, rev int64, commitTook *time.Duration) error {
 	if bc, ok := tx.(BatchCommitter); ok {
 		newRev := int64(0)
 		if rev != start {
 			newRev = rev
 		}
-		if err := bc.CommitBatch(ctx, o.take(), newRev); err != nil {
+		t := time.Now()
+		err := bc.CommitBatch(ctx, o.take(), newRev)
+		*commitTook = time.Since(t)
+		if err != nil {
 			_ = tx.Rollback()
 			return fmt.Errorf("commit revisions %d..%d: %w", start+1, rev, err)
 		}
@@ -276,7 +345,10 @@ func (e *Engine) finishBatch(ctx context.Context, tx Tx, o *overlay, start, rev 
 			return fmt.Errorf("store revision %d: %w", rev, err)
 		}
 	}
-	if err := tx.Commit(); err != nil {
+	t := time.Now()
+	err := tx.Commit()
+	*commitTook = time.Since(t)
+	if err != nil {
 		return fmt.Errorf("commit revision %d: %w", rev, err)
 	}
 	return nil
@@ -525,6 +597,17 @@ func (e *Engine) Hash(ctx context.Context, rev int64) (uint32, int64, error) {
 		return nil
 	})
 	return sum, compact, err
+}
+
+var _ PoolReporter = (*Engine)(nil)
+
+// PoolStats implements PoolReporter for dialects that report their pools
+// (nil otherwise).
+func (e *Engine) PoolStats() []PoolStats {
+	if pr, ok := e.d.(PoolReporter); ok {
+		return pr.PoolStats()
+	}
+	return nil
 }
 
 // Size implements Backend.

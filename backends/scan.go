@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
@@ -156,4 +157,41 @@ func Migrations(fsys fs.FS, dir string) ([]Migration, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Version < out[j].Version })
 	return out, nil
+}
+
+// ScanAlarms reads (member_id, alarm) rows.
+func ScanAlarms(rows Rows) ([]*pb.AlarmMember, error) {
+	var out []*pb.AlarmMember
+	for rows.Next() {
+		var member MemberID
+		var alarm int32
+		if err := rows.Scan(&member, &alarm); err != nil {
+			return nil, err
+		}
+		out = append(out, &pb.AlarmMember{MemberID: uint64(member), Alarm: pb.AlarmType(alarm)})
+	}
+	return out, rows.Err()
+}
+
+// MemberID scans a member ID from a signed column (SQLite, PostgreSQL:
+// the uint64 is stored as its two's complement) or an unsigned one (MySQL).
+type MemberID uint64
+
+// Scan implements sql.Scanner.
+func (m *MemberID) Scan(src any) error {
+	switch v := src.(type) {
+	case int64:
+		*m = MemberID(v)
+	case uint64:
+		*m = MemberID(v)
+	case []byte:
+		n, err := strconv.ParseUint(string(v), 10, 64)
+		if err != nil {
+			return fmt.Errorf("member id %q: %w", v, err)
+		}
+		*m = MemberID(n)
+	default:
+		return fmt.Errorf("member id: unexpected %T", src)
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package kvserver
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/kvsql/kvsql/backends"
@@ -18,7 +19,18 @@ const (
 // one instance at a time holds leadership and does the leader duties
 // (revoking expired leases). Backends without it are always leader.
 type leaderElector interface {
-	TryLead(ctx context.Context) (bool, error)
+	// TryLead reports whether member self holds the leader lock, taking
+	// it if it is free and no leader move to another member is under way.
+	TryLead(ctx context.Context, self uint64) (bool, error)
+}
+
+// leaderMover is implemented by backends whose leadership can be handed to
+// a named instance (Maintenance.MoveLeader).
+type leaderMover interface {
+	// MoveLeader lets only member target take the leader lock for ttl.
+	MoveLeader(ctx context.Context, target uint64, ttl time.Duration) error
+	// Resign gives up the leader lock if this instance holds it.
+	Resign(ctx context.Context) error
 }
 
 // memberRegistry is implemented by backends that several instances share,
@@ -39,7 +51,7 @@ func (s *Server) isLeader(ctx context.Context) bool {
 	if !ok {
 		return true
 	}
-	lead, err := le.TryLead(ctx)
+	lead, err := le.TryLead(ctx, s.memberID)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.log.Warn("leader election failed; will retry", "err", err)
@@ -67,6 +79,7 @@ func (s *Server) heartbeat(ctx context.Context) error {
 		}
 		if ms, err := reg.Members(ctx, memberTimeout); err == nil {
 			s.leaderID.Store(markedLeader(ms, me))
+			s.observeLeader(markedLeader(ms, me))
 			if s.fwd != nil {
 				s.fwd.update(ms, me.Leader)
 			}
@@ -82,6 +95,22 @@ func (s *Server) heartbeat(ctx context.Context) error {
 		case <-t.C:
 		case <-s.leadChanged:
 		}
+	}
+}
+
+// observeLeader records the leader this instance sees (0: none). As in
+// etcd, a leader other than the last one seen counts as a leader change,
+// and so does the first; it is logged once, on the instance that sees it.
+func (s *Server) observeLeader(id uint64) {
+	prev := s.seenLeader.Swap(id)
+	if id != 0 && id != prev {
+		if m := s.cfg.Metrics; m != nil {
+			m.leaderChanges.Inc()
+		}
+		s.log.Info("leader changed", "leader", fmt.Sprintf("%x", id), "previous", fmt.Sprintf("%x", prev), "this_instance_leads", id == s.memberID)
+	}
+	if m := s.cfg.Metrics; m != nil {
+		m.setLeader(id != 0, s.leading.Load())
 	}
 }
 

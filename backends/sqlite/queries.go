@@ -54,6 +54,10 @@ const (
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
 	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry_ms <= ?1 ORDER BY expiry_ms LIMIT ?2`
 
+	qAlarms      = `SELECT member_id, alarm FROM kv_alarm ORDER BY member_id, alarm`
+	qAlarmInsert = `INSERT INTO kv_alarm (member_id, alarm) VALUES (?1, ?2) ON CONFLICT DO NOTHING`
+	qAlarmDelete = `DELETE FROM kv_alarm WHERE member_id = ?1 AND alarm = ?2`
+
 	qPageCount = `PRAGMA page_count`
 	qPageSize  = `PRAGMA page_size`
 	qFreePages = `PRAGMA freelist_count`
@@ -66,6 +70,7 @@ var statements = []string{
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
 	qInsertLog, qUpsertCurrent, qDeleteCurrent, qChanges, qDeleteHistory,
 	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseExtend, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
+	qAlarms, qAlarmInsert, qAlarmDelete,
 }
 
 // rangeStatements picks the range and count statements by key-range shape.

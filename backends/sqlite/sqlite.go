@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/kvsql/kvsql/backends"
@@ -171,9 +172,36 @@ func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
 	return pages * size, (pages - free) * size, nil
 }
 
+// Defragment rewrites the database file without its free pages (VACUUM,
+// on the writer's connection, so writes wait for it), then checkpoints
+// the WAL into the file and truncates the WAL, so that the space goes
+// back to the file system.
 func (d *dialect) Defragment(ctx context.Context) error {
-	_, err := d.w.ExecContext(ctx, `VACUUM`)
-	return err
+	if _, err := d.w.ExecContext(ctx, `VACUUM`); err != nil {
+		return fmt.Errorf("vacuum: %w", err)
+	}
+	if _, err := d.w.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	return nil
+}
+
+var _ backends.ErrorClasser = (*dialect)(nil)
+
+// ErrorClass implements backends.ErrorClasser: SQLite's primary result
+// code (SQLITE_BUSY is 5, SQLITE_FULL 13, ...), where the driver reports one.
+func (d *dialect) ErrorClass(err error) string {
+	var coded interface{ Code() int }
+	if errors.As(err, &coded) {
+		return fmt.Sprintf("sqlite code %d", coded.Code()&0xff)
+	}
+	return ""
+}
+
+// PoolStats implements backends.PoolReporter: the one writer connection
+// and the WAL readers.
+func (d *dialect) PoolStats() []backends.PoolStats {
+	return []backends.PoolStats{backends.SQLPoolStats("sqlite_writer", d.w), backends.SQLPoolStats("sqlite_readers", d.r)}
 }
 
 func (d *dialect) Close() error {
@@ -323,6 +351,32 @@ func (t *txn) Leases(ctx context.Context) ([]int64, error) {
 
 func (t *txn) ExpiredLeases(ctx context.Context, limit int) ([]int64, error) {
 	return t.queryIDs(ctx, qLeaseExpired, nowMillis(), limit)
+}
+
+func (t *txn) AlarmList(ctx context.Context) ([]*pb.AlarmMember, error) {
+	rows, err := t.st.Query(ctx, qAlarms)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanAlarms(rows)
+}
+
+func (t *txn) AlarmInsert(ctx context.Context, member uint64, alarm int32) (bool, error) {
+	return t.changed(t.st.Exec(ctx, qAlarmInsert, int64(member), alarm))
+}
+
+func (t *txn) AlarmDelete(ctx context.Context, member uint64, alarm int32) (bool, error) {
+	return t.changed(t.st.Exec(ctx, qAlarmDelete, int64(member), alarm))
+}
+
+// changed reports whether a statement changed a row.
+func (t *txn) changed(res sql.Result, err error) (bool, error) {
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
 }
 
 func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, error) {

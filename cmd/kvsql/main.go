@@ -70,6 +70,8 @@ type config struct {
 	caFile        string
 	clientCert    bool
 	forward       bool
+	quotaBytes    int64
+	warnApply     time.Duration
 	logLevel      string
 	logFormat     string
 	version       bool
@@ -128,6 +130,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.caFile, "trusted-ca-file", "", "CA bundle to verify client certificates")
 	fs.BoolVar(&c.clientCert, "client-cert-auth", false, "require a client certificate signed by --trusted-ca-file")
 	fs.BoolVar(&c.forward, "forward-writes", true, "PostgreSQL/MySQL with several instances: send writes to the instance holding the leader lock (at its first advertised client URL) so that every instance's writes share one group commit and fsync; without a ready connection to it, an instance writes directly. An https:// leader is verified with --trusted-ca-file (default: the system's roots) and shown --cert-file/--key-file as client certificate")
+	fs.Int64Var(&c.quotaBytes, "quota-backend-bytes", 0, "refuse writes with etcd's \"database space exceeded\" and raise the NOSPACE alarm when the size in use of kvsql's tables would reach this many bytes (0: etcd's default, 2 GiB; negative: no quota)")
+	fs.DurationVar(&c.warnApply, "warning-apply-duration", kvserver.DefaultWarningApplyDuration, "log requests that take longer than this (etcd's \"apply request took too long\")")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&c.version, "version", false, "print the version and exit")
@@ -175,7 +179,7 @@ func newLogger(c *config, w io.Writer) (*slog.Logger, error) {
 }
 
 // openBackend picks the backend from the endpoint URL's scheme.
-func openBackend(ctx context.Context, c *config, log *slog.Logger, onBatch func(int, time.Duration, error)) (backends.Backend, notify.Source, error) {
+func openBackend(ctx context.Context, c *config, log *slog.Logger, obs backends.Observer) (backends.Backend, notify.Source, error) {
 	ep := c.endpoint
 	if ep == "" {
 		ep = "sqlite://" + filepath.Join(c.dataDir, sqlite.DefaultFile)
@@ -193,7 +197,7 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, onBatch func(
 		src := local.New()
 		be, err := sqlite.Open(ctx, sqlite.Config{
 			Path:   path,
-			Engine: backends.EngineConfig{Logger: log.With("component", "sqlite"), OnCommit: src.Publish, OnBatch: onBatch},
+			Engine: backends.EngineConfig{Logger: log.With("component", "sqlite"), OnCommit: src.Publish, Observer: obs},
 		})
 		if err != nil {
 			return nil, nil, err
@@ -206,7 +210,7 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, onBatch func(
 		st, err := postgres.Open(ctx, postgres.Config{
 			URL:              ep,
 			StatementTimeout: c.stmtTimeout,
-			Engine:           backends.EngineConfig{Logger: log.With("component", "postgres"), OnBatch: onBatch},
+			Engine:           backends.EngineConfig{Logger: log.With("component", "postgres"), Observer: obs},
 		})
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, redact(ep))
@@ -216,7 +220,7 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, onBatch func(
 		}
 		return st, pgnotify.New(st.Pool(), postgres.NotifyChannel, log.With("component", "pgnotify")), nil
 	case "mysql":
-		st, err := mysql.Open(ctx, mysql.Config{DSN: ep, Engine: backends.EngineConfig{Logger: log.With("component", "mysql"), OnBatch: onBatch}})
+		st, err := mysql.Open(ctx, mysql.Config{DSN: ep, Engine: backends.EngineConfig{Logger: log.With("component", "mysql"), Observer: obs}})
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, redactMySQL(ep))
 		}
@@ -370,12 +374,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	var metrics *kvserver.Metrics
 	var metricsSrv []*http.Server
-	var onBatch func(int, time.Duration, error)
+	var obs backends.Observer
 	if c.metricsURLs != "" {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		metrics = kvserver.NewMetrics(reg)
-		onBatch = metrics.OnBatch
+		obs = metrics
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		if c.enablePprof {
@@ -405,7 +409,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}()
 	}
-	be, src, err := openBackend(ctx, c, log, onBatch)
+	be, src, err := openBackend(ctx, c, log, obs)
 	if err != nil {
 		for _, l := range lns {
 			_ = l.Close()
@@ -438,6 +442,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Metrics:                metrics,
 		ForwardWrites:          c.forward,
 		ForwardTLS:             fwdTLS,
+		QuotaBackendBytes:      c.quotaBytes,
+		WarningApplyDuration:   c.warnApply,
 	})
 	if err != nil {
 		return err
