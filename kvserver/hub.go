@@ -215,7 +215,8 @@ func (h *hub) run(ctx context.Context) error {
 	t := time.NewTicker(h.poll)
 	defer t.Stop()
 	backoff := 10 * time.Millisecond
-	stuck := 0 // reads in a row that found nothing while behind
+	stuck := 0                // reads in a row that found nothing while behind
+	var readFailing time.Time // when reads started failing; zero while they work
 	for {
 		h.mu.Lock()
 		before := h.rev
@@ -224,7 +225,13 @@ func (h *hub) run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			h.log.Warn("reading changes failed; retrying", "err", err, "retry_in", backoff)
+			// One line per outage; the retries are Debug.
+			if readFailing.IsZero() {
+				readFailing = time.Now()
+				h.log.Warn("reading changes failed; retrying", "err", err)
+			} else {
+				h.log.Debug("reading changes failed again; retrying", "err", err, "retry_in", backoff)
+			}
 			select {
 			case <-time.After(backoff):
 			case <-ctx.Done():
@@ -234,6 +241,10 @@ func (h *hub) run(ctx context.Context) error {
 			continue
 		}
 		backoff = 10 * time.Millisecond
+		if !readFailing.IsZero() {
+			h.log.Info("reading changes works again", "failed_for", time.Since(readFailing).Round(time.Millisecond))
+			readFailing = time.Time{}
+		}
 		// A source may report a commit before this instance can read it:
 		// MySQL sends a transaction's binlog events before InnoDB makes its
 		// rows visible. Until the log shows what was reported, read again

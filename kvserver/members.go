@@ -72,10 +72,17 @@ func (s *Server) heartbeat(ctx context.Context) error {
 	}
 	t := time.NewTicker(heartbeatInterval)
 	defer t.Stop()
+	failing := false // one line per outage, not one per tick
 	for {
 		me := s.self()
-		if err := reg.Heartbeat(ctx, me); err != nil && ctx.Err() == nil {
+		err := reg.Heartbeat(ctx, me)
+		switch {
+		case err != nil && ctx.Err() == nil && !failing:
 			s.log.Warn("member heartbeat failed; will retry", "err", err)
+			failing = true
+		case err == nil && failing:
+			s.log.Info("member heartbeat works again")
+			failing = false
 		}
 		if ms, err := reg.Members(ctx, memberTimeout); err == nil {
 			s.leaderID.Store(markedLeader(ms, me))
@@ -84,7 +91,7 @@ func (s *Server) heartbeat(ctx context.Context) error {
 				s.fwd.update(ms, me.Leader)
 			}
 		} else if ctx.Err() == nil {
-			s.log.Warn("reading the member list failed; will retry", "err", err)
+			s.log.Debug("reading the member list failed; will retry", "err", err)
 		}
 		select {
 		case <-ctx.Done():
