@@ -40,7 +40,7 @@ type stats struct {
 
 	mu sync.Mutex // guards the fields below
 	// total and inUse are the last measurement (valid if measured);
-	// admitted is the cost of the writes let through since it.
+	// admitted is the cost of the writes let through since it last moved.
 	total, inUse, admitted int64
 	measured               bool
 	alarms                 []*pb.AlarmMember
@@ -99,7 +99,14 @@ func (st *stats) refresh(ctx context.Context) error {
 		return err
 	}
 	st.mu.Lock()
-	st.total, st.inUse, st.admitted, st.measured = total, inUse, 0, true
+	// Writes let through count until the measurement moves: every write
+	// adds history rows, so an unchanged size means the database's
+	// figures do not show them yet (InnoDB refreshes its table statistics
+	// only after a tenth of a table's rows changed).
+	if !st.measured || inUse != st.inUse {
+		st.admitted = 0
+	}
+	st.total, st.inUse, st.measured = total, inUse, true
 	st.setAlarmsLocked(alarms)
 	st.mu.Unlock()
 	if m := st.metrics; m != nil {
