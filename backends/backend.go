@@ -118,10 +118,28 @@ type Backend interface {
 	// for equal histories on any instance.
 	Hash(ctx context.Context, rev int64) (hash uint32, compact int64, err error)
 
-	// Size returns the database size in bytes and the part of it in use.
+	// HashKeys returns a hash of the live key space at the current
+	// revision — every live key with its create and mod revisions,
+	// version, lease and value, in key order — read from one snapshot,
+	// and that revision. Equal on every instance at the same revision.
+	HashKeys(ctx context.Context) (hash uint32, rev int64, err error)
+
+	// Size returns the size of kvsql's tables in bytes, as allocated in
+	// the database, and the part of it in use (see each dialect).
 	Size(ctx context.Context) (size, inUse int64, err error)
 	// Defragment reclaims unused space where the database can.
 	Defragment(ctx context.Context) error
+
+	// Alarms lists the raised alarms (etcd's NOSPACE and CORRUPT), by
+	// member then type. They live in the database: every instance sees them.
+	Alarms(ctx context.Context) ([]*pb.AlarmMember, error)
+	// SetAlarm raises (active) or clears alarm a; changed is false when
+	// it already was raised or clear.
+	SetAlarm(ctx context.Context, a *pb.AlarmMember, active bool) (changed bool, err error)
+
+	// ErrorClass names the class of a database error for logs: "timeout",
+	// "connection", or the database's own class (see each dialect).
+	ErrorClass(err error) string
 
 	// Close stops accepting requests, finishes the ones in flight and closes
 	// the database. It is safe to call more than once.
@@ -156,4 +174,19 @@ type Member struct {
 	// Leader marks the instance that holds the leader lock; the others
 	// forward their writes to it.
 	Leader bool
+}
+
+// PoolStats describes one database connection pool of a backend.
+type PoolStats struct {
+	Name                 string
+	MaxOpen, Open, InUse int
+	Idle                 int
+	WaitCount            int64
+	WaitDuration         time.Duration
+}
+
+// PoolReporter is implemented by backends whose connection pools can be
+// observed (kvserver exports them as kvsql_db_pool_* metrics).
+type PoolReporter interface {
+	PoolStats() []PoolStats
 }

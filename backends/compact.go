@@ -23,7 +23,8 @@ const DefaultCompactStepRows = 1000
 // turns.
 type CompactTx interface {
 	// CleanedTo returns the revision below which every kv_log row has been
-	// processed as a superseding row; locks kv_compact until Commit.
+	// processed as a superseding row (compact+1 once a cleanup for compact
+	// is done); locks kv_compact until Commit.
 	CleanedTo(ctx context.Context) (int64, error)
 	// SetCleanedTo records it.
 	SetCleanedTo(ctx context.Context, rev int64) error
@@ -47,7 +48,7 @@ type CompactTx interface {
 func (e *Engine) Compact(ctx context.Context, rev int64) (int64, error) {
 	e.compactMu.Lock()
 	defer e.compactMu.Unlock()
-	var header int64
+	var header, prev int64
 	var userErr error
 	err := e.write(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
 		header, userErr = cur, nil
@@ -67,6 +68,7 @@ func (e *Engine) Compact(ctx context.Context, rev int64) (int64, error) {
 			userErr = ErrFutureRev
 			return cur, nil
 		}
+		prev = compact
 		return cur, tx.SetCompact(ctx, rev)
 	})
 	if err != nil {
@@ -79,29 +81,33 @@ func (e *Engine) Compact(ctx context.Context, rev int64) (int64, error) {
 	// from now on. The cleanup frees space; if it is cut short, the next
 	// compaction resumes it from kv_compact, so its error is logged, not
 	// returned (a client retrying would only get ErrCompacted).
-	if err := e.cleanHistory(context.WithoutCancel(ctx), rev); err != nil {
+	if err := e.cleanHistory(context.WithoutCancel(ctx), max(prev, 0), rev); err != nil {
 		e.log.Warn("removing compacted history failed; the next compaction resumes it", "compact_rev", rev, "err", err)
 	}
 	return header, nil
 }
 
 // cleanHistory removes the history compaction at compact has freed, in
-// steps of at most CompactStepRows rows, each its own transaction.
-func (e *Engine) cleanHistory(ctx context.Context, compact int64) error {
+// steps of at most CompactStepRows rows, each its own transaction. prev is
+// the compact revision before it: the rows at prev are processed again,
+// since a tombstone at a compact revision is kept (a watch may start
+// there) and can go once the compact revision has passed it.
+func (e *Engine) cleanHistory(ctx context.Context, prev, compact int64) error {
 	limit := e.cfg.CompactStepRows
 	if limit <= 0 {
 		limit = DefaultCompactStepRows
 	}
-	for {
-		done, err := e.cleanStep(ctx, compact, limit)
+	for floor := prev; ; floor = compact + 1 {
+		done, err := e.cleanStep(ctx, floor, compact, limit)
 		if err != nil || done {
 			return err
 		}
 	}
 }
 
-// cleanStep runs one cleanup step and reports whether the cleanup is done.
-func (e *Engine) cleanStep(ctx context.Context, compact int64, limit int) (bool, error) {
+// cleanStep runs one cleanup step, from the recorded progress or floor if
+// that is lower, and reports whether the cleanup is done.
+func (e *Engine) cleanStep(ctx context.Context, floor, compact int64, limit int) (bool, error) {
 	select {
 	case <-e.stop:
 		return true, nil // the next compaction resumes it
@@ -114,12 +120,13 @@ func (e *Engine) cleanStep(ctx context.Context, compact int64, limit int) (bool,
 		return false, fmt.Errorf("begin cleanup: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	from, err := tx.CleanedTo(ctx)
+	cleaned, err := tx.CleanedTo(ctx)
 	if err != nil {
 		return false, fmt.Errorf("read cleanup progress: %w", err)
 	}
+	from := min(cleaned, floor)
 	// Another instance may have cleaned up to a later compaction already.
-	if from >= compact {
+	if from > compact {
 		return true, nil
 	}
 	to, err := tx.StepEnd(ctx, from, compact, limit)
@@ -135,15 +142,12 @@ func (e *Engine) cleanStep(ctx context.Context, compact int64, limit int) (bool,
 	if _, err := tx.DeleteSuperseded(ctx, compact, from, to); err != nil {
 		return false, fmt.Errorf("remove history superseded in revisions %d..%d: %w", from, to-1, err)
 	}
-	// The rows at compact itself are processed again by the next
-	// compaction: a tombstone at compact is kept now (a watch may start at
-	// compact) and removed then.
-	next := min(to, compact)
-	if err := tx.SetCleanedTo(ctx, next); err != nil {
+	// Progress never goes back: another instance may have recorded more.
+	if err := tx.SetCleanedTo(ctx, max(to, cleaned)); err != nil {
 		return false, fmt.Errorf("record cleanup progress: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return false, fmt.Errorf("commit cleanup of revisions %d..%d: %w", from, to-1, err)
 	}
-	return next >= compact, nil
+	return to > compact, nil
 }

@@ -3,6 +3,7 @@ package backends
 import (
 	"context"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
@@ -113,6 +114,13 @@ type Tx interface {
 	Leases(ctx context.Context) ([]int64, error)
 	// ExpiredLeases lists up to limit leases whose expiry has passed.
 	ExpiredLeases(ctx context.Context, limit int) ([]int64, error)
+
+	// AlarmList lists kv_alarm by member then type.
+	AlarmList(ctx context.Context) ([]*pb.AlarmMember, error)
+	// AlarmInsert adds an alarm; false if it was there.
+	AlarmInsert(ctx context.Context, member uint64, alarm int32) (bool, error)
+	// AlarmDelete removes an alarm; false if it was not there.
+	AlarmDelete(ctx context.Context, member uint64, alarm int32) (bool, error)
 
 	Commit() error
 	Rollback() error

@@ -38,10 +38,8 @@ type EngineConfig struct {
 	// OnCommit, if set, is called after every commit that created new
 	// revisions, with the newest revision. It must not block.
 	OnCommit func(rev int64)
-	// OnBatch, if set, is called after every group-commit transaction with
-	// how many requests it carried, how long it took and whether it failed.
-	// It must not block.
-	OnBatch func(requests int, took time.Duration, err error)
+	// Observer, if set, receives the writer's measurements.
+	Observer Observer
 	// MaxKeyBytes, if set, is the longest key the database can store; a put
 	// of a longer key fails with ErrKeyTooLarge before anything is written.
 	MaxKeyBytes int
@@ -61,6 +59,37 @@ type EngineConfig struct {
 	// Database names the database in errors (dialect and address, never
 	// credentials), so that a client told "database error" knows which.
 	Database string
+}
+
+// Observer receives the writer's measurements. Its methods are called from
+// the writer's goroutine or a client's and must not block.
+type Observer interface {
+	// WriteQueued: a write entered the group-commit queue. Each is later
+	// part of exactly one BatchDone's Requests.
+	WriteQueued()
+	// BatchDone: a group-commit transaction ended.
+	BatchDone(BatchStats)
+}
+
+// BatchStats describes one group-commit transaction.
+type BatchStats struct {
+	// Requests is how many client writes the batch took from the queue
+	// (the instance's own lease expiry passes are not counted): Applied
+	// of them committed (those that failed on their own, such as a Put
+	// with an unknown lease, count as applied: the transaction carried
+	// them), Failed did not (the database failed the transaction, or the
+	// client gave up while the write was queued).
+	Requests, Applied, Failed int
+	// Took is the whole transaction, from asking for the write lock to
+	// the end of the commit.
+	Took time.Duration
+	// Commit is the commit step alone: SQLite's COMMIT (the WAL write and
+	// fsync), or on PostgreSQL and MySQL the round trip that carries the
+	// batch's rows and COMMIT, which the server answers after its WAL or
+	// redo-log flush. Zero if the batch failed before it.
+	Commit time.Duration
+	// Err is the database error that failed the batch, if any.
+	Err error
 }
 
 // Engine implements Backend on a Dialect. Writes are group-committed: one
@@ -105,6 +134,10 @@ type writeReq struct {
 	keys  [][]byte // single keys apply will read: loaded for the whole batch at once
 	apply func(ctx context.Context, o *overlay, rev int64) (int64, error)
 	done  chan error
+	// internal marks the instance's own periodic work (lease expiry
+	// passes, lease promotion), which the Observer is not told of: it is
+	// no client's proposal.
+	internal bool
 }
 
 // NewEngine starts an Engine on d. Close stops it and closes d.
@@ -155,10 +188,19 @@ func (e *Engine) write(ctx context.Context, apply func(ctx context.Context, o *o
 	return e.writeKeys(ctx, nil, apply)
 }
 
+// writeInternal is write for the instance's own periodic work.
+func (e *Engine) writeInternal(ctx context.Context, apply func(ctx context.Context, o *overlay, rev int64) (int64, error)) error {
+	return e.enqueue(ctx, &writeReq{ctx: ctx, apply: apply, done: make(chan error, 1), internal: true})
+}
+
 // writeKeys is write with the single keys apply will read, so that the
 // writer loads them for the whole batch in one statement.
 func (e *Engine) writeKeys(ctx context.Context, keys [][]byte, apply func(ctx context.Context, o *overlay, rev int64) (int64, error)) error {
-	req := &writeReq{ctx: ctx, keys: keys, apply: apply, done: make(chan error, 1)}
+	return e.enqueue(ctx, &writeReq{ctx: ctx, keys: keys, apply: apply, done: make(chan error, 1)})
+}
+
+// enqueue hands req to the writer and waits for its batch to end.
+func (e *Engine) enqueue(ctx context.Context, req *writeReq) error {
 	e.sendMu.RLock()
 	if e.closed {
 		e.sendMu.RUnlock()
@@ -168,6 +210,9 @@ func (e *Engine) writeKeys(ctx context.Context, keys [][]byte, apply func(ctx co
 	// waits for this RUnlock), so a full queue only delays this send.
 	select {
 	case e.writes <- req:
+		if e.cfg.Observer != nil && !req.internal {
+			e.cfg.Observer.WriteQueued()
+		}
 	case <-ctx.Done():
 		e.sendMu.RUnlock()
 		return ctx.Err()
@@ -198,6 +243,9 @@ func (e *Engine) writeLoop() {
 				select {
 				case req := <-e.writes:
 					req.done <- ErrClosed
+					if e.cfg.Observer != nil && !req.internal { // Took 0: never in a transaction
+						e.cfg.Observer.BatchDone(BatchStats{Requests: 1, Failed: 1, Err: ErrClosed})
+					}
 				default:
 					return
 				}
@@ -222,13 +270,19 @@ func (e *Engine) writeLoop() {
 // request is then applied again in a transaction of its own, so that the
 // refused one fails alone and the others commit (DESIGN.md, invariant 8).
 func (e *Engine) commitBatch(batch []*writeReq) {
-	results, err := e.applyBatch(batch)
+	results, st, err := e.applyBatch(batch)
+	retry := errors.Is(err, ErrRefused) && len(batch) > 1
+	// Every client write is reported in exactly one BatchDone: a batch
+	// retried request by request is reported by the retries.
+	if e.cfg.Observer != nil && st.Requests > 0 && !retry {
+		e.cfg.Observer.BatchDone(st)
+	}
 	switch {
 	case err == nil:
 		for i, req := range batch {
 			req.done <- results[i]
 		}
-	case errors.Is(err, ErrRefused) && len(batch) > 1:
+	case retry:
 		for _, req := range batch {
 			e.commitBatch([]*writeReq{req})
 		}
@@ -245,7 +299,7 @@ func (e *Engine) commitBatch(batch []*writeReq) {
 // is unknown). A refusal by the database after the write lock was taken is
 // wrapped in ErrRefused. Requests whose context ended while queued are
 // skipped.
-func (e *Engine) applyBatch(batch []*writeReq) (results []error, err error) {
+func (e *Engine) applyBatch(batch []*writeReq) (results []error, st BatchStats, err error) {
 	// A database that stops answering (a frozen server, a dropped network)
 	// must not hold the writer, and every write queued behind this batch,
 	// for long: past WriteTimeout the batch fails (its outcome unknown if
@@ -254,9 +308,18 @@ func (e *Engine) applyBatch(batch []*writeReq) (results []error, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.WriteTimeout)
 	defer cancel()
 	began := time.Now()
+	skipped := 0
+	for _, req := range batch {
+		if !req.internal {
+			st.Requests++
+		}
+	}
 	defer func() {
-		if e.cfg.OnBatch != nil {
-			e.cfg.OnBatch(len(batch), time.Since(began), err)
+		st.Took = time.Since(began)
+		if err != nil {
+			st.Applied, st.Failed, st.Err = 0, st.Requests, err
+		} else {
+			st.Applied, st.Failed = st.Requests-skipped, skipped
 		}
 	}()
 	var keys [][]byte
@@ -265,7 +328,7 @@ func (e *Engine) applyBatch(batch []*writeReq) (results []error, err error) {
 	}
 	tx, o, err := e.beginBatch(ctx, keys)
 	if err != nil {
-		return nil, err
+		return nil, st, err
 	}
 	refused := func(err error) error {
 		if e.d.RefusedWrite(err) {
@@ -276,29 +339,32 @@ func (e *Engine) applyBatch(batch []*writeReq) (results []error, err error) {
 	start, _, err := tx.Revisions(ctx)
 	if err != nil {
 		_ = tx.Rollback()
-		return nil, fmt.Errorf("read revision: %w", err)
+		return nil, st, fmt.Errorf("read revision: %w", err)
 	}
 	rev := start
 	results = make([]error, len(batch))
 	for i, req := range batch {
 		if err := req.ctx.Err(); err != nil {
 			results[i] = err
+			if !req.internal {
+				skipped++
+			}
 			continue
 		}
 		next, err := req.apply(ctx, o, rev)
 		if err != nil {
 			_ = tx.Rollback()
-			return nil, refused(err)
+			return nil, st, refused(err)
 		}
 		rev = next
 	}
-	if err := e.finishBatch(ctx, tx, o, start, rev); err != nil {
-		return nil, refused(err)
+	if err := e.finishBatch(ctx, tx, o, start, rev, &st.Commit); err != nil {
+		return nil, st, refused(err)
 	}
 	if rev != start && e.cfg.OnCommit != nil {
 		e.cfg.OnCommit(rev)
 	}
-	return results, nil
+	return results, st, nil
 }
 
 // beginBatch opens a batch's write transaction (taking the write lock) and
@@ -330,13 +396,18 @@ func (e *Engine) beginBatch(ctx context.Context, keys [][]byte) (Tx, *overlay, e
 // finishBatch writes the batch's queued rows, stores its newest revision
 // rev (if it is past start) and commits: in one round trip where the
 // transaction is a BatchCommitter. On error the transaction is over.
-func (e *Engine) finishBatch(ctx context.Context, tx Tx, o *overlay, start, rev int64) error {
+// commitTook receives the duration of the commit step (see
+// BatchStats.Commit).
+func (e *Engine) finishBatch(ctx context.Context, tx Tx, o *overlay, start, rev int64, commitTook *time.Duration) error {
 	if bc, ok := tx.(BatchCommitter); ok {
 		newRev := int64(0)
 		if rev != start {
 			newRev = rev
 		}
-		if err := bc.CommitBatch(ctx, o.take(), newRev); err != nil {
+		t := time.Now()
+		err := bc.CommitBatch(ctx, o.take(), newRev)
+		*commitTook = time.Since(t)
+		if err != nil {
 			_ = tx.Rollback()
 			return fmt.Errorf("commit revisions %d..%d: %w", start+1, rev, err)
 		}
@@ -352,7 +423,10 @@ func (e *Engine) finishBatch(ctx context.Context, tx Tx, o *overlay, start, rev 
 			return fmt.Errorf("store revision %d: %w", rev, err)
 		}
 	}
-	if err := tx.Commit(); err != nil {
+	t := time.Now()
+	err := tx.Commit()
+	*commitTook = time.Since(t)
+	if err != nil {
 		return fmt.Errorf("commit revision %d: %w", rev, err)
 	}
 	return nil
@@ -549,6 +623,17 @@ func eventsBytes(evs []*mvccpb.Event) int {
 		n += EventBytes(ev)
 	}
 	return n
+}
+
+var _ PoolReporter = (*Engine)(nil)
+
+// PoolStats implements PoolReporter for dialects that report their pools
+// (nil otherwise).
+func (e *Engine) PoolStats() []PoolStats {
+	if pr, ok := e.d.(PoolReporter); ok {
+		return pr.PoolStats()
+	}
+	return nil
 }
 
 // Size implements Backend.

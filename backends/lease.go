@@ -98,7 +98,7 @@ func (e *Engine) LeaseRenew(ctx context.Context, id int64) (int64, error) {
 // holder can reconnect and keep it alive.
 func (e *Engine) LeasePromote(ctx context.Context) (int64, error) {
 	var n int64
-	err := e.write(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
+	err := e.writeInternal(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
 		var err error
 		n, err = o.tx.LeaseExtendAll(ctx)
 		return cur, err
@@ -147,7 +147,7 @@ func (e *Engine) Leases(ctx context.Context) ([]int64, error) {
 // revision, inside one group-commit batch.
 func (e *Engine) ExpireLeases(ctx context.Context) (int, error) {
 	n := 0
-	err := e.write(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
+	err := e.writeInternal(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
 		n = 0 // apply may run again after a refused batch
 		ids, err := o.tx.ExpiredLeases(ctx, expireBatch)
 		if err != nil {

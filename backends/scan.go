@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
@@ -165,6 +166,33 @@ func ScanIDs(rows Rows) ([]int64, error) {
 	return ids, rows.Err()
 }
 
+// Pending returns the migrations of ms whose version is not in applied, in
+// order. Versions are not a high-water mark: migrations written on
+// branches can land in any order, and a database that has a later one
+// must still get an earlier one that landed after it.
+func Pending(ms []Migration, applied map[int]bool) []Migration {
+	var out []Migration
+	for _, m := range ms {
+		if !applied[m.Version] {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// ScanVersions reads rows of one integer column into a set.
+func ScanVersions(rows Rows) (map[int]bool, error) {
+	applied := map[int]bool{}
+	for rows.Next() {
+		var v int
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		applied[v] = true
+	}
+	return applied, rows.Err()
+}
+
 // Migration is one schema file, NNN_name.sql.
 type Migration struct {
 	Version int
@@ -193,4 +221,41 @@ func Migrations(fsys fs.FS, dir string) ([]Migration, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Version < out[j].Version })
 	return out, nil
+}
+
+// ScanAlarms reads (member_id, alarm) rows.
+func ScanAlarms(rows Rows) ([]*pb.AlarmMember, error) {
+	var out []*pb.AlarmMember
+	for rows.Next() {
+		var member MemberID
+		var alarm int32
+		if err := rows.Scan(&member, &alarm); err != nil {
+			return nil, err
+		}
+		out = append(out, &pb.AlarmMember{MemberID: uint64(member), Alarm: pb.AlarmType(alarm)})
+	}
+	return out, rows.Err()
+}
+
+// MemberID scans a member ID from a signed column (SQLite, PostgreSQL:
+// the uint64 is stored as its two's complement) or an unsigned one (MySQL).
+type MemberID uint64
+
+// Scan implements sql.Scanner.
+func (m *MemberID) Scan(src any) error {
+	switch v := src.(type) {
+	case int64:
+		*m = MemberID(v)
+	case uint64:
+		*m = MemberID(v)
+	case []byte:
+		n, err := strconv.ParseUint(string(v), 10, 64)
+		if err != nil {
+			return fmt.Errorf("member id %q: %w", v, err)
+		}
+		*m = MemberID(n)
+	default:
+		return fmt.Errorf("member id: unexpected %T", src)
+	}
+	return nil
 }

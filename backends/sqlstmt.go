@@ -74,3 +74,10 @@ func (t StmtTx) QueryRow(ctx context.Context, q string, args []any, dst ...any) 
 	}
 	return t.Tx.QueryRowContext(ctx, q, args...).Scan(dst...)
 }
+
+// SQLPoolStats describes a database/sql pool.
+func SQLPoolStats(name string, db *sql.DB) PoolStats {
+	st := db.Stats()
+	return PoolStats{Name: name, MaxOpen: st.MaxOpenConnections, Open: st.OpenConnections, InUse: st.InUse,
+		Idle: st.Idle, WaitCount: st.WaitCount, WaitDuration: st.WaitDuration}
+}

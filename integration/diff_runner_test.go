@@ -44,11 +44,13 @@ type target struct {
 	kv    pb.KVClient
 	lease pb.LeaseClient
 	watch pb.WatchClient
+	maint pb.MaintenanceClient
 }
 
 func newTarget(t testing.TB, name string, s server) target {
 	conn := newClient(t, s).ActiveConnection()
-	return target{name: name, kv: pb.NewKVClient(conn), lease: pb.NewLeaseClient(conn), watch: pb.NewWatchClient(conn)}
+	return target{name: name, kv: pb.NewKVClient(conn), lease: pb.NewLeaseClient(conn), watch: pb.NewWatchClient(conn),
+		maint: pb.NewMaintenanceClient(conn)}
 }
 
 // differ sends every operation to etcd (want) and kvsql (got).

@@ -54,11 +54,11 @@ func TestMetricsEndpoint(t *testing.T) {
 	// The client URL serves the same registry, as etcd's does.
 	for _, body := range []string{scrape(addr), scrape(p.Addr)} {
 		for _, want := range []string{
-			`kvsql_grpc_requests_total{code="OK",method="Put"} 5`,
-			`kvsql_watchers 1`,
+			`grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 5`,
+			`etcd_debugging_mvcc_watcher_total 1`,
 			`kvsql_watch_revision ` + strconv.FormatInt(rev, 10),
 			`kvsql_write_batch_requests_count`,
-			`kvsql_write_batch_seconds_bucket`,
+			`etcd_disk_backend_commit_duration_seconds_bucket`,
 			`go_goroutines`,
 		} {
 			if !strings.Contains(body, want) {

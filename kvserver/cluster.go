@@ -19,11 +19,11 @@ type clusterService struct {
 func (c *clusterService) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.MemberListResponse, error) {
 	cur, err := c.s.currentRev(ctx)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, c.s.toGRPC(err)
 	}
 	ms, err := c.s.members(ctx)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, c.s.toGRPC(err)
 	}
 	resp := &pb.MemberListResponse{Header: c.s.header(cur)}
 	for _, m := range ms {

@@ -3,6 +3,7 @@ package kvserver
 import (
 	"context"
 
+	"github.com/prometheus/client_golang/prometheus"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/grpc/codes"
@@ -22,8 +23,9 @@ func (k *kvService) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRes
 	}
 	resp, err := k.s.be.Range(ctx, r)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, k.s.toGRPC(err)
 	}
+	k.s.count(func(m *Metrics) prometheus.Counter { return m.ranges })
 	k.s.fill(resp.Header)
 	return resp, nil
 }
@@ -45,8 +47,9 @@ func (k *kvService) RangeStream(r *pb.RangeRequest, stream pb.KV_RangeStreamServ
 		return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: kvs}})
 	})
 	if err != nil {
-		return toGRPC(err)
+		return k.s.toGRPC(err)
 	}
+	k.s.count(func(m *Metrics) prometheus.Counter { return m.ranges })
 	k.s.fill(resp.Header)
 	return stream.Send(&pb.RangeStreamResponse{RangeResponse: resp})
 }
@@ -58,6 +61,9 @@ func (k *kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse,
 	if err := k.s.checkSize(r); err != nil {
 		return nil, err
 	}
+	if err := k.s.checkWrite(ctx, r); err != nil {
+		return nil, err
+	}
 	if out, ok, err := forward(k.s, ctx, r, pb.KVClient.Put); ok {
 		if err != nil {
 			return nil, err
@@ -67,8 +73,9 @@ func (k *kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse,
 	}
 	resp, err := k.s.be.Txn(ctx, &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: r}}}})
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, k.s.toGRPC(err)
 	}
+	k.s.count(func(m *Metrics) prometheus.Counter { return m.puts })
 	out := resp.Responses[0].GetResponsePut()
 	out.Header = k.s.fill(resp.Header)
 	return out, nil
@@ -81,6 +88,9 @@ func (k *kvService) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (
 	if err := k.s.checkSize(r); err != nil {
 		return nil, err
 	}
+	if err := k.s.checkWrite(ctx, r); err != nil {
+		return nil, err
+	}
 	if out, ok, err := forward(k.s, ctx, r, pb.KVClient.DeleteRange); ok {
 		if err != nil {
 			return nil, err
@@ -90,8 +100,9 @@ func (k *kvService) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (
 	}
 	resp, err := k.s.be.Txn(ctx, &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestDeleteRange{RequestDeleteRange: r}}}})
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, k.s.toGRPC(err)
 	}
+	k.s.count(func(m *Metrics) prometheus.Counter { return m.deletes })
 	out := resp.Responses[0].GetResponseDeleteRange()
 	out.Header = k.s.fill(resp.Header)
 	return out, nil
@@ -112,6 +123,9 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 		if err := k.s.checkSize(r); err != nil {
 			return nil, err
 		}
+		if err := k.s.checkWrite(ctx, r); err != nil {
+			return nil, err
+		}
 		if out, ok, err := forward(k.s, ctx, r, pb.KVClient.Txn); ok {
 			if err != nil {
 				return nil, err
@@ -122,16 +136,47 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 	}
 	resp, err := k.s.be.Txn(ctx, r)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, k.s.toGRPC(err)
+	}
+	if m := k.s.cfg.Metrics; m != nil {
+		m.txns.Inc()
+		m.countOps(resp.Responses)
 	}
 	k.s.fill(resp.Header)
 	return resp, nil
 }
 
 func (k *kvService) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	if err := k.s.checkWrite(ctx, r); err != nil {
+		return nil, err
+	}
 	rev, err := k.s.be.Compact(ctx, r.Revision)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, k.s.toGRPC(err)
 	}
+	k.s.stats.kick() // the history it removed frees space
 	return &pb.CompactionResponse{Header: k.s.header(rev)}, nil
+}
+
+// count increments the counter pick selects, if there are metrics.
+func (s *Server) count(pick func(*Metrics) prometheus.Counter) {
+	if m := s.cfg.Metrics; m != nil {
+		pick(m).Inc()
+	}
+}
+
+// countOps counts the ranges, puts and deletes a txn executed.
+func (m *Metrics) countOps(ops []*pb.ResponseOp) {
+	for _, op := range ops {
+		switch v := op.Response.(type) {
+		case *pb.ResponseOp_ResponseRange:
+			m.ranges.Inc()
+		case *pb.ResponseOp_ResponsePut:
+			m.puts.Inc()
+		case *pb.ResponseOp_ResponseDeleteRange:
+			m.deletes.Inc()
+		case *pb.ResponseOp_ResponseTxn:
+			m.countOps(v.ResponseTxn.Responses)
+		}
+	}
 }

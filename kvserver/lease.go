@@ -32,6 +32,9 @@ func randomLeaseID() int64 {
 }
 
 func (l *leaseService) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	if err := l.s.checkWrite(ctx, r); err != nil { // etcd checks the quota first
+		return nil, err
+	}
 	if r.TTL > MaxLeaseTTL {
 		return nil, rpctypes.ErrGRPCLeaseTTLTooLarge
 	}
@@ -47,18 +50,21 @@ func (l *leaseService) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) 
 			continue // a random ID collided: draw again
 		}
 		if err != nil {
-			return nil, toGRPC(err)
+			return nil, l.s.toGRPC(err)
 		}
 		return &pb.LeaseGrantResponse{Header: l.s.header(rev), ID: pick, TTL: ttl}, nil
 	}
 }
 
 func (l *leaseService) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	if err := l.s.checkWrite(ctx, r); err != nil {
+		return nil, err
+	}
 	// The header carries the revision of the revoke's own deletions, as
 	// etcd's does: a revision read afterwards could include other writes.
 	rev, err := l.s.be.LeaseRevoke(ctx, r.ID)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, l.s.toGRPC(err)
 	}
 	return &pb.LeaseRevokeResponse{Header: l.s.header(rev)}, nil
 }
@@ -66,7 +72,7 @@ func (l *leaseService) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest
 func (l *leaseService) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	ctx := stream.Context()
 	if err := l.s.waitLeasesReady(ctx); err != nil {
-		return toGRPC(err)
+		return l.s.toGRPC(err)
 	}
 	reqs := make(chan *pb.LeaseKeepAliveRequest)
 	errc := make(chan error, 1)
@@ -103,11 +109,11 @@ func (l *leaseService) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) erro
 			ttl, err = 0, nil // etcd answers TTL 0 for an unknown lease
 		}
 		if err != nil {
-			return toGRPC(err)
+			return l.s.toGRPC(err)
 		}
 		cur, err := l.s.currentRev(ctx)
 		if err != nil {
-			return toGRPC(err)
+			return l.s.toGRPC(err)
 		}
 		if err := stream.Send(&pb.LeaseKeepAliveResponse{Header: l.s.header(cur), ID: req.ID, TTL: ttl}); err != nil {
 			return err
@@ -117,18 +123,18 @@ func (l *leaseService) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) erro
 
 func (l *leaseService) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
 	if err := l.s.waitLeasesReady(ctx); err != nil {
-		return nil, toGRPC(err)
+		return nil, l.s.toGRPC(err)
 	}
 	cur, err := l.s.currentRev(ctx)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, l.s.toGRPC(err)
 	}
 	info, err := l.s.be.LeaseInfo(ctx, r.ID, r.Keys)
 	if errors.Is(err, backends.ErrLeaseNotFound) {
 		return &pb.LeaseTimeToLiveResponse{Header: l.s.header(cur), ID: r.ID, TTL: -1}, nil
 	}
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, l.s.toGRPC(err)
 	}
 	return &pb.LeaseTimeToLiveResponse{
 		Header:     l.s.header(cur),
@@ -142,11 +148,11 @@ func (l *leaseService) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiv
 func (l *leaseService) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
 	cur, err := l.s.currentRev(ctx)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, l.s.toGRPC(err)
 	}
 	ids, err := l.s.be.Leases(ctx)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, l.s.toGRPC(err)
 	}
 	out := &pb.LeaseLeasesResponse{Header: l.s.header(cur), Leases: make([]*pb.LeaseStatus, 0, len(ids))}
 	for _, id := range ids {

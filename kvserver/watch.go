@@ -91,6 +91,10 @@ type watchStream struct {
 
 func (ws *watchService) Watch(stream pb.Watch_WatchServer) error {
 	st := &watchStream{s: ws.s, stream: stream, watchers: map[int64]*watcher{}}
+	if m := ws.s.cfg.Metrics; m != nil {
+		m.watchStreams.Inc()
+		defer m.watchStreams.Dec()
+	}
 	ctx := stream.Context()
 	ctrl := make(chan *pb.WatchRequest, ctrlBuffer)
 	recvErr := make(chan error, 1)
@@ -182,7 +186,7 @@ func (st *watchStream) handle(ctx context.Context, req *pb.WatchRequest) error {
 		// hub's cursor may not have reached yet.
 		cur, err := st.s.currentRev(ctx)
 		if err != nil {
-			return toGRPC(err)
+			return st.s.toGRPC(err)
 		}
 		return st.send(&pb.WatchResponse{Header: st.s.header(cur), WatchId: id, Canceled: true})
 	case *pb.WatchRequest_ProgressRequest:
@@ -200,7 +204,7 @@ func (st *watchStream) create(ctx context.Context, c *pb.WatchCreateRequest) err
 	}
 	cur, compact, err := st.s.be.Revisions(ctx)
 	if err != nil {
-		return toGRPC(err)
+		return st.s.toGRPC(err)
 	}
 	fail := func(reason string) error {
 		return st.send(&pb.WatchResponse{Header: st.s.header(cur), WatchId: invalidWatchID, Created: true, Canceled: true, CancelReason: reason})
@@ -292,13 +296,13 @@ func (st *watchStream) deliver(ctx context.Context, w *watcher, rev int64) error
 			if errors.Is(err, backends.ErrCompacted) {
 				_, compact, rerr := st.s.be.Revisions(ctx)
 				if rerr != nil {
-					return toGRPC(rerr)
+					return st.s.toGRPC(rerr)
 				}
 				w.compacted = compact
 				break
 			}
 			if err != nil {
-				return toGRPC(err)
+				return st.s.toGRPC(err)
 			}
 			if len(evs) == 0 {
 				break // not committed yet as far as this snapshot goes
@@ -365,10 +369,10 @@ func (st *watchStream) sendEvents(w *watcher, rev int64, evs []*mvccpb.Event) er
 func (st *watchStream) requestProgress(ctx context.Context) error {
 	cur, err := st.s.currentRev(ctx)
 	if err != nil {
-		return toGRPC(err)
+		return st.s.toGRPC(err)
 	}
 	if err := st.s.hub.waitRev(ctx, cur); err != nil {
-		return toGRPC(err)
+		return st.s.toGRPC(err)
 	}
 	if len(st.watchers) == 0 {
 		return nil // etcd sends nothing when the stream has no watchers

@@ -14,6 +14,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"slices"
 	"strconv"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	gomysql "github.com/go-sql-driver/mysql"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/kvsql/kvsql/backends"
@@ -79,9 +81,11 @@ func setCharset(dc *gomysql.Config) error {
 // registry for several instances sharing one database.
 type Store struct {
 	*backends.Engine
+	d      *dialect
 	db     *sql.DB
 	cfg    *gomysql.Config
 	leader string // GET_LOCK name, per database
+	log    *slog.Logger
 
 	leadMu   sync.Mutex // guards leadConn
 	leadConn *sql.Conn  // holds the leader lock while open
@@ -192,7 +196,20 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Engine.Database == "" {
 		cfg.Engine.Database = fmt.Sprintf("MySQL at %s/%s", dc.Addr, dc.DBName)
 	}
-	return &Store{Engine: backends.NewEngine(d, cfg.Engine), db: db, cfg: dc, leader: leaderLock + "." + dc.DBName, sessionTimeout: sessionSecs}, nil
+	log := cfg.Engine.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Store{Engine: backends.NewEngine(d, cfg.Engine), d: d, db: db, cfg: dc, leader: leaderLock + "." + dc.DBName, log: log, sessionTimeout: sessionSecs}, nil
+}
+
+var _ backends.PoolReporter = (*Store)(nil)
+
+// PoolStats implements backends.PoolReporter: the pool of reads and
+// leases ("mysql") and the group-commit writer's ("mysql_writer").
+func (s *Store) PoolStats() []backends.PoolStats {
+	d := s.d
+	return []backends.PoolStats{backends.SQLPoolStats("mysql", d.db), backends.SQLPoolStats("mysql_writer", d.wdb)}
 }
 
 // DB returns the connection pool.
@@ -207,17 +224,18 @@ func (s *Store) Close() error {
 	err := s.Engine.Close()
 	s.leadMu.Lock()
 	if s.leadConn != nil {
-		_ = s.leadConn.Close()
+		discardConn(s.leadConn)
 		s.leadConn = nil
 	}
 	s.leadMu.Unlock()
 	return err
 }
 
-// TryLead reports whether this instance holds the leader lock (GET_LOCK on
-// a connection of its own), taking it if free. If this process dies its
-// session ends and the server releases the lock.
-func (s *Store) TryLead(ctx context.Context) (bool, error) {
+// TryLead reports whether this instance (member self) holds the leader
+// lock (GET_LOCK on a connection of its own), taking it if it is free and
+// no leader move to another instance is in progress. If this process dies
+// its session ends and the server releases the lock.
+func (s *Store) TryLead(ctx context.Context, self uint64) (bool, error) {
 	s.leadMu.Lock()
 	defer s.leadMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, backends.LeaderCheckTimeout)
@@ -226,7 +244,7 @@ func (s *Store) TryLead(ctx context.Context) (bool, error) {
 		if err := s.leadConn.PingContext(ctx); err == nil {
 			return true, nil
 		}
-		discard(s.leadConn)
+		discardConn(s.leadConn)
 		s.leadConn = nil
 	}
 	c, err := s.db.Conn(ctx)
@@ -234,8 +252,8 @@ func (s *Store) TryLead(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	var got sql.NullInt64
-	if err := c.QueryRowContext(ctx, qGetLock, s.leader, 0).Scan(&got); err != nil {
-		discard(c)
+	if err := c.QueryRowContext(ctx, qTryLead, self, s.leader).Scan(&got); err != nil {
+		discardConn(c)
 		return false, err
 	}
 	if got.Int64 != 1 {
@@ -247,16 +265,41 @@ func (s *Store) TryLead(ctx context.Context) (bool, error) {
 	// session timeout and the lock passes on. TryLead's pings keep it
 	// busy while the instance runs.
 	if _, err := c.ExecContext(ctx, qSessionWaitTimeout, s.sessionTimeout); err != nil {
-		discard(c)
+		discardConn(c)
 		return false, err
 	}
 	s.leadConn = c
+	if _, err := c.ExecContext(ctx, qMoveDone, self); err != nil {
+		// The move expires on its own; the lock is held all the same.
+		s.log.Warn("ending the leader move failed", "err", err)
+	}
 	return true, nil
 }
 
-// discard closes c without returning it to the pool: it may hold a lock or
-// a session setting no other use may inherit.
-func discard(c *sql.Conn) {
+// Resign gives up the leader lock if this instance holds it: the session
+// holding it is closed, not returned to the pool.
+func (s *Store) Resign(ctx context.Context) error {
+	s.leadMu.Lock()
+	defer s.leadMu.Unlock()
+	if s.leadConn == nil {
+		return nil
+	}
+	_, err := s.leadConn.ExecContext(ctx, qReleaseLck, s.leader)
+	discardConn(s.leadConn)
+	s.leadConn = nil
+	return err
+}
+
+// MoveLeader records that only member target may take the leader lock for
+// the next ttl, so that when the leader resigns no other instance takes it.
+func (s *Store) MoveLeader(ctx context.Context, target uint64, ttl time.Duration) error {
+	_, err := s.db.ExecContext(ctx, qMoveLeader, target, ttl.Milliseconds())
+	return err
+}
+
+// discardConn closes c's session instead of returning it to the pool (a
+// named lock dies with its session).
+func discardConn(c *sql.Conn) {
 	_ = c.Raw(func(any) error { return driver.ErrBadConn })
 	_ = c.Close()
 }
@@ -284,7 +327,7 @@ func (s *Store) Heartbeat(ctx context.Context, m backends.Member) error {
 		{qUnmarkLeaders, []any{m.ID}},
 	} {
 		if _, err := s.leadConn.ExecContext(ctx, st.q, st.args...); err != nil {
-			discard(s.leadConn)
+			discardConn(s.leadConn)
 			s.leadConn = nil
 			return fmt.Errorf("%w: %w", backends.ErrNotLeader, err)
 		}
@@ -337,18 +380,20 @@ func migrate(ctx context.Context, db *sql.DB, lock string) error {
 	if _, err := c.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS kv_schema (version INT NOT NULL) ENGINE=InnoDB`); err != nil {
 		return err
 	}
-	var have int
-	if err := c.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM kv_schema`).Scan(&have); err != nil {
+	rows, err := c.QueryContext(ctx, `SELECT version FROM kv_schema`)
+	if err != nil {
+		return err
+	}
+	applied, err := backends.ScanVersions(rows)
+	_ = rows.Close()
+	if err != nil {
 		return err
 	}
 	ms, err := backends.Migrations(schemaFS, "schema")
 	if err != nil {
 		return err
 	}
-	for _, m := range ms {
-		if m.Version <= have {
-			continue
-		}
+	for _, m := range backends.Pending(ms, applied) {
 		for _, stmt := range splitStatements(m.SQL) {
 			if _, err := c.ExecContext(ctx, stmt); err != nil && !alreadyApplied(err) {
 				return fmt.Errorf("migration %s: %w", m.Name, err)
@@ -587,18 +632,48 @@ func (d *dialect) RefusedWrite(err error) bool {
 	return errors.Is(err, gomysql.ErrPktTooLarge)
 }
 
+// Size implements backends.Dialect (see qSize).
 func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
 	var size, inUse int64
 	err := d.db.QueryRowContext(ctx, qSize).Scan(&size, &inUse)
 	return size, inUse, err
 }
 
+// Defragment implements backends.Dialect (see qOptimize). OPTIMIZE TABLE
+// reports a failure as a result row, not as an error.
 func (d *dialect) Defragment(ctx context.Context) error {
-	rows, err := d.db.QueryContext(ctx, `OPTIMIZE TABLE kv_log, kv_current, kv_lease`)
+	rows, err := d.db.QueryContext(ctx, qOptimize)
 	if err != nil {
 		return err
 	}
-	return rows.Close()
+	defer rows.Close()
+	var errs []error
+	for rows.Next() {
+		var table, op, kind, text string
+		if err := rows.Scan(&table, &op, &kind, &text); err != nil {
+			return err
+		}
+		if strings.EqualFold(kind, "error") {
+			errs = append(errs, fmt.Errorf("optimize %s: %s", table, text))
+		}
+	}
+	return errors.Join(append(errs, rows.Err())...)
+}
+
+var _ backends.ErrorClasser = (*dialect)(nil)
+
+// ErrorClass implements backends.ErrorClasser: the server's error number
+// ("mysql error 1205" lock wait timeout, 1213 deadlock, 1040 too many
+// connections, ...), or "connection" for the driver's broken connection.
+func (d *dialect) ErrorClass(err error) string {
+	var me *gomysql.MySQLError
+	switch {
+	case errors.As(err, &me):
+		return fmt.Sprintf("mysql error %d", me.Number)
+	case errors.Is(err, gomysql.ErrInvalidConn):
+		return "connection"
+	}
+	return ""
 }
 
 var _ backends.ChangesReader = (*dialect)(nil)
@@ -1035,6 +1110,32 @@ func (t *txn) Leases(ctx context.Context) ([]int64, error) {
 
 func (t *txn) ExpiredLeases(ctx context.Context, limit int) ([]int64, error) {
 	return t.queryIDs(ctx, qLeaseExpired, limit)
+}
+
+func (t *txn) AlarmList(ctx context.Context) ([]*pb.AlarmMember, error) {
+	rows, err := t.st.Query(ctx, qAlarms)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanAlarms(rows)
+}
+
+func (t *txn) AlarmInsert(ctx context.Context, member uint64, alarm int32) (bool, error) {
+	return changed(t.st.Exec(ctx, qAlarmInsert, member, alarm))
+}
+
+func (t *txn) AlarmDelete(ctx context.Context, member uint64, alarm int32) (bool, error) {
+	return changed(t.st.Exec(ctx, qAlarmDelete, member, alarm))
+}
+
+// changed reports whether a statement changed a row.
+func changed(res sql.Result, err error) (bool, error) {
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
 }
 
 func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, error) {

@@ -93,12 +93,33 @@ const (
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
 	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry_ms <= ` + nowMS + ` ORDER BY expiry_ms LIMIT ?`
 
-	// InnoDB's data_free (free space in the tablespace) can exceed a
-	// table's data and indexes; the columns are unsigned, so subtract as
-	// signed and floor each table at 0.
-	qSize = `SELECT COALESCE(SUM(data_length + index_length), 0),
-		COALESCE(SUM(GREATEST(CAST(data_length + index_length AS SIGNED) - CAST(data_free AS SIGNED), 0)), 0)
-		FROM information_schema.tables WHERE table_schema = DATABASE()`
+	qAlarms      = `SELECT member_id, alarm FROM kv_alarm ORDER BY member_id, alarm`
+	qAlarmInsert = `INSERT IGNORE INTO kv_alarm (member_id, alarm) VALUES (?, ?)`
+	qAlarmDelete = `DELETE FROM kv_alarm WHERE member_id = ? AND alarm = ?`
+
+	// qSize measures kvsql's tables (kv_*) from InnoDB's table statistics:
+	// allocated is data, indexes and the free space of each table's
+	// tablespace (data_free, which can exceed the data itself), in use is
+	// data and indexes. InnoDB refreshes data_length and index_length
+	// when it recalculates a table's statistics (after about a tenth of
+	// its rows changed, and at OPTIMIZE or ANALYZE TABLE).
+	qSize = `SELECT COALESCE(SUM(data_length + index_length + data_free), 0), COALESCE(SUM(data_length + index_length), 0)
+		FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name LIKE 'kv\\_%'`
+
+	// qOptimize rebuilds kvsql's growing tables, which gives their free
+	// space back to the file system (InnoDB recreates the table, online,
+	// and analyzes it).
+	qOptimize = `OPTIMIZE TABLE kv_log, kv_current, kv_lease`
+
+	// qTryLead takes the leader lock if it is free, unless a leader move
+	// to another instance (the second argument is this one) is in
+	// progress; IF evaluates GET_LOCK only when no such move is.
+	qTryLead = `SELECT IF(EXISTS (SELECT 1 FROM kv_leader_move WHERE target <> ? AND until_ms > ` + nowMS + `), 0, GET_LOCK(?, 0))`
+	// qMoveDone ends a leader move once its target holds the lock.
+	qMoveDone = `DELETE FROM kv_leader_move WHERE target = ?`
+	// qMoveLeader records a leader move to a target for some milliseconds.
+	qMoveLeader = `INSERT INTO kv_leader_move (id, target, until_ms) VALUES (1, ?, ` + nowMS + ` + ?)
+		ON DUPLICATE KEY UPDATE target = VALUES(target), until_ms = VALUES(until_ms)`
 
 	qHeartbeat = `INSERT INTO kv_member (id, name, client_urls, heartbeat_ms, leader) VALUES (?, ?, ?, ` + nowMS + `, ?)
 		ON DUPLICATE KEY UPDATE name = VALUES(name), client_urls = VALUES(client_urls), heartbeat_ms = VALUES(heartbeat_ms), leader = VALUES(leader)`
@@ -138,6 +159,7 @@ var statements = append([]string{
 	qChanges, qChangesUpToCurrent,
 	qCleanedTo, qSetCleanedTo, qStepEnd, qDeleteSuperseded, qDeleteTombstones,
 	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseTTL, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
+	qAlarms,
 }, getManyStatements()...)
 
 func getManyStatements() []string {

@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/kvsql/kvsql/backends"
@@ -121,6 +122,16 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return &Store{Engine: backends.NewEngine(d, cfg.Engine), pool: pool, log: log, sessionTimeout: timeout}, nil
 }
 
+var _ backends.PoolReporter = (*Store)(nil)
+
+// PoolStats implements backends.PoolReporter: the pgxpool (the LISTEN,
+// tailer and leader connections are hijacked from it and not counted).
+func (s *Store) PoolStats() []backends.PoolStats {
+	st := s.pool.Stat()
+	return []backends.PoolStats{{Name: "postgres", MaxOpen: int(st.MaxConns()), Open: int(st.TotalConns()),
+		InUse: int(st.AcquiredConns()), Idle: int(st.IdleConns()), WaitCount: st.EmptyAcquireCount(), WaitDuration: st.EmptyAcquireWaitTime()}}
+}
+
 // Pool returns the connection pool (notify/pgnotify takes its listener
 // connection from it).
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
@@ -137,11 +148,12 @@ func (s *Store) Close() error {
 	return err
 }
 
-// TryLead reports whether this instance holds the leader lock, taking it if
-// it is free. The lock is a session advisory lock on a connection of its
-// own: if this process dies, PostgreSQL drops the session and the lock, and
-// another instance takes over on its next try.
-func (s *Store) TryLead(ctx context.Context) (bool, error) {
+// TryLead reports whether this instance (member self) holds the leader
+// lock, taking it if it is free and no leader move to another instance is
+// in progress. The lock is a session advisory lock on a connection of its
+// own: if this process dies, PostgreSQL drops the session and the lock,
+// and another instance takes over on its next try.
+func (s *Store) TryLead(ctx context.Context, self uint64) (bool, error) {
 	s.leadMu.Lock()
 	defer s.leadMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, backends.LeaderCheckTimeout)
@@ -159,7 +171,7 @@ func (s *Store) TryLead(ctx context.Context) (bool, error) {
 	}
 	conn := c.Hijack()
 	var ok bool
-	if err := conn.QueryRow(ctx, qTryLead, int64(leaderLockKey)).Scan(&ok); err != nil {
+	if err := conn.QueryRow(ctx, qTryLead, int64(leaderLockKey), int64(self)).Scan(&ok); err != nil {
 		_ = conn.Close(context.Background())
 		return false, err
 	}
@@ -182,7 +194,31 @@ func (s *Store) TryLead(ctx context.Context) (bool, error) {
 		}
 	}
 	s.leadConn = conn
+	if _, err := conn.Exec(ctx, qMoveDone, int64(self)); err != nil {
+		// The move expires on its own; the lock is held all the same.
+		s.log.Warn("ending the leader move failed", "err", err)
+	}
 	return true, nil
+}
+
+// Resign gives up the leader lock (by ending its session) if this
+// instance holds it.
+func (s *Store) Resign(ctx context.Context) error {
+	s.leadMu.Lock()
+	defer s.leadMu.Unlock()
+	if s.leadConn == nil {
+		return nil
+	}
+	err := s.leadConn.Close(ctx)
+	s.leadConn = nil
+	return err
+}
+
+// MoveLeader records that only member target may take the leader lock for
+// the next ttl, so that when the leader resigns no other instance takes it.
+func (s *Store) MoveLeader(ctx context.Context, target uint64, ttl time.Duration) error {
+	_, err := s.pool.Exec(ctx, qMoveLeader, int64(target), ttl.Milliseconds())
+	return err
 }
 
 // Member is one live instance.
@@ -259,18 +295,20 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS kv_schema (version integer NOT NULL)`); err != nil {
 		return err
 	}
-	var have int
-	if err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(version), 0) FROM kv_schema`).Scan(&have); err != nil {
+	rows, err := tx.Query(ctx, `SELECT version FROM kv_schema`)
+	if err != nil {
+		return err
+	}
+	applied, err := backends.ScanVersions(rows)
+	rows.Close()
+	if err != nil {
 		return err
 	}
 	ms, err := backends.Migrations(schemaFS, "schema")
 	if err != nil {
 		return err
 	}
-	for _, m := range ms {
-		if m.Version <= have {
-			continue
-		}
+	for _, m := range backends.Pending(ms, applied) {
 		if _, err := tx.Exec(ctx, m.SQL); err != nil {
 			return fmt.Errorf("migration %s: %w", m.Name, err)
 		}
@@ -432,22 +470,35 @@ func (d *dialect) RefusedWrite(err error) bool {
 	return false
 }
 
+// Size implements backends.Dialect (see qSize).
 func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
-	var n int64
-	if err := d.pool.QueryRow(ctx, qSize).Scan(&n); err != nil {
+	var total, inUse int64
+	if err := d.pool.QueryRow(ctx, qSize).Scan(&total, &inUse); err != nil {
 		return 0, 0, err
 	}
-	return n, n, nil
+	return total, inUse, nil
 }
 
-// Defragment runs VACUUM on kvsql's tables (VACUUM FULL would lock them).
+// Defragment runs VACUUM (ANALYZE) on kvsql's tables (see qVacuum; VACUUM
+// FULL would lock them).
 func (d *dialect) Defragment(ctx context.Context) error {
-	for _, t := range []string{"kv_log", "kv_current", "kv_lease", "kv_meta"} {
-		if _, err := d.pool.Exec(ctx, "VACUUM "+t); err != nil {
-			return fmt.Errorf("vacuum %s: %w", t, err)
-		}
+	if _, err := d.pool.Exec(ctx, qVacuum); err != nil {
+		return fmt.Errorf("vacuum: %w", err)
 	}
 	return nil
+}
+
+var _ backends.ErrorClasser = (*dialect)(nil)
+
+// ErrorClass implements backends.ErrorClasser: the SQLSTATE class of a
+// server error ("sqlstate 08" connection exception, "40" transaction
+// rollback, "53" insufficient resources, "57" operator intervention, ...).
+func (d *dialect) ErrorClass(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && len(pe.Code) >= 2 {
+		return "sqlstate " + pe.Code[:2]
+	}
+	return ""
 }
 
 func (d *dialect) Close() error {
@@ -717,6 +768,25 @@ func (t *txn) Leases(ctx context.Context) ([]int64, error) {
 
 func (t *txn) ExpiredLeases(ctx context.Context, limit int) ([]int64, error) {
 	return t.queryIDs(ctx, qLeaseExpired, limit)
+}
+
+func (t *txn) AlarmList(ctx context.Context) ([]*pb.AlarmMember, error) {
+	rows, err := t.q.Query(ctx, qAlarms)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanAlarms(rows)
+}
+
+func (t *txn) AlarmInsert(ctx context.Context, member uint64, alarm int32) (bool, error) {
+	tag, err := t.q.Exec(ctx, qAlarmInsert, int64(member), alarm)
+	return tag.RowsAffected() > 0, err
+}
+
+func (t *txn) AlarmDelete(ctx context.Context, member uint64, alarm int32) (bool, error) {
+	tag, err := t.q.Exec(ctx, qAlarmDelete, int64(member), alarm)
+	return tag.RowsAffected() > 0, err
 }
 
 func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, error) {

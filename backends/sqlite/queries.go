@@ -62,6 +62,10 @@ const (
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
 	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry_ms <= ?1 ORDER BY expiry_ms LIMIT ?2`
 
+	qAlarms      = `SELECT member_id, alarm FROM kv_alarm ORDER BY member_id, alarm`
+	qAlarmInsert = `INSERT INTO kv_alarm (member_id, alarm) VALUES (?1, ?2) ON CONFLICT DO NOTHING`
+	qAlarmDelete = `DELETE FROM kv_alarm WHERE member_id = ?1 AND alarm = ?2`
+
 	qPageCount = `PRAGMA page_count`
 	qPageSize  = `PRAGMA page_size`
 	qFreePages = `PRAGMA freelist_count`
@@ -75,6 +79,7 @@ var statements = []string{
 	qInsertLog, qUpsertCurrent, qDeleteCurrent, qChanges,
 	qCleanedTo, qSetCleanedTo, qStepEnd, qDeleteSuperseded, qDeleteTombstones,
 	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseExtend, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
+	qAlarms, qAlarmInsert, qAlarmDelete,
 }
 
 // rangeStatements picks the range and count statements by key-range shape.

@@ -14,9 +14,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/kvsql/kvsql/backends"
@@ -117,19 +117,49 @@ func openDialect(ctx context.Context, cfg Config) (*dialect, error) {
 
 // migrate applies schema/NNN_*.sql files above PRAGMA user_version, in order,
 // each in one transaction.
-func migrate(ctx context.Context, db *sql.DB) error {
-	var have int
-	if err := db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&have); err != nil {
-		return err
+// appliedMigrations returns the versions recorded in kv_schema. Databases
+// from before kv_schema recorded the highest version in PRAGMA user_version
+// and had every migration up to it applied: kv_schema then starts with
+// those.
+func appliedMigrations(ctx context.Context, db *sql.DB, ms []backends.Migration) (map[int]bool, error) {
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS kv_schema (version INTEGER NOT NULL)`); err != nil {
+		return nil, err
 	}
+	rows, err := db.QueryContext(ctx, `SELECT version FROM kv_schema`)
+	if err != nil {
+		return nil, err
+	}
+	applied, err := backends.ScanVersions(rows)
+	_ = rows.Close()
+	if err != nil || len(applied) > 0 {
+		return applied, err
+	}
+	var old int
+	if err := db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&old); err != nil {
+		return nil, err
+	}
+	for _, m := range ms {
+		if m.Version > old {
+			break
+		}
+		if _, err := db.ExecContext(ctx, `INSERT INTO kv_schema (version) VALUES (?)`, m.Version); err != nil {
+			return nil, err
+		}
+		applied[m.Version] = true
+	}
+	return applied, nil
+}
+
+func migrate(ctx context.Context, db *sql.DB) error {
 	ms, err := backends.Migrations(schemaFS, "schema")
 	if err != nil {
 		return err
 	}
-	for _, m := range ms {
-		if m.Version <= have {
-			continue
-		}
+	applied, err := appliedMigrations(ctx, db, ms)
+	if err != nil {
+		return err
+	}
+	for _, m := range backends.Pending(ms, applied) {
 		tx, err := db.BeginTx(ctx, nil)
 		if err != nil {
 			return err
@@ -138,7 +168,7 @@ func migrate(ctx context.Context, db *sql.DB) error {
 			_ = tx.Rollback()
 			return fmt.Errorf("migration %s: %w", m.Name, err)
 		}
-		if _, err := tx.ExecContext(ctx, `PRAGMA user_version = `+strconv.Itoa(m.Version)); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO kv_schema (version) VALUES (?)`, m.Version); err != nil {
 			_ = tx.Rollback()
 			return fmt.Errorf("migration %s: %w", m.Name, err)
 		}
@@ -209,9 +239,36 @@ func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
 	return pages * size, (pages - free) * size, nil
 }
 
+// Defragment rewrites the database file without its free pages (VACUUM,
+// on the writer's connection, so writes wait for it), then checkpoints
+// the WAL into the file and truncates the WAL, so that the space goes
+// back to the file system.
 func (d *dialect) Defragment(ctx context.Context) error {
-	_, err := d.w.ExecContext(ctx, `VACUUM`)
-	return err
+	if _, err := d.w.ExecContext(ctx, `VACUUM`); err != nil {
+		return fmt.Errorf("vacuum: %w", err)
+	}
+	if _, err := d.w.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	return nil
+}
+
+var _ backends.ErrorClasser = (*dialect)(nil)
+
+// ErrorClass implements backends.ErrorClasser: SQLite's primary result
+// code (SQLITE_BUSY is 5, SQLITE_FULL 13, ...), where the driver reports one.
+func (d *dialect) ErrorClass(err error) string {
+	var coded interface{ Code() int }
+	if errors.As(err, &coded) {
+		return fmt.Sprintf("sqlite code %d", coded.Code()&0xff)
+	}
+	return ""
+}
+
+// PoolStats implements backends.PoolReporter: the one writer connection
+// and the WAL readers.
+func (d *dialect) PoolStats() []backends.PoolStats {
+	return []backends.PoolStats{backends.SQLPoolStats("sqlite_writer", d.w), backends.SQLPoolStats("sqlite_readers", d.r)}
 }
 
 func (d *dialect) Close() error {
@@ -353,6 +410,32 @@ func (t *txn) Leases(ctx context.Context) ([]int64, error) {
 
 func (t *txn) ExpiredLeases(ctx context.Context, limit int) ([]int64, error) {
 	return t.queryIDs(ctx, qLeaseExpired, nowMillis(), limit)
+}
+
+func (t *txn) AlarmList(ctx context.Context) ([]*pb.AlarmMember, error) {
+	rows, err := t.st.Query(ctx, qAlarms)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanAlarms(rows)
+}
+
+func (t *txn) AlarmInsert(ctx context.Context, member uint64, alarm int32) (bool, error) {
+	return t.changed(t.st.Exec(ctx, qAlarmInsert, int64(member), alarm))
+}
+
+func (t *txn) AlarmDelete(ctx context.Context, member uint64, alarm int32) (bool, error) {
+	return t.changed(t.st.Exec(ctx, qAlarmDelete, int64(member), alarm))
+}
+
+// changed reports whether a statement changed a row.
+func (t *txn) changed(res sql.Result, err error) (bool, error) {
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
 }
 
 func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, error) {

@@ -60,6 +60,7 @@ type config struct {
 	pollInterval   time.Duration
 	safetyPoll     time.Duration
 	stmtTimeout    time.Duration
+	sessionTimeout time.Duration
 	serverID       uint
 	metricsURLs    string
 	enablePprof    bool
@@ -72,6 +73,8 @@ type config struct {
 	allowedHost    string
 	autoTLS        bool
 	forward        bool
+	quotaBytes     int64
+	warnApply      time.Duration
 	logLevel       string
 	logFormat      string
 	version        bool
@@ -123,6 +126,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.pollInterval, "notify-poll-interval", 100*time.Millisecond, "with --notify=poll: how often to read the log")
 	fs.DurationVar(&c.safetyPoll, "watch-safety-poll", kvserver.DefaultSafetyPoll, "how often watches re-read the log even without a notification (a safety net; never needed for correctness after a reconnect)")
 	fs.DurationVar(&c.stmtTimeout, "db-statement-timeout", 0, "PostgreSQL: statement_timeout for kvsql's statements (0: the server's default)")
+	fs.DurationVar(&c.sessionTimeout, "db-session-timeout", backends.DefaultSessionTimeout, "PostgreSQL/MySQL: how long the database waits for this instance's session that holds the write lock or the leader lock and went silent (the instance froze or lost its network) before ending it, so that the other instances take over (whole seconds on MySQL)")
 	fs.IntVar(&c.maxReqBytes, "max-request-bytes", kvserver.DefaultMaxRequestBytes, "maximum client request size in bytes")
 	fs.IntVar(&c.maxTxnOps, "max-txn-ops", kvserver.DefaultMaxTxnOps, "maximum operations per txn branch")
 	fs.DurationVar(&c.progressEvery, "watch-progress-notify-interval", kvserver.DefaultProgressNotifyInterval, "how often watches with progress_notify get a progress notification")
@@ -135,6 +139,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.allowedHost, "client-cert-allowed-hostname", "", "comma-separated hostnames or IPs a client certificate must be valid for one of")
 	fs.BoolVar(&c.autoTLS, "auto-tls", false, "serve https:// client URLs with a generated self-signed certificate (in <data-dir>/fixtures/client; clients cannot verify it)")
 	fs.BoolVar(&c.forward, "forward-writes", true, "PostgreSQL/MySQL with several instances: send writes to the instance holding the leader lock (at its first advertised client URL) so that every instance's writes share one group commit and fsync; without a ready connection to it, an instance writes directly. An https:// leader is verified with --trusted-ca-file (default: the system's roots) and shown --cert-file/--key-file as client certificate")
+	fs.Int64Var(&c.quotaBytes, "quota-backend-bytes", 0, "refuse writes with etcd's \"database space exceeded\" and raise the NOSPACE alarm when the size in use of kvsql's tables would reach this many bytes (0: etcd's default, 2 GiB; negative: no quota)")
+	fs.DurationVar(&c.warnApply, "warning-apply-duration", kvserver.DefaultWarningApplyDuration, "log requests that take longer than this (etcd's \"apply request took too long\")")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&c.version, "version", false, "print the version and exit")
@@ -182,7 +188,7 @@ func newLogger(c *config, w io.Writer) (*slog.Logger, error) {
 }
 
 // openBackend picks the backend from the endpoint URL's scheme.
-func openBackend(ctx context.Context, c *config, log *slog.Logger, onBatch func(int, time.Duration, error)) (backends.Backend, notify.Source, error) {
+func openBackend(ctx context.Context, c *config, log *slog.Logger, obs backends.Observer) (backends.Backend, notify.Source, error) {
 	ep := c.endpoint
 	if ep == "" {
 		ep = "sqlite://" + filepath.Join(c.dataDir, sqlite.DefaultFile)
@@ -207,7 +213,7 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, onBatch func(
 		src := local.New()
 		be, err := sqlite.Open(ctx, sqlite.Config{
 			Path:   path,
-			Engine: backends.EngineConfig{Logger: log.With("component", "sqlite"), OnCommit: src.Publish, OnBatch: onBatch},
+			Engine: backends.EngineConfig{Logger: log.With("component", "sqlite"), OnCommit: src.Publish, Observer: obs},
 		})
 		if err != nil {
 			return nil, nil, err
@@ -220,7 +226,8 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, onBatch func(
 		st, err := postgres.Open(ctx, postgres.Config{
 			URL:              ep,
 			StatementTimeout: c.stmtTimeout,
-			Engine:           backends.EngineConfig{Logger: log.With("component", "postgres"), OnBatch: onBatch},
+			SessionTimeout:   c.sessionTimeout,
+			Engine:           backends.EngineConfig{Logger: log.With("component", "postgres"), Observer: obs},
 		})
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, describeEndpoint(ep))
@@ -230,7 +237,7 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, onBatch func(
 		}
 		return st, pgnotify.New(st.Pool(), postgres.NotifyChannel, log.With("component", "pgnotify")), nil
 	case "mysql":
-		st, err := mysql.Open(ctx, mysql.Config{DSN: ep, Engine: backends.EngineConfig{Logger: log.With("component", "mysql"), OnBatch: onBatch}})
+		st, err := mysql.Open(ctx, mysql.Config{DSN: ep, SessionTimeout: c.sessionTimeout, Engine: backends.EngineConfig{Logger: log.With("component", "mysql"), Observer: obs}})
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, describeEndpoint(ep))
 		}
@@ -327,7 +334,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}()
 	}
-	be, src, err := openBackend(ctx, c, log, metrics.OnBatch)
+	be, src, err := openBackend(ctx, c, log, metrics)
 	if err != nil {
 		closeListeners()
 		return scrub(err, c.endpoint)
@@ -354,6 +361,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Metrics:                metrics,
 		ForwardWrites:          c.forward,
 		ForwardTLS:             fwdTLS,
+		QuotaBackendBytes:      c.quotaBytes,
+		WarningApplyDuration:   c.warnApply,
 	})
 	if err != nil {
 		closeListeners()
