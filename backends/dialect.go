@@ -82,6 +82,9 @@ type Tx interface {
 	// Changes returns the events of revisions in (after, upTo], in
 	// (rev, sub) order, with PrevKv set from the row at PrevRev.
 	Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error)
+	// History returns up to limit kv_log rows after (afterRev, afterSub),
+	// in (rev, sub) order: a page of the whole history, for snapshots.
+	History(ctx context.Context, afterRev, afterSub int64, limit int) ([]LogRow, error)
 	// DeleteHistory removes kv_log rows with from <= rev < to that no read
 	// at a revision >= compact needs: tombstones and versions superseded by
 	// a newer version at or below compact. It returns the rows removed.
@@ -103,6 +106,10 @@ type Tx interface {
 	LeaseKeys(ctx context.Context, id int64) ([]*mvccpb.KeyValue, error)
 	// Leases lists every lease id in ascending order.
 	Leases(ctx context.Context) ([]int64, error)
+	// LeaseRows returns up to limit leases with an id above afterID, in id
+	// order, each with its TTL and the milliseconds until it expires (Keys
+	// is not set).
+	LeaseRows(ctx context.Context, afterID int64, limit int) ([]Lease, error)
 	// ExpiredLeases lists up to limit leases whose expiry has passed.
 	ExpiredLeases(ctx context.Context, limit int) ([]int64, error)
 

@@ -71,6 +71,11 @@ const (
 		LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.k = l.k AND p.rev = l.prev_rev AND p.deleted = 0
 		WHERE m.id = 1 ORDER BY l.rev, l.sub`
 
+	// qHistory pages through kv_log in (rev, sub) order; it takes
+	// (afterRev, afterRev, afterSub, limit).
+	qHistory = `SELECT rev, sub, k, deleted, create_rev, prev_rev, version, lease, v FROM kv_log
+		WHERE rev >= ? AND (rev > ? OR sub > ?) ORDER BY rev, sub LIMIT ?`
+
 	// qDeleteHistory takes (from, to, compact, compact). MySQL cannot
 	// delete from a table it reads in a subquery, so the rows to delete are
 	// selected through a derived table.
@@ -88,6 +93,7 @@ const (
 	qLeaseKeys    = `SELECT k, create_rev, mod_rev, version, lease, v FROM kv_current WHERE lease = ? ORDER BY k`
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
 	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry_ms <= ` + nowMS + ` ORDER BY expiry_ms LIMIT ?`
+	qLeaseRows    = `SELECT id, ttl, expiry_ms - ` + nowMS + ` FROM kv_lease WHERE id > ? ORDER BY id LIMIT ?`
 
 	// InnoDB's data_free (free space in the tablespace) can exceed a
 	// table's data and indexes; the columns are unsigned, so subtract as
@@ -128,8 +134,8 @@ var statements = append([]string{
 	qRevisions, qSetRevision, qSetCompact, qGetLatest,
 	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
-	qChanges, qChangesUpToCurrent, qDeleteHistory,
-	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseTTL, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
+	qChanges, qChangesUpToCurrent, qHistory, qDeleteHistory,
+	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseTTL, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired, qLeaseRows,
 }, getManyStatements()...)
 
 func getManyStatements() []string {

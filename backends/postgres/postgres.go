@@ -573,6 +573,15 @@ func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, 
 	return backends.ScanEvents(rows)
 }
 
+func (t *txn) History(ctx context.Context, afterRev, afterSub int64, limit int) ([]backends.LogRow, error) {
+	rows, err := t.q.Query(ctx, qHistory, afterRev, afterSub, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanLogRows(rows)
+}
+
 func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error) {
 	tag, err := t.q.Exec(ctx, qDeleteHistory, compact, from, to)
 	if err != nil {
@@ -626,6 +635,15 @@ func (t *txn) Leases(ctx context.Context) ([]int64, error) {
 
 func (t *txn) ExpiredLeases(ctx context.Context, limit int) ([]int64, error) {
 	return t.queryIDs(ctx, qLeaseExpired, limit)
+}
+
+func (t *txn) LeaseRows(ctx context.Context, afterID int64, limit int) ([]backends.Lease, error) {
+	rows, err := t.q.Query(ctx, qLeaseRows, afterID, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanLeases(rows)
 }
 
 func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, error) {

@@ -87,6 +87,10 @@ const (
 		` + prevJoin + `
 		WHERE m.id = 1 ORDER BY l.rev, l.sub`
 
+	// qHistory pages through kv_log in (rev, sub) order after ($1, $2).
+	qHistory = `SELECT rev, sub, key, deleted, create_rev, prev_rev, version, lease, value FROM kv_log
+		WHERE rev >= $1 AND (rev > $1 OR sub > $2) ORDER BY rev, sub LIMIT $3`
+
 	qDeleteHistory = `DELETE FROM kv_log o WHERE o.rev >= $2 AND o.rev < $3 AND o.rev < $1 AND (o.deleted OR EXISTS
 		(SELECT 1 FROM kv_log n WHERE n.key = o.key AND (n.rev, n.sub) > (o.rev, o.sub) AND n.rev <= $1))`
 
@@ -101,6 +105,8 @@ const (
 	qLeaseKeys    = `SELECT key, create_rev, mod_rev, version, lease, value FROM kv_current WHERE lease = $1 ORDER BY key`
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
 	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry <= clock_timestamp() ORDER BY expiry LIMIT $1`
+	qLeaseRows    = `SELECT id, ttl, (EXTRACT(EPOCH FROM (expiry - clock_timestamp())) * 1000)::bigint FROM kv_lease
+		WHERE id > $1 ORDER BY id LIMIT $2`
 
 	qSize = `SELECT pg_database_size(current_database())`
 

@@ -18,3 +18,7 @@ func dsn(path, txlock string) string {
 	return "file:" + path + "?_journal_mode=WAL&_synchronous=FULL" +
 		"&_busy_timeout=10000&_foreign_keys=0&_txlock=" + txlock
 }
+
+// plainDSN opens path as it is (no journal mode or sync change), for
+// reading another program's database.
+func plainDSN(path string) string { return "file:" + path + "?_busy_timeout=10000" }

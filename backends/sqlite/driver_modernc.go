@@ -16,3 +16,7 @@ func dsn(path, txlock string) string {
 	return "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
 		"&_pragma=busy_timeout(10000)&_pragma=foreign_keys(OFF)&_txlock=" + txlock
 }
+
+// plainDSN opens path as it is (no journal mode or sync change), for
+// reading another program's database.
+func plainDSN(path string) string { return "file:" + path + "?_pragma=busy_timeout(10000)" }

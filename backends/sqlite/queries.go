@@ -41,6 +41,10 @@ const (
 		FROM kv_log l LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.key = l.key AND p.rev = l.prev_rev AND p.deleted = 0
 		WHERE l.rev > ?1 AND l.rev <= ?2 ORDER BY l.rev, l.sub`
 
+	// qHistory pages through kv_log in (rev, sub) order after (?1, ?2).
+	qHistory = `SELECT rev, sub, key, deleted, create_rev, prev_rev, version, lease, value FROM kv_log
+		WHERE rev >= ?1 AND (rev > ?1 OR sub > ?2) ORDER BY rev, sub LIMIT ?3`
+
 	qDeleteHistory = `DELETE FROM kv_log WHERE rev >= ?2 AND rev < ?3 AND rev < ?1 AND (deleted = 1 OR EXISTS
 		(SELECT 1 FROM kv_log n WHERE n.key = kv_log.key AND (n.rev, n.sub) > (kv_log.rev, kv_log.sub) AND n.rev <= ?1))`
 
@@ -53,6 +57,7 @@ const (
 	qLeaseKeys    = `SELECT key, create_rev, mod_rev, version, lease, value FROM kv_current WHERE lease = ?1 ORDER BY key`
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
 	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry_ms <= ?1 ORDER BY expiry_ms LIMIT ?2`
+	qLeaseRows    = `SELECT id, ttl, expiry_ms - ?3 FROM kv_lease WHERE id > ?1 ORDER BY id LIMIT ?2`
 
 	qPageCount = `PRAGMA page_count`
 	qPageSize  = `PRAGMA page_size`
@@ -64,8 +69,8 @@ var statements = []string{
 	qRevisions, qSetRevision, qSetCompact,
 	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
-	qInsertLog, qUpsertCurrent, qDeleteCurrent, qChanges, qDeleteHistory,
-	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseExtend, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
+	qInsertLog, qUpsertCurrent, qDeleteCurrent, qChanges, qHistory, qDeleteHistory,
+	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseExtend, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired, qLeaseRows,
 }
 
 // rangeStatements picks the range and count statements by key-range shape.

@@ -260,6 +260,15 @@ func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, 
 	return backends.ScanEvents(rows)
 }
 
+func (t *txn) History(ctx context.Context, afterRev, afterSub int64, limit int) ([]backends.LogRow, error) {
+	rows, err := t.st.Query(ctx, qHistory, afterRev, afterSub, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanLogRows(rows)
+}
+
 func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error) {
 	res, err := t.st.Exec(ctx, qDeleteHistory, compact, from, to)
 	if err != nil {
@@ -325,6 +334,15 @@ func (t *txn) ExpiredLeases(ctx context.Context, limit int) ([]int64, error) {
 	return t.queryIDs(ctx, qLeaseExpired, nowMillis(), limit)
 }
 
+func (t *txn) LeaseRows(ctx context.Context, afterID int64, limit int) ([]backends.Lease, error) {
+	rows, err := t.st.Query(ctx, qLeaseRows, afterID, limit, nowMillis())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanLeases(rows)
+}
+
 func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, error) {
 	rows, err := t.st.Query(ctx, q, args...)
 	if err != nil {
@@ -332,4 +350,16 @@ func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, err
 	}
 	defer rows.Close()
 	return backends.ScanIDs(rows)
+}
+
+// OpenDB opens the SQLite database file at path with kvsql's SQLite driver
+// as a plain database/sql handle, for reading another program's database
+// (kvsql migrate reads kine's state.db). It creates nothing and runs no
+// migration.
+func OpenDB(path string) (*sql.DB, error) {
+	db, err := sql.Open(driverName, plainDSN(path))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	return db, nil
 }
