@@ -8,15 +8,16 @@ import (
 	"testing"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kvsql/kvsql/backends"
 )
 
-// writeHistory gives be a history with overwrites, deletes, a key changed
+// WriteHistory gives be a history with overwrites, deletes, a key changed
 // twice in one revision, leases and a compaction; it returns the current
 // and compact revisions.
-func writeHistory(tb testing.TB, be backends.Backend) (cur, compact int64) {
+func WriteHistory(tb testing.TB, be backends.Backend) (cur, compact int64) {
 	tb.Helper()
 	ctx := context.Background()
 	if err := be.LeaseGrant(ctx, 7, 100); err != nil {
@@ -112,7 +113,7 @@ func readAll(tb testing.TB, be backends.Backend) (cur, compact int64, rows []bac
 func snapshotAndBulkLoad(t *testing.T, open Opener) {
 	ctx := context.Background()
 	src := open(t)
-	writeHistory(t, src)
+	WriteHistory(t, src)
 	cur, compact, rows, leases := readAll(t, src)
 	if cur != 18 || compact != 9 {
 		t.Fatalf("snapshot revisions %d, %d; want 18, 9", cur, compact)
@@ -190,7 +191,7 @@ func snapshotAndBulkLoad(t *testing.T, open Opener) {
 			t.Fatal(err)
 		}
 		if !proto.Equal(got, want) {
-			t.Errorf("range at %d: got %v, want %v", rev, got, want)
+			t.Errorf("range at %d: got %s, want %s", rev, KVString(got.Header.Revision, got.Kvs), KVString(want.Header.Revision, want.Kvs))
 		}
 	}
 	if _, err := dst.Range(ctx, &pb.RangeRequest{Key: []byte("k1"), Revision: compact - 1}); !errors.Is(err, backends.ErrCompacted) {
@@ -209,7 +210,7 @@ func snapshotAndBulkLoad(t *testing.T, open Opener) {
 	}
 	for i := range wantEvs {
 		if !proto.Equal(gotEvs[i], wantEvs[i]) {
-			t.Errorf("event %d: got %v, want %v", i, gotEvs[i], wantEvs[i])
+			t.Errorf("event %d: got %s, want %s", i, EventString(gotEvs[i]), EventString(wantEvs[i]))
 		}
 	}
 	for _, l := range leases {
@@ -314,4 +315,26 @@ func bulkLoadRefusesData(t *testing.T, open Opener) {
 func rowString(r backends.LogRow) string {
 	return fmt.Sprintf("%d.%d %q deleted=%v create=%d prev=%d version=%d lease=%d value=%d bytes",
 		r.Rev, r.Sub, r.Key, r.Deleted, r.CreateRev, r.PrevRev, r.Version, r.Lease, len(r.Value))
+}
+
+// KVString describes a range result compactly (values by their length),
+// for test failure messages.
+func KVString(header int64, kvs []*mvccpb.KeyValue) string {
+	out := fmt.Sprintf("@%d [", header)
+	for _, kv := range kvs {
+		out += kvString(kv) + " "
+	}
+	return out + "]"
+}
+
+func kvString(kv *mvccpb.KeyValue) string {
+	if kv == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("%q(c%d m%d v%d l%d %dB)", kv.Key, kv.CreateRevision, kv.ModRevision, kv.Version, kv.Lease, len(kv.Value))
+}
+
+// EventString describes a watch event compactly, for test failure messages.
+func EventString(ev *mvccpb.Event) string {
+	return fmt.Sprintf("%s %s prev=%s", ev.Type, kvString(ev.Kv), kvString(ev.PrevKv))
 }
