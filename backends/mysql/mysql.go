@@ -319,7 +319,7 @@ func (d *dialect) BeginRead(ctx context.Context) (backends.Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &txn{tx: tx, st: backends.StmtTx{Tx: tx, Prepared: d.stmts}}, nil
+	return &txn{tx: tx, st: &backends.StmtTx{Tx: tx, Prepared: d.stmts}}, nil
 }
 
 func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
