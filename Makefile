@@ -44,8 +44,8 @@ test-deps: ## install the database servers and tools the tests need (as root), o
 test: test-deps $(if $(ETCDCTL),,etcdctl) $(if $(ETCDUTL),,etcdutl) ## run the whole suite with -race, the Kubernetes storage and kube-apiserver tests included (what CI runs)
 	kine=$$(bash scripts/kine.sh) && ETCDCTL=$(or $(ETCDCTL),$(ETCDCTL_BIN)) ETCDUTL=$(or $(ETCDUTL),$(ETCDUTL_BIN)) \
 		KINE=$$kine/kine $(GO) test $(TEST_FLAGS) ./...
-	kube=$$(bash scripts/kube-tools.sh) && cd integration/k8s && \
-		KUBE_APISERVER=$$kube/kube-apiserver KUBECTL=$$kube/kubectl $(GO) test $(TEST_FLAGS) ./...
+	kube=$$(bash scripts/kube-tools.sh) && kine=$$(bash scripts/kine.sh) && cd integration/k8s && \
+		KUBE_APISERVER=$$kube/kube-apiserver KUBECTL=$$kube/kubectl KINE=$$kine/kine $(GO) test $(TEST_FLAGS) ./...
 
 test-race: test ## same as test
 
