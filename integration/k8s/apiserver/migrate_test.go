@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 
+	"github.com/kvsql/kvsql/integration/k8s/etcdtest"
 	"github.com/kvsql/kvsql/internal/testdb"
 )
 
@@ -198,5 +200,96 @@ func TestMigrateFromKine(t *testing.T) {
 				t.Error("watch: no event within 30s")
 			}
 		})
+	}
+}
+
+// TestRestoreFromEtcd: a kube-apiserver on etcd (compacting every 2 s)
+// creates, updates and deletes objects; etcd's snapshot goes through
+// `kvsql snapshot restore`; a kube-apiserver on that kvsql lists the same
+// objects with the same resourceVersions, UIDs and data, and its compactor
+// carries on from etcd's compact_rev_key (its version-compare transaction
+// succeeds, so the key's version moves past the restored one).
+func TestRestoreFromEtcd(t *testing.T) {
+	bin := kubeBinaries(t)
+	kvsql, err := kvsqlBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	etcdURL := etcdtest.Start(t, 0)
+	saKey := newServiceAccountKey(t, t.TempDir())
+	a := newAPIServer(t, bin, "on-etcd", etcdURL, saKey, compactingFlags...)
+	a.mustKubectl(t, nil, "create", "namespace", "restored")
+	for i := range 5 {
+		a.mustKubectl(t, nil, "-n", "restored", "create", "configmap", fmt.Sprintf("cm%d", i), fmt.Sprintf("--from-literal=n=%d", i))
+	}
+	a.mustKubectl(t, nil, "-n", "restored", "create", "secret", "generic", "s1", "--from-literal=password=s3cret")
+	for i := range 3 {
+		a.mustKubectl(t, nil, "-n", "restored", "label", "configmap", "cm1", fmt.Sprintf("round=%d", i), "--overwrite")
+	}
+	a.mustKubectl(t, nil, "-n", "restored", "delete", "configmap", "cm3")
+	ec := newEtcdClient(t, etcdURL)
+	// let the compactor record a compaction, so the snapshot has one
+	if err := eventually(30*time.Second, func() error {
+		r, err := ec.Get(ctx(t), "compact_rev_key")
+		if err != nil || len(r.Kvs) == 0 || r.Kvs[0].Version < 2 {
+			return fmt.Errorf("compact_rev_key %v, %v: no compaction yet", r, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	before := listAll(t, a)
+	a.monitor.stop()
+	a.proc.stop()
+	file := filepath.Join(t.TempDir(), "etcd.db")
+	rc, err := ec.Snapshot(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(f, rc); err != nil {
+		t.Fatal(err)
+	}
+	_ = rc.Close()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ck, err := ec.Get(ctx(t), "compact_rev_key")
+	if err != nil || len(ck.Kvs) != 1 {
+		t.Fatalf("etcd's compact_rev_key: %v, %v", ck, err)
+	}
+	restoredVersion := ck.Kvs[0].Version
+
+	to := "sqlite://" + filepath.Join(t.TempDir(), "kvsql", "state.db")
+	out, err := exec.Command(kvsql, "snapshot", "restore", file, "--endpoint", to).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kvsql snapshot restore: %v\n%s", err, out)
+	}
+	t.Logf("%s", strings.TrimSpace(string(out)))
+	k := startKVSQL(t, "restored", to)
+	b := newAPIServer(t, bin, "on-kvsql", k.url, saKey, compactingFlags...)
+	after := listAll(t, b)
+	for key, want := range before.items {
+		if got := after.items[key]; got != want {
+			t.Errorf("%s after the restore: %q, on etcd %q", key, got, want)
+		}
+	}
+	for key, got := range after.items {
+		if _, ok := before.items[key]; !ok {
+			t.Errorf("%s after the restore was not on etcd: %q", key, got)
+		}
+	}
+	kc := newEtcdClient(t, k.url)
+	if err := eventually(60*time.Second, func() error {
+		r, err := kc.Get(ctx(t), "compact_rev_key")
+		if err != nil || len(r.Kvs) == 0 || r.Kvs[0].Version <= restoredVersion {
+			return fmt.Errorf("compact_rev_key on kvsql %v, %v: still at the restored version %d", r, err, restoredVersion)
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("the apiserver's compactor on the restored kvsql: %v", err)
 	}
 }
