@@ -392,3 +392,31 @@ func TestSnapshotFromEtcd(t *testing.T) {
 		})
 	}
 }
+
+// TestProcessToolErrors: the snapshot and migrate subcommands say what is
+// wrong and what to do, and never print a password.
+func TestProcessToolErrors(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"snapshot"}, "want save or restore"},
+		{[]string{"snapshot", "restore"}, "name the snapshot FILE"},
+		{[]string{"snapshot", "restore", filepath.Join(dir, "missing.db"), "--data-dir", filepath.Join(dir, "d1")}, "no such file"},
+		{[]string{"snapshot", "restore", filepath.Join(dir, "missing.db"), "--endpoint", "sqlite://" + filepath.Join(dir, "d1", "state.db")}, "no such file"},
+		{[]string{"migrate", "--data-dir", filepath.Join(dir, "d2")}, "--from names the kine database"},
+		{[]string{"migrate", "--from", "etcd://x", "--data-dir", filepath.Join(dir, "d3")}, `unknown scheme "etcd"`},
+		{[]string{"migrate", "--from", "kine+sqlite://" + filepath.Join(dir, "nope.db"), "--data-dir", filepath.Join(dir, "d4")}, "kine's SQLite database"},
+		{[]string{"migrate", "--from", "kine+postgres://kine:hunter2@127.0.0.1:1/kine?connect_timeout=2", "--data-dir", filepath.Join(dir, "d1")}, "kine+postgres://kine:xxxxx@127.0.0.1:1/kine"},
+	} {
+		stdout, stderr, code := runKVSQL(t, nil, tc.args...)
+		if code == 0 || !strings.Contains(stderr, tc.want) || strings.Contains(stdout+stderr, "hunter2") {
+			t.Errorf("kvsql %s: exit %d, stdout %q, stderr %q; want a failure saying %q, without the password", strings.Join(tc.args, " "), code, stdout, stderr, tc.want)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "d1")); err == nil {
+			t.Errorf("kvsql %s created the target database before failing", strings.Join(tc.args, " "))
+		}
+	}
+}

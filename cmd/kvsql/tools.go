@@ -127,6 +127,12 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
+	if args[0] == "restore" {
+		// before the target is opened (and, for SQLite, created)
+		if _, err := os.Stat(file); err != nil {
+			return fmt.Errorf("snapshot restore: %w", err)
+		}
+	}
 	be, err := openTarget(ctx, &tf, stderr)
 	if err != nil {
 		return err
@@ -225,6 +231,9 @@ Flags:
 		return err
 	}
 	defer src.Close()
+	if err := src.PingContext(ctx); err != nil {
+		return fmt.Errorf("migrate: connect to %s: %w", shown, err)
+	}
 	be, err := openTarget(ctx, &tf, stderr)
 	if err != nil {
 		return err
