@@ -52,6 +52,15 @@ type Dialect interface {
 	// lock (the kv_meta row) until Commit or Rollback, so that revisions
 	// commit in revision order.
 	BeginWrite(ctx context.Context) (Tx, error)
+	// BeginCompact opens a transaction of compaction's cleanup (see
+	// CompactTx); it does not take the global write lock.
+	BeginCompact(ctx context.Context) (CompactTx, error)
+	// RefusedWrite reports whether err, returned by a write transaction,
+	// is the database refusing one of its statements for what it writes
+	// (a value or key it cannot store, a constraint), after which the
+	// transaction is known not to have committed. A lost connection is not
+	// such a refusal: the outcome of its commit may be unknown.
+	RefusedWrite(err error) bool
 	// Size returns the database size in bytes and the part in use.
 	Size(ctx context.Context) (size, inUse int64, err error)
 	// Defragment reclaims free space.
@@ -80,15 +89,14 @@ type Tx interface {
 	// Write appends rows to kv_log and applies them to kv_current.
 	Write(ctx context.Context, rows []LogRow) error
 	// Changes returns the events of revisions in (after, upTo], in
-	// (rev, sub) order, with PrevKv set from the row at PrevRev.
-	Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error)
+	// (rev, sub) order, with PrevKv set from the row at PrevRev. It stops
+	// after the revision whose events reach maxBytes (0: no limit; see
+	// ScanEvents), so that one read never holds more than that and a
+	// revision.
+	Changes(ctx context.Context, after, upTo int64, maxBytes int) ([]*mvccpb.Event, error)
 	// History returns up to limit kv_log rows after (afterRev, afterSub),
 	// in (rev, sub) order: a page of the whole history, for snapshots.
 	History(ctx context.Context, afterRev, afterSub int64, limit int) ([]LogRow, error)
-	// DeleteHistory removes kv_log rows with from <= rev < to that no read
-	// at a revision >= compact needs: tombstones and versions superseded by
-	// a newer version at or below compact. It returns the rows removed.
-	DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error)
 
 	// LeaseInsert creates a lease expiring ttl seconds from now; false if
 	// the id exists.

@@ -222,7 +222,7 @@ func (l *BulkLoad) Commit(ctx context.Context, current, compact int64) error {
 	if compact > 0 {
 		l.e.compactMu.Lock()
 		defer l.e.compactMu.Unlock()
-		if err := l.e.deleteHistory(ctx, 0, compact); err != nil {
+		if err := l.e.cleanHistory(context.WithoutCancel(ctx), compact); err != nil {
 			return fmt.Errorf("drop history below compact revision %d: %w", compact, err)
 		}
 	}

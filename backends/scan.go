@@ -56,35 +56,72 @@ func ScanLatest(rows Rows) (cur int64, kvs []*mvccpb.KeyValue, err error) {
 	return cur, kvs, rows.Err()
 }
 
+// EventBytes approximates the memory an event holds: its key and value,
+// its prev_kv's value, and the structs around them.
+func EventBytes(ev *mvccpb.Event) int {
+	n := 64 + len(ev.Kv.Key) + len(ev.Kv.Value)
+	if ev.PrevKv != nil {
+		n += 64 + len(ev.PrevKv.Value)
+	}
+	return n
+}
+
+// eventBudget collects events in (rev, sub) order until they reach
+// maxBytes (0: no limit), and then the rest of that revision: a result is
+// always whole revisions.
+type eventBudget struct {
+	maxBytes, bytes int
+	stopAt          int64 // the revision that reached maxBytes, 0 before
+	evs             []*mvccpb.Event
+}
+
+// add adds ev and reports whether the caller should read on.
+func (b *eventBudget) add(ev *mvccpb.Event) bool {
+	if b.stopAt != 0 && ev.Kv.ModRevision != b.stopAt {
+		return false
+	}
+	b.evs = append(b.evs, ev)
+	b.bytes += EventBytes(ev)
+	if b.stopAt == 0 && b.maxBytes > 0 && b.bytes >= b.maxBytes {
+		b.stopAt = ev.Kv.ModRevision
+	}
+	return true
+}
+
 // ScanEvents reads rows of a change query: (rev, key, deleted, create_rev,
 // version, lease, value) and the previous version's (create_rev, rev,
-// version, lease, value), NULL when the event has no prev_kv.
-func ScanEvents(rows Rows) ([]*mvccpb.Event, error) {
-	var evs []*mvccpb.Event
+// version, lease, value), NULL when the event has no prev_kv. It stops
+// after the revision at which the events reach maxBytes (0: no limit); the
+// caller's Close then discards the rest.
+func ScanEvents(rows Rows, maxBytes int) ([]*mvccpb.Event, error) {
+	b := eventBudget{maxBytes: maxBytes}
 	for rows.Next() {
 		var c eventColumns
 		if err := rows.Scan(c.dest()...); err != nil {
 			return nil, err
 		}
-		evs = append(evs, c.event())
+		if !b.add(c.event()) {
+			return b.evs, nil
+		}
 	}
-	return evs, rows.Err()
+	return b.evs, rows.Err()
 }
 
 // ScanChanges reads the rows of a one-statement change query: the current
 // and compact revisions, then ScanEvents' columns, NULL in the one row a
-// query without events returns.
-func ScanChanges(rows Rows) (cur, compact int64, evs []*mvccpb.Event, err error) {
+// query without events returns. It stops as ScanEvents does.
+func ScanChanges(rows Rows, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error) {
+	b := eventBudget{maxBytes: maxBytes}
 	for rows.Next() {
 		var c eventColumns
 		if err := rows.Scan(append([]any{&cur, &compact}, c.dest()...)...); err != nil {
 			return 0, 0, nil, err
 		}
-		if c.rev.Valid {
-			evs = append(evs, c.event())
+		if c.rev.Valid && !b.add(c.event()) {
+			return cur, compact, b.evs, nil
 		}
 	}
-	return cur, compact, evs, rows.Err()
+	return cur, compact, b.evs, rows.Err()
 }
 
 // eventColumns holds one row of ScanEvents' columns.

@@ -14,7 +14,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
-	"google.golang.org/grpc"
 
 	"github.com/kvsql/kvsql/backends"
 	"github.com/kvsql/kvsql/backends/sqlite"
@@ -64,6 +63,15 @@ func serveKVSQL(t testing.TB, be backends.Backend, src interface {
 		t.Fatal(err)
 	}
 	ep := "http://" + lis.Addr().String()
+	return serveFrontend(t, be, src, opts, kvserver.FrontendConfig{Listeners: []kvserver.ClientListener{{Listener: lis}}}, ep)
+}
+
+// serveFrontend serves be on fc's listeners until the test ends; ep is the
+// advertised client URL.
+func serveFrontend(t testing.TB, be backends.Backend, src interface {
+	Next(context.Context, int64) (int64, error)
+}, opts serverOptions, fc kvserver.FrontendConfig, ep string) server {
+	t.Helper()
 	srv, err := kvserver.New(kvserver.Config{
 		Backend:                be,
 		Notify:                 src,
@@ -78,17 +86,22 @@ func serveKVSQL(t testing.TB, be backends.Backend, src interface {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(srv.GRPCOptions()...)
-	srv.Register(gs)
+	// Served as the binary serves it: gRPC and HTTP on one port.
+	front, err := srv.NewFrontend(fc)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	runDone := make(chan error, 1)
 	go func() { runDone <- srv.Run(ctx) }()
 	serveDone := make(chan error, 1)
-	go func() { serveDone <- gs.Serve(lis) }()
+	go func() { serveDone <- front.Serve() }()
 	t.Cleanup(func() {
 		srv.Shutdown()
-		gs.GracefulStop()
-		<-serveDone
+		front.Stop(context.Background())
+		if err := <-serveDone; err != nil {
+			t.Errorf("serve: %v", err)
+		}
 		cancel()
 		if err := <-runDone; err != nil {
 			t.Errorf("kvserver.Run: %v", err)

@@ -168,6 +168,7 @@ type kvsqlProc struct {
 	Addr    string // host:port it serves on
 	DataDir string
 	args    []string // extra flags
+	scheme  string   // of the client URL: http or https
 
 	cmd    *exec.Cmd
 	log    *syncBuffer   // stdout and stderr of the current run
@@ -180,7 +181,14 @@ type kvsqlProc struct {
 // and stops it (SIGKILL if still running) at cleanup.
 func startKVSQLProc(t testing.TB, extraArgs ...string) *kvsqlProc {
 	t.Helper()
-	p := &kvsqlProc{t: t, bin: kvsqlBinary(t), DataDir: filepath.Join(t.TempDir(), "data"), args: extraArgs}
+	return startKVSQLProcURL(t, "http", extraArgs...)
+}
+
+// startKVSQLProcURL is startKVSQLProc with the client URL's scheme
+// (https needs the TLS flags in extraArgs).
+func startKVSQLProcURL(t testing.TB, scheme string, extraArgs ...string) *kvsqlProc {
+	t.Helper()
+	p := &kvsqlProc{t: t, bin: kvsqlBinary(t), DataDir: filepath.Join(t.TempDir(), "data"), args: extraArgs, scheme: scheme}
 	t.Cleanup(p.cleanup)
 	// The port is free when picked but another process may take it before
 	// kvsql binds it; try a few.
@@ -199,7 +207,7 @@ func startKVSQLProc(t testing.TB, extraArgs ...string) *kvsqlProc {
 func (p *kvsqlProc) start() error {
 	p.t.Helper()
 	args := append([]string{
-		"--listen-client-urls=http://" + p.Addr,
+		"--listen-client-urls=" + p.scheme + "://" + p.Addr,
 		"--data-dir=" + p.DataDir,
 		"--log-level=debug",
 	}, p.args...)
@@ -798,7 +806,7 @@ func TestProcessFlagErrors(t *testing.T) {
 		{"listen not a URL", nil, []string{"--listen-client-urls=127.0.0.1:2379"}, "want http://host:port"},
 		{"https without cert", nil, []string{"--listen-client-urls=https://127.0.0.1:0"}, "needs --cert-file and --key-file"},
 		{"unknown scheme", nil, []string{listen, "--endpoint=redis://127.0.0.1:6379/0"}, `unknown scheme "redis"`},
-		{"not a URL", nil, []string{listen, "--endpoint=state.db"}, "want a URL"},
+		{"not a URL", nil, []string{listen, "--endpoint=state.db"}, "--endpoint is not a URL"},
 		{"empty sqlite path", nil, []string{listen, "--endpoint=sqlite://"}, "needs a file path"},
 		// Nothing listens on port 1: whether or not the backend is
 		// implemented yet, kvsql must fail without showing the password.

@@ -36,7 +36,9 @@ func toGRPC(err error) error {
 	case errors.Is(err, backends.ErrLeaseExists):
 		return rpctypes.ErrGRPCLeaseExist
 	case errors.Is(err, backends.ErrKeyTooLarge):
-		return status.Error(codes.InvalidArgument, "kvsql: key is longer than this database backend can store (MySQL: 2048 bytes)")
+		return status.Error(codes.InvalidArgument, "kvsql: "+err.Error())
+	case errors.Is(err, backends.ErrRefused):
+		return status.Error(codes.InvalidArgument, "kvsql: "+err.Error())
 	case errors.Is(err, backends.ErrClosed):
 		return errShuttingDown
 	case errors.Is(err, context.Canceled):

@@ -23,7 +23,8 @@ const (
 	hubWindowBytes = 64 << 20
 	// hubReadRevs is how many revisions the tailer reads per query.
 	hubReadRevs = 1000
-	// catchupRevs is how many revisions a lagging watcher reads per query.
+	// catchupRevs is how many revisions a read for lagging watchers covers
+	// at most (see history).
 	catchupRevs = 500
 )
 
@@ -300,20 +301,11 @@ func (h *hub) catchUp(ctx context.Context) error {
 	}
 }
 
-// eventSize approximates the memory an event holds.
-func eventSize(ev *mvccpb.Event) int {
-	n := 64 + len(ev.Kv.Key) + len(ev.Kv.Value)
-	if ev.PrevKv != nil {
-		n += 64 + len(ev.PrevKv.Value)
-	}
-	return n
-}
-
 func (h *hub) publish(evs []*mvccpb.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, ev := range evs {
-		sz := eventSize(ev)
+		sz := backends.EventBytes(ev)
 		h.events = append(h.events, ev)
 		h.sizes = append(h.sizes, sz)
 		h.bytes += sz

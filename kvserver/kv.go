@@ -129,12 +129,9 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 }
 
 func (k *kvService) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
-	if err := k.s.be.Compact(ctx, r.Revision); err != nil {
-		return nil, toGRPC(err)
-	}
-	cur, err := k.s.currentRev(ctx)
+	rev, err := k.s.be.Compact(ctx, r.Revision)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	return &pb.CompactionResponse{Header: k.s.header(cur)}, nil
+	return &pb.CompactionResponse{Header: k.s.header(rev)}, nil
 }

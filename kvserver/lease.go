@@ -42,30 +42,25 @@ func (l *leaseService) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) 
 		if pick == 0 {
 			pick = randomLeaseID()
 		}
-		err := l.s.be.LeaseGrant(ctx, pick, ttl)
+		rev, err := l.s.be.LeaseGrant(ctx, pick, ttl)
 		if errors.Is(err, backends.ErrLeaseExists) && id == 0 {
 			continue // a random ID collided: draw again
 		}
 		if err != nil {
 			return nil, toGRPC(err)
 		}
-		cur, err := l.s.currentRev(ctx)
-		if err != nil {
-			return nil, toGRPC(err)
-		}
-		return &pb.LeaseGrantResponse{Header: l.s.header(cur), ID: pick, TTL: ttl}, nil
+		return &pb.LeaseGrantResponse{Header: l.s.header(rev), ID: pick, TTL: ttl}, nil
 	}
 }
 
 func (l *leaseService) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
-	if err := l.s.be.LeaseRevoke(ctx, r.ID); err != nil {
-		return nil, toGRPC(err)
-	}
-	cur, err := l.s.currentRev(ctx)
+	// The header carries the revision of the revoke's own deletions, as
+	// etcd's does: a revision read afterwards could include other writes.
+	rev, err := l.s.be.LeaseRevoke(ctx, r.ID)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	return &pb.LeaseRevokeResponse{Header: l.s.header(cur)}, nil
+	return &pb.LeaseRevokeResponse{Header: l.s.header(rev)}, nil
 }
 
 func (l *leaseService) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {

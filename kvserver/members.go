@@ -2,6 +2,7 @@ package kvserver
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/kvsql/kvsql/backends"
@@ -62,10 +63,23 @@ func (s *Server) heartbeat(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		me := s.self()
-		if err := reg.Heartbeat(ctx, me); err != nil && ctx.Err() == nil {
+		hctx, cancel := context.WithTimeout(ctx, heartbeatInterval)
+		err := reg.Heartbeat(hctx, me)
+		if errors.Is(err, backends.ErrNotLeader) {
+			// The leader lock's session is gone (this instance was
+			// frozen or cut off long enough for the database to end it):
+			// stop acting as leader at once and say so as a follower.
+			s.log.Warn("lost the leader lock", "err", err)
+			s.setLeading(false)
+			me = s.self()
+			err = reg.Heartbeat(hctx, me)
+		}
+		if err != nil && ctx.Err() == nil {
 			s.log.Warn("member heartbeat failed; will retry", "err", err)
 		}
-		if ms, err := reg.Members(ctx, memberTimeout); err == nil {
+		ms, err := reg.Members(hctx, memberTimeout)
+		cancel()
+		if err == nil {
 			s.leaderID.Store(markedLeader(ms, me))
 			if s.fwd != nil {
 				s.fwd.update(ms, me.Leader)

@@ -90,6 +90,7 @@ type Server struct {
 	be        backends.Backend
 	log       *slog.Logger
 	hub       *hub
+	history   *history // log reads for watchers older than the hub's window
 	clusterID uint64
 	memberID  uint64
 	health    *health.Server
@@ -167,6 +168,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.hub = newHub(cfg.Backend, cfg.Notify, cfg.SafetyPoll, cfg.Logger.With("component", "watch-hub"))
+	s.history = newHistory(cfg.Backend)
 	if m := cfg.Metrics; m != nil {
 		s.hub.onRev = func(rev int64) { m.revision.Set(float64(rev)) }
 	}
@@ -233,6 +235,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.expireLeases(ctx, leading) })
 	g.Go(func() error { return s.heartbeat(ctx) })
 	err := g.Wait()
+	s.history.close()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	if s.fwd != nil {
 		s.fwd.close()
@@ -293,7 +296,10 @@ func (s *Server) expireLeases(ctx context.Context, leading bool) error {
 			return nil
 		case <-t.C:
 		}
-		if !leading {
+		// The heartbeat clears s.leading when it finds the leader lock's
+		// session gone: then this is a take-over again (with its lease
+		// extension), not a continuation.
+		if !leading || !s.leading.Load() {
 			leading = s.takeOverLeases(ctx)
 		} else if !s.isLeader(ctx) {
 			leading = false

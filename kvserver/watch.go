@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"sort"
 	"time"
 
@@ -137,7 +138,13 @@ func (st *watchStream) run(ctx context.Context, ctrl <-chan *pb.WatchRequest, re
 			if errors.Is(err, context.Canceled) || ctx.Err() != nil {
 				return rpctypes.ErrGRPCWatchCanceled
 			}
-			return nil // io.EOF: the client closed its side
+			if !errors.Is(err, io.EOF) {
+				return err
+			}
+			// The client closed its side (as the JSON gateway does once
+			// it has read the request body): as etcd, keep sending
+			// events until the stream itself ends.
+			recvErr = nil
 		case <-changed:
 		case <-ticker.C:
 			if err := st.progressTick(rev); err != nil {
@@ -281,7 +288,7 @@ func (st *watchStream) deliver(ctx context.Context, w *watcher, rev int64) error
 		evs, upTo, ok := st.s.hub.read(w.next-1, maxEventsPerResponse)
 		if !ok {
 			var err error
-			evs, err = st.s.be.Changes(ctx, w.next-1, catchupRevs)
+			evs, upTo, err = st.s.history.read(ctx, w.next-1)
 			if errors.Is(err, backends.ErrCompacted) {
 				_, compact, rerr := st.s.be.Revisions(ctx)
 				if rerr != nil {
@@ -296,7 +303,6 @@ func (st *watchStream) deliver(ctx context.Context, w *watcher, rev int64) error
 			if len(evs) == 0 {
 				break // not committed yet as far as this snapshot goes
 			}
-			upTo = evs[len(evs)-1].Kv.ModRevision
 		}
 		var out []*mvccpb.Event
 		for _, ev := range evs {

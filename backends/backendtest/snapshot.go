@@ -20,10 +20,10 @@ import (
 func WriteHistory(tb testing.TB, be backends.Backend) (cur, compact int64) {
 	tb.Helper()
 	ctx := context.Background()
-	if err := be.LeaseGrant(ctx, 7, 100); err != nil {
+	if _, err := be.LeaseGrant(ctx, 7, 100); err != nil {
 		tb.Fatal(err)
 	}
-	if err := be.LeaseGrant(ctx, 8, 30); err != nil {
+	if _, err := be.LeaseGrant(ctx, 8, 30); err != nil {
 		tb.Fatal(err)
 	}
 	withLease := func(r *pb.TxnRequest, id int64) *pb.TxnRequest {
@@ -50,7 +50,7 @@ func WriteHistory(tb testing.TB, be backends.Backend) (cur, compact int64) {
 	mustTxn(tb, be, put("k0", ""))                                                              // 15
 	mustTxn(tb, be, del("k4", ""))                                                              // 16
 	mustTxn(tb, be, put("big", string(make([]byte, 100<<10))))                                  // 17
-	if err := be.Compact(ctx, 9); err != nil {
+	if _, err := be.Compact(ctx, 9); err != nil {
 		tb.Fatal(err)
 	}
 	mustTxn(tb, be, put("k1", "v3")) // 18
@@ -236,7 +236,7 @@ func snapshotAndBulkLoad(t *testing.T, open Opener) {
 	if resp := mustTxn(t, dst, put("k1", "next")); resp.Header.Revision != cur+1 {
 		t.Errorf("first write after the load at revision %d, want %d", resp.Header.Revision, cur+1)
 	}
-	if err := dst.LeaseRevoke(ctx, 7); err != nil {
+	if _, err := dst.LeaseRevoke(ctx, 7); err != nil {
 		t.Fatal(err)
 	}
 	if resp, err := dst.Range(ctx, &pb.RangeRequest{Key: []byte("l1"), RangeEnd: []byte("l3")}); err != nil || len(resp.Kvs) != 0 {
@@ -262,7 +262,7 @@ func bulkLoadRefusesData(t *testing.T, open Opener) {
 		t.Errorf("load into a database with a key: %v, want ErrNotEmpty", err)
 	}
 	withLease := open(t)
-	if err := withLease.LeaseGrant(ctx, 5, 60); err != nil {
+	if _, err := withLease.LeaseGrant(ctx, 5, 60); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := begin(withLease); !errors.Is(err, backends.ErrNotEmpty) {

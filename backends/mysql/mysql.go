@@ -7,6 +7,7 @@
 package mysql
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"database/sql/driver"
@@ -15,6 +16,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -23,6 +25,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/kvsql/kvsql/backends"
+	"github.com/kvsql/kvsql/internal/dbnet"
 )
 
 //go:embed schema/*.sql
@@ -33,25 +36,43 @@ const MaxKeyBytes = 2048
 
 // Config configures Open.
 type Config struct {
-	// DSN is a go-sql-driver/mysql DSN: user:pass@tcp(host:3306)/db.
+	// DSN is a kvsql endpoint: [mysql://]user:pass@tcp(host:3306)/db with
+	// the driver's parameters and kvsql's TLS ones (see ParseEndpoint).
 	DSN string
 	// MaxOpenConns caps the connection pool (default 32).
 	MaxOpenConns int
-	Engine       backends.EngineConfig
+	// SessionTimeout is how long the server waits for a session of this
+	// instance that holds the write lock (a write transaction) or the
+	// leader lock and has gone silent — the instance froze or lost its
+	// network — before it ends the session, so that its locks pass on.
+	// 0 means backends.DefaultSessionTimeout. Whole seconds.
+	SessionTimeout time.Duration
+	Engine         backends.EngineConfig
 }
 
-// ParseEndpoint turns a kvsql endpoint (mysql://user:pass@tcp(host:port)/db)
-// into a driver config.
-func ParseEndpoint(endpoint string) (*gomysql.Config, error) {
-	dsn := strings.TrimPrefix(endpoint, "mysql://")
-	cfg, err := gomysql.ParseDSN(dsn)
-	if err != nil {
-		return nil, fmt.Errorf("mysql: parse endpoint (want mysql://user:pass@tcp(host:3306)/db): %w", err)
+// connCharset and connCollation are the character set every connection
+// uses, whatever the server's default. kvsql stores bytes, so the choice
+// matters only for how the server reads statement text: the write
+// connections send arguments escaped into the text (InterpolateParams), and
+// in a multibyte character set such as gbk or sjis a byte before the
+// escaping backslash can swallow it, so that a quote in a key ends the
+// string literal (SQL injection). utf8mb4 has no such sequence.
+const (
+	connCharset   = "utf8mb4"
+	connCollation = "utf8mb4_bin"
+)
+
+// setCharset makes every connection of dc use connCharset (the driver sends
+// SET NAMES after connecting, after any init_connect), and refuses session
+// variables in the endpoint that would change it again afterwards.
+func setCharset(dc *gomysql.Config) error {
+	for name := range dc.Params {
+		switch strings.ToLower(name) {
+		case "character_set_client", "character_set_connection", "character_set_results", "collation_connection", "names":
+			return fmt.Errorf("mysql: the endpoint sets %s; kvsql sets the connection character set itself (%s): remove it", name, connCharset)
+		}
 	}
-	if cfg.DBName == "" {
-		return nil, errors.New("mysql: the endpoint names no database (want mysql://user:pass@tcp(host:3306)/db)")
-	}
-	return cfg, nil
+	return dc.Apply(gomysql.Charset(connCharset, connCollation))
 }
 
 // Store is a backends.Engine on MySQL plus leader election and a member
@@ -64,6 +85,9 @@ type Store struct {
 
 	leadMu   sync.Mutex // guards leadConn
 	leadConn *sql.Conn  // holds the leader lock while open
+	// sessionTimeout is Config.SessionTimeout in whole seconds, as a
+	// setting's text.
+	sessionTimeout string
 }
 
 var _ backends.Backend = (*Store)(nil)
@@ -76,6 +100,16 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	dc.ClientFoundRows = true // UPDATE reports matched rows
 	dc.ParseTime = false
+	// Connections notice a dead server or network (dbnet) instead of
+	// hanging for the kernel's 15 minutes.
+	dc.DialFunc = dbnet.Dial
+	if dc.Timeout == 0 {
+		dc.Timeout = dbnet.ConnectTimeout
+	}
+	sessionTimeout := strconv.Itoa(max(1, int(cmp.Or(cfg.SessionTimeout, backends.DefaultSessionTimeout).Round(time.Second).Seconds())))
+	if err := setCharset(dc); err != nil {
+		return nil, err
+	}
 	conn, err := gomysql.NewConnector(dc)
 	if err != nil {
 		return nil, fmt.Errorf("mysql: %w", err)
@@ -112,6 +146,27 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	// instead of assuming its 64 MiB default and having the server reset
 	// the connection.
 	wc.MaxAllowedPacket = 0
+	// A write transaction whose instance goes silent while it holds the
+	// write lock is ended by the server after the session timeout.
+	// MariaDB ends idle transactions (idle_transaction_timeout); MySQL has
+	// no such setting, so its write connections are closed after that
+	// long idle in or out of a transaction (wait_timeout), and the pool
+	// retires idle ones before the server does.
+	var version string
+	if err := db.QueryRowContext(ctx, `SELECT VERSION()`).Scan(&version); err != nil {
+		stmts.Close()
+		_ = db.Close()
+		return nil, fmt.Errorf("mysql: read the server version: %w", err)
+	}
+	mariaDB := strings.Contains(strings.ToLower(version), "mariadb")
+	if wc.Params == nil {
+		wc.Params = map[string]string{}
+	}
+	if mariaDB {
+		wc.Params["idle_transaction_timeout"] = sessionTimeout
+	} else {
+		wc.Params["wait_timeout"] = sessionTimeout
+	}
 	wconn, err := gomysql.NewConnector(wc)
 	if err != nil {
 		stmts.Close()
@@ -122,6 +177,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	wdb.SetMaxOpenConns(writerConns)
 	wdb.SetMaxIdleConns(writerConns)
 	wdb.SetConnMaxLifetime(time.Hour)
+	if !mariaDB {
+		wdb.SetConnMaxIdleTime(cmp.Or(cfg.SessionTimeout, backends.DefaultSessionTimeout) / 2)
+	}
 	var maxPacket int64
 	if err := db.QueryRowContext(ctx, `SELECT @@max_allowed_packet`).Scan(&maxPacket); err != nil {
 		stmts.Close()
@@ -131,7 +189,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	d := &dialect{db: db, wdb: wdb, stmts: stmts, inlineBytes: inlineBudget(maxPacket)}
 	cfg.Engine.MaxKeyBytes = MaxKeyBytes
-	return &Store{Engine: backends.NewEngine(d, cfg.Engine), db: db, cfg: dc, leader: leaderLock + "." + dc.DBName}, nil
+	if cfg.Engine.Database == "" {
+		cfg.Engine.Database = fmt.Sprintf("MySQL at %s/%s", dc.Addr, dc.DBName)
+	}
+	return &Store{Engine: backends.NewEngine(d, cfg.Engine), db: db, cfg: dc, leader: leaderLock + "." + dc.DBName, sessionTimeout: sessionTimeout}, nil
 }
 
 // DB returns the connection pool.
@@ -159,11 +220,13 @@ func (s *Store) Close() error {
 func (s *Store) TryLead(ctx context.Context) (bool, error) {
 	s.leadMu.Lock()
 	defer s.leadMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, backends.LeaderCheckTimeout)
+	defer cancel()
 	if s.leadConn != nil {
 		if err := s.leadConn.PingContext(ctx); err == nil {
 			return true, nil
 		}
-		_ = s.leadConn.Close()
+		discard(s.leadConn)
 		s.leadConn = nil
 	}
 	c, err := s.db.Conn(ctx)
@@ -172,28 +235,61 @@ func (s *Store) TryLead(ctx context.Context) (bool, error) {
 	}
 	var got sql.NullInt64
 	if err := c.QueryRowContext(ctx, qGetLock, s.leader, 0).Scan(&got); err != nil {
-		_ = c.Close()
+		discard(c)
 		return false, err
 	}
 	if got.Int64 != 1 {
 		_ = c.Close()
 		return false, nil
 	}
+	// The lock lives as long as this session: if this instance goes
+	// silent (frozen, partitioned), the server ends the session after the
+	// session timeout and the lock passes on. TryLead's pings keep it
+	// busy while the instance runs.
+	if _, err := c.ExecContext(ctx, qSessionWaitTimeout, s.sessionTimeout); err != nil {
+		discard(c)
+		return false, err
+	}
 	s.leadConn = c
 	return true, nil
 }
 
+// discard closes c without returning it to the pool: it may hold a lock or
+// a session setting no other use may inherit.
+func discard(c *sql.Conn) {
+	_ = c.Raw(func(any) error { return driver.ErrBadConn })
+	_ = c.Close()
+}
+
 // Heartbeat records this instance as alive, and as the leader if m.Leader
-// (clearing any other instance's stale leader mark).
+// (clearing any other instance's stale leader mark). The leader's marks
+// are written on the session that holds the leader lock: an instance that
+// lost the lock while it was frozen cannot mark itself leader again on the
+// strength of what it held before (its session was ended).
 func (s *Store) Heartbeat(ctx context.Context, m backends.Member) error {
-	if _, err := s.db.ExecContext(ctx, qHeartbeat, m.ID, m.Name, strings.Join(m.ClientURLs, ","), m.Leader); err != nil {
+	if !m.Leader {
+		_, err := s.db.ExecContext(ctx, qHeartbeat, m.ID, m.Name, strings.Join(m.ClientURLs, ","), false)
 		return err
 	}
-	if !m.Leader {
-		return nil
+	s.leadMu.Lock()
+	defer s.leadMu.Unlock()
+	if s.leadConn == nil {
+		return backends.ErrNotLeader
 	}
-	_, err := s.db.ExecContext(ctx, qUnmarkLeaders, m.ID)
-	return err
+	for _, st := range []struct {
+		q    string
+		args []any
+	}{
+		{qHeartbeat, []any{m.ID, m.Name, strings.Join(m.ClientURLs, ","), true}},
+		{qUnmarkLeaders, []any{m.ID}},
+	} {
+		if _, err := s.leadConn.ExecContext(ctx, st.q, st.args...); err != nil {
+			discard(s.leadConn)
+			s.leadConn = nil
+			return fmt.Errorf("%w: %w", backends.ErrNotLeader, err)
+		}
+	}
+	return nil
 }
 
 // Members lists instances that sent a heartbeat within maxAge.
@@ -454,6 +550,43 @@ func (d *dialect) GetLatestMany(ctx context.Context, keys [][]byte, keysOnly boo
 	return backends.ScanLatest(rows)
 }
 
+// BeginCompact implements backends.Dialect: a READ COMMITTED transaction
+// on the read pool (prepared statements) that does not touch kv_meta. READ
+// COMMITTED keeps InnoDB from taking gap locks on the key index, where
+// writers insert.
+func (d *dialect) BeginCompact(ctx context.Context) (backends.CompactTx, error) {
+	tx, err := d.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		return nil, err
+	}
+	return &compactTx{tx: tx, st: backends.StmtTx{Tx: tx, Prepared: d.stmts}}, nil
+}
+
+// refusedErrors are the server errors that refuse a write for what it
+// writes; the statement fails, and kvsql's multi-statement writes stop
+// before their COMMIT.
+var refusedErrors = map[uint16]bool{
+	1048: true, // ER_BAD_NULL_ERROR
+	1062: true, // ER_DUP_ENTRY
+	1153: true, // ER_NET_PACKET_TOO_LARGE
+	1264: true, // ER_WARN_DATA_OUT_OF_RANGE
+	1366: true, // ER_TRUNCATED_WRONG_VALUE_FOR_FIELD
+	1406: true, // ER_DATA_TOO_LONG
+	1644: true, // ER_SIGNAL_EXCEPTION (a trigger's SIGNAL)
+	3819: true, // ER_CHECK_CONSTRAINT_VIOLATED (MySQL)
+	4025: true, // ER_CONSTRAINT_FAILED (MariaDB)
+}
+
+// RefusedWrite implements backends.Dialect.
+func (d *dialect) RefusedWrite(err error) bool {
+	var me *gomysql.MySQLError
+	if errors.As(err, &me) {
+		return refusedErrors[me.Number]
+	}
+	// The driver refuses a packet over max_allowed_packet before sending it.
+	return errors.Is(err, gomysql.ErrPktTooLarge)
+}
+
 func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
 	var size, inUse int64
 	err := d.db.QueryRowContext(ctx, qSize).Scan(&size, &inUse)
@@ -471,19 +604,19 @@ func (d *dialect) Defragment(ctx context.Context) error {
 var _ backends.ChangesReader = (*dialect)(nil)
 
 // ReadChanges implements backends.ChangesReader: one statement.
-func (d *dialect) ReadChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error) {
+func (d *dialect) ReadChanges(ctx context.Context, after, upTo int64, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error) {
 	rows, err := d.stmts.Stmt(qChangesUpToCurrent).QueryContext(ctx, after, upTo)
 	if err != nil {
 		return 0, 0, nil, err
 	}
 	defer rows.Close()
-	return backends.ScanChanges(rows)
+	return backends.ScanChanges(rows, maxBytes)
 }
 
 // TailChanges implements backends.ChangesReader on a connection of the
 // read pool kept for it, with the statement prepared on it once. After an
 // error both are released and taken again on the next call.
-func (d *dialect) TailChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error) {
+func (d *dialect) TailChanges(ctx context.Context, after, upTo int64, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error) {
 	d.tailMu.Lock()
 	defer d.tailMu.Unlock()
 	if d.tail == nil {
@@ -500,7 +633,7 @@ func (d *dialect) TailChanges(ctx context.Context, after, upTo int64) (cur, comp
 	}
 	rows, err := d.tailStmt.QueryContext(ctx, after, upTo)
 	if err == nil {
-		cur, compact, evs, err = backends.ScanChanges(rows)
+		cur, compact, evs, err = backends.ScanChanges(rows, maxBytes)
 		if cerr := rows.Close(); err == nil {
 			err = cerr
 		}
@@ -838,13 +971,13 @@ func nonNil(b []byte) []byte {
 	return b
 }
 
-func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error) {
+func (t *txn) Changes(ctx context.Context, after, upTo int64, maxBytes int) ([]*mvccpb.Event, error) {
 	rows, err := t.st.Query(ctx, qChanges, after, upTo)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	return backends.ScanEvents(rows)
+	return backends.ScanEvents(rows, maxBytes)
 }
 
 func (t *txn) History(ctx context.Context, afterRev, afterSub int64, limit int) ([]backends.LogRow, error) {
@@ -854,14 +987,6 @@ func (t *txn) History(ctx context.Context, afterRev, afterSub int64, limit int) 
 	}
 	defer rows.Close()
 	return backends.ScanLogRows(rows)
-}
-
-func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error) {
-	res, err := t.st.Exec(ctx, qDeleteHistory, from, to, compact, compact)
-	if err != nil {
-		return 0, err
-	}
-	return res.RowsAffected()
 }
 
 func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {
@@ -938,3 +1063,49 @@ func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, err
 	defer rows.Close()
 	return backends.ScanIDs(rows)
 }
+
+// compactTx implements backends.CompactTx.
+type compactTx struct {
+	tx *sql.Tx
+	st backends.StmtTx
+}
+
+func (c *compactTx) CleanedTo(ctx context.Context) (int64, error) {
+	var rev int64
+	err := c.st.QueryRow(ctx, qCleanedTo, nil, &rev)
+	return rev, err
+}
+
+func (c *compactTx) SetCleanedTo(ctx context.Context, rev int64) error {
+	_, err := c.st.Exec(ctx, qSetCleanedTo, rev)
+	return err
+}
+
+func (c *compactTx) StepEnd(ctx context.Context, from, upTo int64, limit int) (int64, error) {
+	var rev int64
+	err := c.st.QueryRow(ctx, qStepEnd, []any{from, upTo, limit}, &rev)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return rev, err
+}
+
+func (c *compactTx) DeleteSuperseded(ctx context.Context, compact, from, to int64) (int64, error) {
+	older, err := c.st.Exec(ctx, qDeleteSuperseded, from, to, compact, compact)
+	if err != nil {
+		return 0, err
+	}
+	tombs, err := c.st.Exec(ctx, qDeleteTombstones, from, to, compact)
+	if err != nil {
+		return 0, err
+	}
+	n, err := older.RowsAffected()
+	if err != nil {
+		return 0, err
+	}
+	m, err := tombs.RowsAffected()
+	return n + m, err
+}
+
+func (c *compactTx) Commit() error   { return c.tx.Commit() }
+func (c *compactTx) Rollback() error { return c.tx.Rollback() }

@@ -76,13 +76,17 @@ const (
 	qHistory = `SELECT rev, sub, k, deleted, create_rev, prev_rev, version, lease, v FROM kv_log
 		WHERE rev >= ? AND (rev > ? OR sub > ?) ORDER BY rev, sub LIMIT ?`
 
-	// qDeleteHistory takes (from, to, compact, compact). MySQL cannot
-	// delete from a table it reads in a subquery, so the rows to delete are
-	// selected through a derived table.
-	qDeleteHistory = `DELETE o FROM kv_log o JOIN (
-			SELECT l.rev, l.sub FROM kv_log l WHERE l.rev >= ? AND l.rev < ? AND l.rev < ? AND (l.deleted = 1 OR EXISTS
-				(SELECT 1 FROM kv_log n WHERE n.k = l.k AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= ?))
-		) d ON o.rev = d.rev AND o.sub = d.sub`
+	// Compaction's cleanup (backends.CompactTx). qDeleteSuperseded takes
+	// (from, to, compact, compact): for each row n of the step, the older
+	// rows of its key below compact go, found through kv_log_key_rev.
+	// qDeleteTombstones takes (from, to, compact).
+	qCleanedTo        = `SELECT cleaned_rev FROM kv_compact WHERE id = 1 FOR UPDATE`
+	qSetCleanedTo     = `UPDATE kv_compact SET cleaned_rev = ? WHERE id = 1`
+	qStepEnd          = `SELECT rev FROM kv_log WHERE rev >= ? AND rev <= ? ORDER BY rev, sub LIMIT ?, 1`
+	qDeleteSuperseded = `DELETE o FROM kv_log n JOIN kv_log o
+			ON o.k = n.k AND o.rev <= n.rev AND (o.rev < n.rev OR o.sub < n.sub)
+		WHERE n.rev >= ? AND n.rev < ? AND n.rev <= ? AND o.rev < ?`
+	qDeleteTombstones = `DELETE FROM kv_log WHERE rev >= ? AND rev < ? AND rev < ? AND deleted = 1`
 
 	qLeaseInsert  = `INSERT IGNORE INTO kv_lease (id, ttl, expiry_ms) VALUES (?, ?, ` + nowMS + ` + ? * 1000)`
 	qLeaseGet     = `SELECT ttl, expiry_ms - ` + nowMS + ` FROM kv_lease WHERE id = ?`
@@ -115,7 +119,10 @@ const (
 	leaderLock  = "kvsql_leader"
 	migrateLock = "kvsql_migrate"
 	qGetLock    = `SELECT GET_LOCK(?, ?)`
-	qReleaseLck = `SELECT RELEASE_LOCK(?)`
+	// qSessionWaitTimeout ends the leader lock's session when it has been
+	// idle for the session timeout (its instance froze or lost its network).
+	qSessionWaitTimeout = `SET SESSION wait_timeout = ?`
+	qReleaseLck         = `SELECT RELEASE_LOCK(?)`
 )
 
 // qGetLatestMany returns qGetLatest for n keys, (keysOnly, key...): one row
@@ -134,7 +141,8 @@ var statements = append([]string{
 	qRevisions, qSetRevision, qSetCompact, qGetLatest,
 	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
-	qChanges, qChangesUpToCurrent, qHistory, qDeleteHistory,
+	qChanges, qChangesUpToCurrent, qHistory,
+	qCleanedTo, qSetCleanedTo, qStepEnd, qDeleteSuperseded, qDeleteTombstones,
 	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseTTL, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired, qLeaseRows,
 }, getManyStatements()...)
 

@@ -10,10 +10,14 @@ const (
 	// committed revision.
 	NotifyChannel = "kvsql_commits"
 
-	qRevisions   = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1`
-	qBeginWrite  = `BEGIN ISOLATION LEVEL READ COMMITTED`
-	qLockMeta    = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1 FOR UPDATE`
-	qSetRevision = `WITH u AS (UPDATE kv_meta SET rev = $1 WHERE id = 1)
+	qRevisions  = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1`
+	qBeginWrite = `BEGIN ISOLATION LEVEL READ COMMITTED`
+	qLockMeta   = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1 FOR UPDATE`
+	// The session timeouts (Config.SessionTimeout), in milliseconds: for
+	// the write transaction only, and for the leader lock's session.
+	qIdleTxTimeout      = `SELECT set_config('idle_in_transaction_session_timeout', $1, true)`
+	qIdleSessionTimeout = `SELECT set_config('idle_session_timeout', $1, false)`
+	qSetRevision        = `WITH u AS (UPDATE kv_meta SET rev = $1 WHERE id = 1)
 		SELECT pg_notify('` + NotifyChannel + `', $1::text)`
 	qSetCompact = `UPDATE kv_meta SET compact_rev = $1 WHERE id = 1`
 
@@ -91,8 +95,23 @@ const (
 	qHistory = `SELECT rev, sub, key, deleted, create_rev, prev_rev, version, lease, value FROM kv_log
 		WHERE rev >= $1 AND (rev > $1 OR sub > $2) ORDER BY rev, sub LIMIT $3`
 
-	qDeleteHistory = `DELETE FROM kv_log o WHERE o.rev >= $2 AND o.rev < $3 AND o.rev < $1 AND (o.deleted OR EXISTS
-		(SELECT 1 FROM kv_log n WHERE n.key = o.key AND (n.rev, n.sub) > (o.rev, o.sub) AND n.rev <= $1))`
+	// Compaction's cleanup (backends.CompactTx). qDeleteSuperseded takes
+	// (compact, from, to): for each row n of the step, the older rows of
+	// its key below compact go, found through kv_log_key_rev.
+	qCleanedTo    = `SELECT cleaned_rev FROM kv_compact WHERE id = 1 FOR UPDATE`
+	qSetCleanedTo = `UPDATE kv_compact SET cleaned_rev = $1 WHERE id = 1`
+	qStepEnd      = `SELECT rev FROM kv_log WHERE rev >= $1 AND rev <= $2 ORDER BY rev, sub OFFSET $3 LIMIT 1`
+	// The rows are found with one index lookup per row of the step (a
+	// LATERAL subquery with OFFSET 0 is never flattened into a join) and
+	// deleted by their physical address: the planner cannot know that
+	// earlier steps left each key at most a version or two below the step,
+	// and would otherwise hash-join all of kv_log.
+	qDeleteSuperseded = `DELETE FROM kv_log WHERE ctid = ANY(ARRAY(
+		SELECT o.ctid FROM kv_log n CROSS JOIN LATERAL (
+			SELECT q.ctid FROM kv_log q
+			WHERE q.key = n.key AND (q.rev, q.sub) < (n.rev, n.sub) AND q.rev < $1 OFFSET 0) o
+		WHERE n.rev >= $2 AND n.rev < $3 AND n.rev <= $1))`
+	qDeleteTombstones = `DELETE FROM kv_log WHERE rev >= $2 AND rev < $3 AND rev < $1 AND deleted`
 
 	qLeaseInsert = `INSERT INTO kv_lease (id, ttl, expiry) VALUES ($1, $2::bigint, clock_timestamp() + $2::bigint * interval '1 second')
 		ON CONFLICT (id) DO NOTHING`

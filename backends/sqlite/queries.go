@@ -45,8 +45,16 @@ const (
 	qHistory = `SELECT rev, sub, key, deleted, create_rev, prev_rev, version, lease, value FROM kv_log
 		WHERE rev >= ?1 AND (rev > ?1 OR sub > ?2) ORDER BY rev, sub LIMIT ?3`
 
-	qDeleteHistory = `DELETE FROM kv_log WHERE rev >= ?2 AND rev < ?3 AND rev < ?1 AND (deleted = 1 OR EXISTS
-		(SELECT 1 FROM kv_log n WHERE n.key = kv_log.key AND (n.rev, n.sub) > (kv_log.rev, kv_log.sub) AND n.rev <= ?1))`
+	// Compaction's cleanup (backends.CompactTx). qDeleteSuperseded takes
+	// (compact, from, to): for each row n of the step, the older rows of
+	// its key below compact go, found through kv_log_key_rev.
+	qCleanedTo        = `SELECT cleaned_rev FROM kv_compact WHERE id = 1`
+	qSetCleanedTo     = `UPDATE kv_compact SET cleaned_rev = ?1 WHERE id = 1`
+	qStepEnd          = `SELECT rev FROM kv_log WHERE rev >= ?1 AND rev <= ?2 ORDER BY rev, sub LIMIT 1 OFFSET ?3`
+	qDeleteSuperseded = `DELETE FROM kv_log WHERE rowid IN (SELECT o.rowid FROM kv_log n JOIN kv_log o
+			ON o.key = n.key AND o.rev <= n.rev AND (o.rev < n.rev OR o.sub < n.sub)
+		WHERE n.rev >= ?2 AND n.rev < ?3 AND n.rev <= ?1 AND o.rev < ?1)`
+	qDeleteTombstones = `DELETE FROM kv_log WHERE rev >= ?2 AND rev < ?3 AND rev < ?1 AND deleted = 1`
 
 	qLeaseInsert = `INSERT INTO kv_lease (id, ttl, expiry_ms) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING`
 	qLeaseGet    = `SELECT ttl, expiry_ms FROM kv_lease WHERE id = ?1`
@@ -69,7 +77,8 @@ var statements = []string{
 	qRevisions, qSetRevision, qSetCompact,
 	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
-	qInsertLog, qUpsertCurrent, qDeleteCurrent, qChanges, qHistory, qDeleteHistory,
+	qInsertLog, qUpsertCurrent, qDeleteCurrent, qChanges, qHistory,
+	qCleanedTo, qSetCleanedTo, qStepEnd, qDeleteSuperseded, qDeleteTombstones,
 	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseExtend, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired, qLeaseRows,
 }
 

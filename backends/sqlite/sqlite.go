@@ -25,6 +25,10 @@ import (
 // DefaultFile is the database file name inside the data directory.
 const DefaultFile = "state.db"
 
+// DriverName is the database/sql driver the dialect opens files with
+// (tests open the same file with it).
+const DriverName = driverName
+
 // defaultReaders is the size of the read connection pool.
 const defaultReaders = 8
 
@@ -47,6 +51,9 @@ func Open(ctx context.Context, cfg Config) (*backends.Engine, error) {
 	d, err := openDialect(ctx, cfg)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Engine.Database == "" {
+		cfg.Engine.Database = "SQLite at " + cfg.Path
 	}
 	return backends.NewEngine(d, cfg.Engine), nil
 }
@@ -158,6 +165,37 @@ func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
 	return &txn{tx: tx, st: backends.StmtTx{Tx: tx, Prepared: d.wStmts}}, nil
 }
 
+// BeginCompact implements backends.Dialect. SQLite has one writer: the
+// cleanup's steps take turns with group commits on it, each bounded.
+func (d *dialect) BeginCompact(ctx context.Context) (backends.CompactTx, error) {
+	tx, err := d.w.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &txn{tx: tx, st: backends.StmtTx{Tx: tx, Prepared: d.wStmts}}, nil
+}
+
+// SQLite primary result codes for a write refused for its content.
+const (
+	codeTooBig     = 18 // SQLITE_TOOBIG: a string or blob over the length limit
+	codeConstraint = 19 // SQLITE_CONSTRAINT (and its extended codes)
+	codeMismatch   = 20 // SQLITE_MISMATCH
+)
+
+// RefusedWrite implements backends.Dialect. An error from a statement
+// leaves the transaction uncommitted (kvsql rolls it back).
+func (d *dialect) RefusedWrite(err error) bool {
+	code, ok := errCode(err)
+	if !ok {
+		return false
+	}
+	switch code & 0xff {
+	case codeTooBig, codeConstraint, codeMismatch:
+		return true
+	}
+	return false
+}
+
 func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
 	var pages, size, free int64
 	for _, q := range []struct {
@@ -251,13 +289,13 @@ func (t *txn) Write(ctx context.Context, rows []backends.LogRow) error {
 	return nil
 }
 
-func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error) {
+func (t *txn) Changes(ctx context.Context, after, upTo int64, maxBytes int) ([]*mvccpb.Event, error) {
 	rows, err := t.st.Query(ctx, qChanges, after, upTo)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	return backends.ScanEvents(rows)
+	return backends.ScanEvents(rows, maxBytes)
 }
 
 func (t *txn) History(ctx context.Context, afterRev, afterSub int64, limit int) ([]backends.LogRow, error) {
@@ -267,14 +305,6 @@ func (t *txn) History(ctx context.Context, afterRev, afterSub int64, limit int) 
 	}
 	defer rows.Close()
 	return backends.ScanLogRows(rows)
-}
-
-func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error) {
-	res, err := t.st.Exec(ctx, qDeleteHistory, compact, from, to)
-	if err != nil {
-		return 0, err
-	}
-	return res.RowsAffected()
 }
 
 func nowMillis() int64 { return time.Now().UnixMilli() }
@@ -350,6 +380,44 @@ func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, err
 	}
 	defer rows.Close()
 	return backends.ScanIDs(rows)
+}
+
+// The cleanup's statements (backends.CompactTx) run on the writer's txn.
+
+func (t *txn) CleanedTo(ctx context.Context) (int64, error) {
+	var rev int64
+	err := t.st.QueryRow(ctx, qCleanedTo, nil, &rev)
+	return rev, err
+}
+
+func (t *txn) SetCleanedTo(ctx context.Context, rev int64) error {
+	_, err := t.st.Exec(ctx, qSetCleanedTo, rev)
+	return err
+}
+
+func (t *txn) StepEnd(ctx context.Context, from, upTo int64, limit int) (int64, error) {
+	var rev int64
+	err := t.st.QueryRow(ctx, qStepEnd, []any{from, upTo, limit}, &rev)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return rev, err
+}
+
+func (t *txn) DeleteSuperseded(ctx context.Context, compact, from, to int64) (int64, error) {
+	var n int64
+	for _, q := range []string{qDeleteSuperseded, qDeleteTombstones} {
+		res, err := t.st.Exec(ctx, q, compact, from, to)
+		if err != nil {
+			return 0, err
+		}
+		m, err := res.RowsAffected()
+		if err != nil {
+			return 0, err
+		}
+		n += m
+	}
+	return n, nil
 }
 
 // OpenDB opens the SQLite database file at path with kvsql's SQLite driver

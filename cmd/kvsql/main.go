@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,8 +26,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/kvsql/kvsql/backends"
 	"github.com/kvsql/kvsql/backends/mysql"
@@ -50,29 +47,34 @@ var Version = "0.1.0-dev"
 const shutdownGrace = 5 * time.Second
 
 type config struct {
-	listenURLs    string
-	advertiseURLs string
-	name          string
-	dataDir       string
-	endpoint      string
-	maxReqBytes   int
-	maxTxnOps     int
-	progressEvery time.Duration
-	notifyMode    string
-	pollInterval  time.Duration
-	safetyPoll    time.Duration
-	stmtTimeout   time.Duration
-	serverID      uint
-	metricsURLs   string
-	enablePprof   bool
-	certFile      string
-	keyFile       string
-	caFile        string
-	clientCert    bool
-	forward       bool
-	logLevel      string
-	logFormat     string
-	version       bool
+	listenURLs     string
+	listenHTTPURLs string
+	advertiseURLs  string
+	name           string
+	dataDir        string
+	endpoint       string
+	maxReqBytes    int
+	maxTxnOps      int
+	progressEvery  time.Duration
+	notifyMode     string
+	pollInterval   time.Duration
+	safetyPoll     time.Duration
+	stmtTimeout    time.Duration
+	serverID       uint
+	metricsURLs    string
+	enablePprof    bool
+	certFile       string
+	keyFile        string
+	caFile         string
+	clientCert     bool
+	crlFile        string
+	allowedCN      string
+	allowedHost    string
+	autoTLS        bool
+	forward        bool
+	logLevel       string
+	logFormat      string
+	version        bool
 }
 
 func main() {
@@ -108,7 +110,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("kvsql", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&c.listenURLs, "listen-client-urls", "http://127.0.0.1:2379", "comma-separated URLs to serve clients on (http:// plain, https:// TLS)")
+	fs.StringVar(&c.listenURLs, "listen-client-urls", "http://127.0.0.1:2379", "comma-separated URLs to serve clients on (http:// plain, https:// TLS): etcd's gRPC API and, on the same port, HTTP (/health, /livez, /readyz, /version, /metrics and the JSON gateway under /v3/)")
+	fs.StringVar(&c.listenHTTPURLs, "listen-client-http-urls", "", "comma-separated URLs to serve the HTTP endpoints on instead of --listen-client-urls, which then serve only gRPC (as etcd's flag: gRPC over TLS is faster on a listener of its own)")
 	fs.StringVar(&c.advertiseURLs, "advertise-client-urls", "", "comma-separated client URLs to report in MemberList (default: --listen-client-urls)")
 	fs.StringVar(&c.name, "name", "default", "this member's name")
 	fs.StringVar(&c.metricsURLs, "listen-metrics-urls", "", "comma-separated http:// URLs to serve Prometheus metrics on, at /metrics (default: none)")
@@ -123,10 +126,14 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.maxReqBytes, "max-request-bytes", kvserver.DefaultMaxRequestBytes, "maximum client request size in bytes")
 	fs.IntVar(&c.maxTxnOps, "max-txn-ops", kvserver.DefaultMaxTxnOps, "maximum operations per txn branch")
 	fs.DurationVar(&c.progressEvery, "watch-progress-notify-interval", kvserver.DefaultProgressNotifyInterval, "how often watches with progress_notify get a progress notification")
-	fs.StringVar(&c.certFile, "cert-file", "", "TLS certificate for https:// listeners")
-	fs.StringVar(&c.keyFile, "key-file", "", "TLS key for https:// listeners")
-	fs.StringVar(&c.caFile, "trusted-ca-file", "", "CA bundle to verify client certificates")
-	fs.BoolVar(&c.clientCert, "client-cert-auth", false, "require a client certificate signed by --trusted-ca-file")
+	fs.StringVar(&c.certFile, "cert-file", "", "TLS certificate for https:// client URLs, read again at every new connection (replace the file to rotate it)")
+	fs.StringVar(&c.keyFile, "key-file", "", "TLS key for --cert-file")
+	fs.StringVar(&c.caFile, "trusted-ca-file", "", "CA bundle that signs client certificates; as in etcd, setting it makes https:// client URLs require a client certificate signed by it")
+	fs.BoolVar(&c.clientCert, "client-cert-auth", false, "require a client certificate signed by --trusted-ca-file on every client URL (all must be https://)")
+	fs.StringVar(&c.crlFile, "client-crl-file", "", "DER-encoded certificate revocation list (X.509 CRL); a client certificate it lists is refused; read again at every new connection")
+	fs.StringVar(&c.allowedCN, "client-cert-allowed-cn", "", "comma-separated common names a client certificate must have one of")
+	fs.StringVar(&c.allowedHost, "client-cert-allowed-hostname", "", "comma-separated hostnames or IPs a client certificate must be valid for one of")
+	fs.BoolVar(&c.autoTLS, "auto-tls", false, "serve https:// client URLs with a generated self-signed certificate (in <data-dir>/fixtures/client; clients cannot verify it)")
 	fs.BoolVar(&c.forward, "forward-writes", true, "PostgreSQL/MySQL with several instances: send writes to the instance holding the leader lock (at its first advertised client URL) so that every instance's writes share one group commit and fsync; without a ready connection to it, an instance writes directly. An https:// leader is verified with --trusted-ca-file (default: the system's roots) and shown --cert-file/--key-file as client certificate")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
@@ -187,7 +194,14 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, onBatch func(
 	}
 	scheme, rest, ok := strings.Cut(ep, "://")
 	if !ok {
-		return nil, nil, fmt.Errorf("--endpoint %q: want a URL such as sqlite:///var/lib/kvsql/state.db", redact(ep))
+		hint := ""
+		if strings.Contains(ep, "=") {
+			hint = " (a key=value connection string is not accepted: write it as a postgres:// URL)"
+		}
+		return nil, nil, fmt.Errorf("--endpoint is not a URL%s: want sqlite://PATH, postgres://USER:PASS@HOST:PORT/DB or mysql://USER:PASS@tcp(HOST:PORT)/DB; the value is not shown, as it may hold a password", hint)
+	}
+	if !schemeRE.MatchString(scheme) {
+		return nil, nil, errors.New("--endpoint does not start with a scheme: want sqlite://, postgres:// or mysql://; the value is not shown, as it may hold a password")
 	}
 	switch scheme {
 	case "sqlite":
@@ -214,7 +228,7 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, onBatch func(
 			Engine:           backends.EngineConfig{Logger: log.With("component", "postgres"), OnBatch: onBatch},
 		})
 		if err != nil {
-			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, redact(ep))
+			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, describeEndpoint(ep))
 		}
 		if c.notifyMode == "poll" {
 			return st, poll.Source{Interval: c.pollInterval}, nil
@@ -223,7 +237,7 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, onBatch func(
 	case "mysql":
 		st, err := mysql.Open(ctx, mysql.Config{DSN: ep, Engine: backends.EngineConfig{Logger: log.With("component", "mysql"), OnBatch: onBatch}})
 		if err != nil {
-			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, redactMySQL(ep))
+			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, describeEndpoint(ep))
 		}
 		if c.notifyMode == "poll" {
 			return st, poll.Source{Interval: c.pollInterval}, nil
@@ -235,122 +249,6 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, onBatch func(
 		return st, binlog.New(binlog.Config{Driver: st.DriverConfig(), DB: st.DB(), ServerID: uint32(c.serverID), Logger: log.With("component", "binlog")}), nil
 	}
 	return nil, nil, fmt.Errorf("--endpoint: unknown scheme %q; supported: sqlite://, postgres://, mysql://", scheme)
-}
-
-// redact hides a password in a URL-like string.
-func redact(s string) string {
-	if u, err := url.Parse(s); err == nil && u.User != nil {
-		if _, has := u.User.Password(); has {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-			return u.String()
-		}
-	}
-	return s
-}
-
-// redactMySQL hides the password of a mysql://user:pass@tcp(...)/db endpoint.
-func redactMySQL(s string) string {
-	rest := strings.TrimPrefix(s, "mysql://")
-	at := strings.LastIndex(rest, "@")
-	if at < 0 {
-		return s
-	}
-	user, _, hasPass := strings.Cut(rest[:at], ":")
-	if !hasPass {
-		return s
-	}
-	return "mysql://" + user + ":xxxxx" + rest[at:]
-}
-
-func tlsConfig(c *config) (*tls.Config, error) {
-	if c.certFile == "" || c.keyFile == "" {
-		return nil, errors.New("an https:// listener needs --cert-file and --key-file")
-	}
-	cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("load --cert-file/--key-file: %w", err)
-	}
-	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if tc.ClientCAs, err = trustedCAs(c); err != nil {
-		return nil, err
-	}
-	if c.clientCert {
-		if tc.ClientCAs == nil {
-			return nil, errors.New("--client-cert-auth needs --trusted-ca-file")
-		}
-		tc.ClientAuth = tls.RequireAndVerifyClientCert
-	}
-	return tc, nil
-}
-
-// trustedCAs loads --trusted-ca-file (nil if it is not set).
-func trustedCAs(c *config) (*x509.CertPool, error) {
-	if c.caFile == "" {
-		return nil, nil
-	}
-	pem, err := os.ReadFile(c.caFile)
-	if err != nil {
-		return nil, fmt.Errorf("read --trusted-ca-file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("--trusted-ca-file %s holds no PEM certificate", c.caFile)
-	}
-	return pool, nil
-}
-
-// forwardTLSConfig is the client side of TLS for writes forwarded to an
-// https:// leader: it trusts --trusted-ca-file (or the system's roots) and
-// presents this instance's certificate, which a leader with
-// --client-cert-auth requires.
-func forwardTLSConfig(c *config) (*tls.Config, error) {
-	roots, err := trustedCAs(c)
-	if err != nil {
-		return nil, err
-	}
-	tc := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
-	if c.certFile != "" && c.keyFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
-		if err != nil {
-			return nil, fmt.Errorf("load --cert-file/--key-file: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
-}
-
-type listener struct {
-	net.Listener
-	tls *tls.Config
-}
-
-func listen(c *config) ([]listener, error) {
-	var out []listener
-	for _, raw := range strings.Split(c.listenURLs, ",") {
-		u, err := url.Parse(strings.TrimSpace(raw))
-		if err != nil || u.Host == "" {
-			return nil, fmt.Errorf("--listen-client-urls %q: want http://host:port or https://host:port", raw)
-		}
-		var tc *tls.Config
-		switch u.Scheme {
-		case "http":
-		case "https":
-			if tc, err = tlsConfig(c); err != nil {
-				return nil, err
-			}
-		default:
-			return nil, fmt.Errorf("--listen-client-urls %q: scheme must be http or https", raw)
-		}
-		l, err := net.Listen("tcp", u.Host)
-		if err != nil {
-			for _, o := range out {
-				_ = o.Close()
-			}
-			return nil, fmt.Errorf("listen on %s: %w", u.Host, err)
-		}
-		out = append(out, listener{Listener: l, tls: tc})
-	}
-	return out, nil
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -377,37 +275,61 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if c.notifyMode != "auto" && c.notifyMode != "poll" {
 		return fmt.Errorf("--notify %q: want auto or poll", c.notifyMode)
 	}
-	lns, err := listen(c)
+	urls, err := parseClientURLs(c)
 	if err != nil {
 		return err
 	}
-	var metrics *kvserver.Metrics
+	tlsInfo, err := clientTLS(c, urls)
+	if err != nil {
+		return err
+	}
+	fwdTLS, err := forwardTLS(tlsInfo)
+	if err != nil {
+		return err
+	}
+	if tlsInfo != nil {
+		tlsInfo.HandshakeFailure = func(conn *tls.Conn, err error) {
+			log.Warn("rejected connection on client endpoint", "remote", conn.RemoteAddr().String(), "err", err)
+		}
+	}
+	lns, err := listenClients(urls)
+	if err != nil {
+		return err
+	}
+	closeListeners := func() {
+		for _, l := range lns {
+			_ = l.Close()
+		}
+	}
+	// Every client URL serves /metrics, so the registry always exists.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := kvserver.NewMetrics(reg)
+	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	var metricsSrv []*http.Server
-	var onBatch func(int, time.Duration, error)
+	metricsMux := http.NewServeMux()
 	if c.metricsURLs != "" {
-		reg := prometheus.NewRegistry()
-		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		metrics = kvserver.NewMetrics(reg)
-		onBatch = metrics.OnBatch
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		metricsMux.Handle("/metrics", metricsHandler)
 		if c.enablePprof {
-			mux.HandleFunc("/debug/pprof/", pprof.Index)
-			mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+			// Not /debug/pprof/cmdline: the command line may hold
+			// --endpoint's password.
+			metricsMux.HandleFunc("/debug/pprof/", pprof.Index)
+			metricsMux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			metricsMux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			metricsMux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		}
 		for _, raw := range strings.Split(c.metricsURLs, ",") {
 			u, err := url.Parse(strings.TrimSpace(raw))
 			if err != nil || u.Scheme != "http" || u.Host == "" {
+				closeListeners()
 				return fmt.Errorf("--listen-metrics-urls %q: want http://host:port", raw)
 			}
 			ml, err := net.Listen("tcp", u.Host)
 			if err != nil {
+				closeListeners()
 				return fmt.Errorf("listen for metrics on %s: %w", u.Host, err)
 			}
-			hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+			hs := &http.Server{Handler: metricsMux, ReadHeaderTimeout: 10 * time.Second}
 			metricsSrv = append(metricsSrv, hs)
 			go func() { _ = hs.Serve(ml) }()
 			log.Info("serving metrics", "addr", ml.Addr().String())
@@ -418,12 +340,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}()
 	}
-	be, src, err := openBackend(ctx, c, log, onBatch)
+	be, src, err := openBackend(ctx, c, log, metrics.OnBatch)
 	if err != nil {
-		for _, l := range lns {
-			_ = l.Close()
-		}
-		return err
+		closeListeners()
+		return scrub(err, c.endpoint)
 	}
 	defer func() {
 		if err := be.Close(); err != nil {
@@ -433,10 +353,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	advertise := c.advertiseURLs
 	if advertise == "" {
 		advertise = c.listenURLs
-	}
-	fwdTLS, err := forwardTLSConfig(c)
-	if err != nil {
-		return err
 	}
 	srv, err := kvserver.New(kvserver.Config{
 		Backend:                be,
@@ -453,6 +369,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ForwardTLS:             fwdTLS,
 	})
 	if err != nil {
+		closeListeners()
+		return err
+	}
+	srv.HandleHealth(metricsMux) // etcd's metrics URLs answer health probes too
+	front, err := srv.NewFrontend(kvserver.FrontendConfig{Listeners: lns, TLS: tlsInfo, Metrics: metricsHandler})
+	if err != nil {
+		closeListeners()
 		return err
 	}
 
@@ -460,45 +383,34 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer cancelRun()
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return srv.Run(gctx) })
-	var grpcServers []*grpc.Server
-	for _, l := range lns {
-		opts := srv.GRPCOptions()
-		if l.tls != nil {
-			opts = append(opts, grpc.Creds(credentials.NewTLS(l.tls)))
-		}
-		gs := grpc.NewServer(opts...)
-		srv.Register(gs)
-		grpcServers = append(grpcServers, gs)
-		g.Go(func() error { return gs.Serve(l.Listener) })
-		log.Info("serving etcd v3 API", "addr", l.Addr().String(), "tls", l.tls != nil)
+	served := make(chan error, 1)
+	go func() { served <- front.Serve() }()
+	for i, l := range lns {
+		log.Info("serving etcd v3 API", "addr", l.Addr().String(), "url", urls[i].raw, "tls", l.Secure, "http_only", l.HTTPOnly)
 	}
 	log.Info("kvsql started", "version", Version, "etcd_api", kvserver.EtcdVersion, "name", c.name)
 
+	var serveErr error
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
 	case <-gctx.Done():
+	case serveErr = <-served:
+		served <- serveErr
 	}
 	srv.Shutdown()
-	stopped := make(chan struct{})
-	go func() {
-		for _, gs := range grpcServers {
-			gs.GracefulStop()
-		}
-		close(stopped)
-	}()
-	select {
-	case <-stopped:
-	case <-time.After(shutdownGrace):
-		log.Warn("in-flight requests did not finish in time; closing them")
-		for _, gs := range grpcServers {
-			gs.Stop()
-		}
-		<-stopped
+	graceCtx, cancelGrace := context.WithTimeout(context.Background(), shutdownGrace)
+	front.Stop(graceCtx)
+	cancelGrace()
+	if err := <-served; err != nil && serveErr == nil {
+		serveErr = err
 	}
 	cancelRun()
-	if err := g.Wait(); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+	if err := g.Wait(); err != nil {
 		return err
+	}
+	if serveErr != nil {
+		return fmt.Errorf("serving clients: %w", serveErr)
 	}
 	log.Info("stopped")
 	return nil

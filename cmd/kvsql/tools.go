@@ -232,7 +232,7 @@ Flags:
 	}
 	defer src.Close()
 	if err := src.PingContext(ctx); err != nil {
-		return fmt.Errorf("migrate: connect to %s: %w", shown, err)
+		return fmt.Errorf("migrate: connect to %s: %w", shown, scrub(err, from))
 	}
 	be, err := openTarget(ctx, &tf, stderr)
 	if err != nil {
@@ -250,7 +250,7 @@ Flags:
 		return fmt.Errorf("migrate: the target %w; migrate only into a new, empty database (another --data-dir, or a new PostgreSQL/MySQL database)", err)
 	}
 	if err != nil {
-		return fmt.Errorf("migrate from %s: %w", shown, err)
+		return fmt.Errorf("migrate from %s: %w", shown, scrub(err, from))
 	}
 	fmt.Fprintf(stdout, "migrated %s: revision %d, compact revision %d, %d changes, %d leases (%d kine-internal rows skipped) in %s\n",
 		shown, info.Revision, info.Compact, info.Rows, info.Leases, info.Skipped, time.Since(start).Round(time.Millisecond))
@@ -263,7 +263,7 @@ Flags:
 func openKine(from string) (*sql.DB, migrate.Flavor, string, error) {
 	scheme, rest, ok := strings.Cut(from, "://")
 	if !ok {
-		return nil, 0, "", fmt.Errorf("--from %q: want kine+sqlite://PATH, kine+postgres://... or kine+mysql://...", redact(from))
+		return nil, 0, "", errors.New("--from: want kine+sqlite://PATH, kine+postgres://... or kine+mysql://...")
 	}
 	switch scheme {
 	case "kine+sqlite":
@@ -280,20 +280,20 @@ func openKine(from string) (*sql.DB, migrate.Flavor, string, error) {
 		u := "postgres://" + rest
 		cfg, err := pgx.ParseConfig(u)
 		if err != nil {
-			return nil, 0, "", fmt.Errorf("--from %s: %w", redact(u), err)
+			return nil, 0, "", fmt.Errorf("--from kine+%s does not parse; want kine+postgres://USER:PASSWORD@HOST:PORT/DB?sslmode=...", describeEndpoint(u))
 		}
-		return stdlib.OpenDB(*cfg), migrate.Postgres, "kine+" + redact(u), nil
+		return stdlib.OpenDB(*cfg), migrate.Postgres, "kine+" + describeEndpoint(u), nil
 	case "kine+mysql":
 		u := "mysql://" + rest
 		cfg, err := mysql.ParseEndpoint(u)
 		if err != nil {
-			return nil, 0, "", fmt.Errorf("--from %s: %w", redactMySQL(u), err)
+			return nil, 0, "", fmt.Errorf("--from: %w", scrub(err, u))
 		}
 		conn, err := gomysql.NewConnector(cfg)
 		if err != nil {
-			return nil, 0, "", fmt.Errorf("--from %s: %w", redactMySQL(u), err)
+			return nil, 0, "", fmt.Errorf("--from %s: %w", describeEndpoint(u), scrub(err, u))
 		}
-		return sql.OpenDB(conn), migrate.MySQL, "kine+" + redactMySQL(u), nil
+		return sql.OpenDB(conn), migrate.MySQL, "kine+" + describeEndpoint(u), nil
 	}
 	return nil, 0, "", fmt.Errorf("--from: unknown scheme %q; want kine+sqlite://, kine+postgres:// or kine+mysql://", scheme)
 }
