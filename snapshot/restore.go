@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -22,6 +23,8 @@ import (
 const (
 	restoreBatchRows  = 2000
 	restoreBatchBytes = 8 << 20
+	// defaultWindowBytes is RestoreOptions.WindowBytes' default.
+	defaultWindowBytes = 64 << 20
 )
 
 // ErrNoChecksum: the file has no SHA-256 appended (it was copied from a
@@ -36,6 +39,9 @@ type RestoreOptions struct {
 	SkipHashCheck bool
 	// Progress, if set, is called after every batch written.
 	Progress func(Progress)
+	// WindowBytes is how much of the file's history one mapping of it
+	// reads (see view); 0 means 64 MiB.
+	WindowBytes int
 }
 
 // Progress reports how far a restore has come.
@@ -59,28 +65,19 @@ func Restore(ctx context.Context, path string, dst backends.Loader, opts Restore
 		return info, err
 	}
 	info.Size = size
-	db, err := bolt.Open(path, 0o400, &bolt.Options{ReadOnly: true})
-	if err != nil {
-		return info, fmt.Errorf("open %s as an etcd snapshot (bolt database): %w", path, err)
-	}
-	defer db.Close()
 	load, err := dst.BeginLoad(ctx)
 	if err != nil {
 		return info, err
 	}
 	defer func() { _ = load.Rollback() }()
-	var current int64
-	err = db.View(func(tx *bolt.Tx) error {
+	// The small buckets first, then the history in windows.
+	err = view(path, func(tx *bolt.Tx) error {
 		for _, name := range [][]byte{bucketKey, bucketMeta} {
 			if tx.Bucket(name) == nil {
 				return fmt.Errorf("%s is not an etcd snapshot: it has no %q bucket", path, name)
 			}
 		}
 		if info.Compact, err = readCompact(tx.Bucket(bucketMeta)); err != nil {
-			return err
-		}
-		last, err := loadHistory(ctx, tx.Bucket(bucketKey), load, &info, opts.Progress)
-		if err != nil {
 			return err
 		}
 		if err := loadLeases(ctx, tx.Bucket(bucketLease), load, &info); err != nil {
@@ -91,17 +88,42 @@ func Restore(ctx context.Context, path string, dst backends.Loader, opts Restore
 				info.AuthSkipped = true
 			}
 		}
-		current = max(last, info.Compact, 1)
 		return nil
 	})
 	if err != nil {
 		return info, err
 	}
-	info.Revision = current
-	if err := load.Commit(ctx, current, info.Compact); err != nil {
+	h := &historyLoader{ctx: ctx, load: load, info: &info, progress: opts.Progress, windowBytes: cmp.Or(opts.WindowBytes, defaultWindowBytes)}
+	for !h.done {
+		if err := view(path, h.window); err != nil {
+			return info, err
+		}
+	}
+	if err := h.flush(); err != nil {
+		return info, err
+	}
+	info.Revision = max(h.last, info.Compact, 1)
+	if err := load.Commit(ctx, info.Revision, info.Compact); err != nil {
 		return info, err
 	}
 	return info, nil
+}
+
+// view runs fn in a read transaction of the bolt database at path, opened
+// for it and closed after it. bolt reads the file through mmap, and every
+// page read stays resident in the process until the file is unmapped:
+// reading the history in windows, each through a mapping of its own,
+// keeps that to one window rather than the whole file.
+func view(path string, fn func(tx *bolt.Tx) error) error {
+	db, err := bolt.Open(path, 0o400, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		return fmt.Errorf("open %s as an etcd snapshot (bolt database): %w", path, err)
+	}
+	if err := db.View(fn); err != nil {
+		_ = db.Close()
+		return err
+	}
+	return db.Close()
 }
 
 // verifyChecksum checks the SHA-256 that ends a snapshot saved through
@@ -163,42 +185,59 @@ func readCompact(meta *bolt.Bucket) (int64, error) {
 	return compact, nil
 }
 
-// loadHistory appends every revision key of the "key" bucket, in revision
-// order, and returns the newest revision.
-func loadHistory(ctx context.Context, b *bolt.Bucket, load *backends.BulkLoad, info *Info, progress func(Progress)) (int64, error) {
-	c := b.Cursor()
-	var lastInFile, last int64
-	if k, _ := c.Last(); k != nil {
-		var err error
-		if lastInFile, _, _, err = parseRevKey(k); err != nil {
-			return 0, err
+// historyLoader appends the revision keys of the "key" bucket, in revision
+// order, one window of the file at a time.
+type historyLoader struct {
+	ctx         context.Context
+	load        *backends.BulkLoad
+	info        *Info
+	progress    func(Progress)
+	windowBytes int
+
+	batch      []backends.LogRow
+	batchBytes int
+	// after is the last revision key read (nil before the first window);
+	// last its revision, lastInFile the newest revision in the file.
+	after            []byte
+	last, lastInFile int64
+	done             bool
+}
+
+// window reads up to h.windowBytes of the history after h.after and
+// appends it in batches; it sets h.done at the end of the bucket.
+func (h *historyLoader) window(tx *bolt.Tx) error {
+	c := tx.Bucket(bucketKey).Cursor()
+	var k, v []byte
+	if h.after == nil {
+		if lk, _ := c.Last(); lk != nil {
+			var err error
+			if h.lastInFile, _, _, err = parseRevKey(lk); err != nil {
+				return err
+			}
+		}
+		k, v = c.First()
+	} else {
+		k, v = c.Seek(h.after)
+		if k != nil && bytes.Equal(k, h.after) {
+			k, v = c.Next()
 		}
 	}
-	batch := make([]backends.LogRow, 0, restoreBatchRows)
-	batchBytes := 0
-	flush := func() error {
-		if len(batch) == 0 {
+	read := 0
+	for ; k != nil; k, v = c.Next() {
+		if read >= h.windowBytes {
+			// k is read again at the start of the next window
 			return nil
 		}
-		if err := load.Append(ctx, batch); err != nil {
-			return err
-		}
-		info.Versions += int64(len(batch))
-		if progress != nil {
-			progress(Progress{Versions: info.Versions, Revision: last, LastRevision: lastInFile})
-		}
-		batch, batchBytes = batch[:0], 0
-		return ctx.Err()
-	}
-	for k, v := c.First(); k != nil; k, v = c.Next() {
+		read += len(k) + len(v)
 		rev, sub, tombstone, err := parseRevKey(k)
 		if err != nil {
-			return 0, err
+			return err
 		}
-		last = rev
+		h.after = append(h.after[:0], k...)
+		h.last = rev
 		var kv mvccpb.KeyValue
 		if err := proto.Unmarshal(v, &kv); err != nil {
-			return 0, fmt.Errorf("revision %d.%d: decode key-value: %w", rev, sub, err)
+			return fmt.Errorf("revision %d.%d: decode key-value: %w", rev, sub, err)
 		}
 		if len(kv.Key) == 0 {
 			// A revision marker without a key (etcdutl's --bump-revision,
@@ -206,19 +245,33 @@ func loadHistory(ctx context.Context, b *bolt.Bucket, load *backends.BulkLoad, i
 			// it only moves the current revision.
 			continue
 		}
-		batch = append(batch, backends.LogRow{Rev: rev, Sub: sub, Key: kv.Key, Deleted: tombstone,
+		h.batch = append(h.batch, backends.LogRow{Rev: rev, Sub: sub, Key: kv.Key, Deleted: tombstone,
 			CreateRev: kv.CreateRevision, Version: kv.Version, Lease: kv.Lease, Value: kv.Value})
-		batchBytes += len(kv.Key) + len(kv.Value)
-		if len(batch) >= restoreBatchRows || batchBytes >= restoreBatchBytes {
-			if err := flush(); err != nil {
-				return 0, err
+		h.batchBytes += len(kv.Key) + len(kv.Value)
+		if len(h.batch) >= restoreBatchRows || h.batchBytes >= restoreBatchBytes {
+			if err := h.flush(); err != nil {
+				return err
 			}
 		}
 	}
-	if err := flush(); err != nil {
-		return 0, err
+	h.done = true
+	return nil
+}
+
+// flush appends the batch.
+func (h *historyLoader) flush() error {
+	if len(h.batch) == 0 {
+		return nil
 	}
-	return last, nil
+	if err := h.load.Append(h.ctx, h.batch); err != nil {
+		return err
+	}
+	h.info.Versions += int64(len(h.batch))
+	if h.progress != nil {
+		h.progress(Progress{Versions: h.info.Versions, Revision: h.last, LastRevision: h.lastInFile})
+	}
+	h.batch, h.batchBytes = h.batch[:0], 0
+	return h.ctx.Err()
 }
 
 // loadLeases creates every lease of the "lease" bucket with its TTL.
