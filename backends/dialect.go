@@ -95,6 +95,9 @@ type Tx interface {
 	// ScanEvents), so that one read never holds more than that and a
 	// revision.
 	Changes(ctx context.Context, after, upTo int64, maxBytes int) ([]*mvccpb.Event, error)
+	// History returns up to limit kv_log rows after (afterRev, afterSub),
+	// in (rev, sub) order: a page of the whole history, for snapshots.
+	History(ctx context.Context, afterRev, afterSub int64, limit int) ([]LogRow, error)
 
 	// LeaseInsert creates a lease expiring ttl seconds from now; false if
 	// the id exists.
@@ -112,6 +115,10 @@ type Tx interface {
 	LeaseKeys(ctx context.Context, id int64) ([]*mvccpb.KeyValue, error)
 	// Leases lists every lease id in ascending order.
 	Leases(ctx context.Context) ([]int64, error)
+	// LeaseRows returns up to limit leases with an id above afterID, in id
+	// order, each with its TTL and the milliseconds until it expires (Keys
+	// is not set).
+	LeaseRows(ctx context.Context, afterID int64, limit int) ([]Lease, error)
 	// ExpiredLeases lists up to limit leases whose expiry has passed.
 	ExpiredLeases(ctx context.Context, limit int) ([]int64, error)
 

@@ -153,6 +153,36 @@ func (c *eventColumns) event() *mvccpb.Event {
 	return ev
 }
 
+// ScanLogRows reads rows of (rev, sub, key, deleted, create_rev,
+// prev_rev, version, lease, value): kv_log rows.
+func ScanLogRows(rows Rows) ([]LogRow, error) {
+	var out []LogRow
+	for rows.Next() {
+		var r LogRow
+		if err := rows.Scan(&r.Rev, &r.Sub, &r.Key, &r.Deleted, &r.CreateRev, &r.PrevRev, &r.Version, &r.Lease, &r.Value); err != nil {
+			return nil, err
+		}
+		if r.Value == nil {
+			r.Value = []byte{}
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// ScanLeases reads rows of (id, ttl, remaining milliseconds).
+func ScanLeases(rows Rows) ([]Lease, error) {
+	var out []Lease
+	for rows.Next() {
+		var l Lease
+		if err := rows.Scan(&l.ID, &l.GrantedTTL, &l.RemainingMillis); err != nil {
+			return nil, err
+		}
+		out = append(out, l)
+	}
+	return out, rows.Err()
+}
+
 // ScanIDs reads rows of one integer column.
 func ScanIDs(rows Rows) ([]int64, error) {
 	var ids []int64

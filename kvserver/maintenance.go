@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kvsql/kvsql/backends"
+	"github.com/kvsql/kvsql/snapshot"
 )
 
 // EtcdVersion is the etcd version kvsql reports in Status: the etcd API it
@@ -162,8 +163,35 @@ func (m *maintenanceService) Hash(ctx context.Context, _ *pb.HashRequest) (*pb.H
 	return &pb.HashResponse{Header: m.s.header(rev), Hash: hash}, nil
 }
 
-func (m *maintenanceService) Snapshot(*pb.SnapshotRequest, pb.Maintenance_SnapshotServer) error {
-	return status.Error(codes.Unimplemented, "kvsql: snapshots are not supported; back up the SQL database with its own tools")
+// Snapshot streams the database as an etcd snapshot file (see package
+// snapshot): built from one database snapshot into a temporary file in
+// Config.SnapshotDir, then sent in chunks followed by its SHA-256, as etcd
+// sends its bolt file. `etcdutl snapshot restore` turns it into an etcd
+// data directory; `kvsql snapshot restore` loads it into a kvsql database.
+func (m *maintenanceService) Snapshot(_ *pb.SnapshotRequest, srv pb.Maintenance_SnapshotServer) error {
+	src, ok := m.s.be.(backends.Snapshotter)
+	if !ok {
+		return status.Error(codes.Unimplemented, "kvsql: this backend cannot take snapshots")
+	}
+	ctx := srv.Context()
+	f, err := snapshot.Create(ctx, src, m.s.cfg.SnapshotDir)
+	if err != nil {
+		if ctx.Err() != nil {
+			return toGRPC(ctx.Err())
+		}
+		m.s.log.Warn("building a snapshot failed", "err", err)
+		return toGRPC(err)
+	}
+	defer func() {
+		if err := f.Close(); err != nil {
+			m.s.log.Warn("removing a snapshot's temporary file failed", "err", err)
+		}
+	}()
+	m.s.log.Info("sending database snapshot", "revision", f.Revision, "versions", f.Versions, "leases", f.Leases, "bytes", f.Size)
+	hdr := m.s.header(f.Revision)
+	return f.Send(func(blob []byte, remaining int64) error {
+		return srv.Send(&pb.SnapshotResponse{Header: hdr, RemainingBytes: uint64(remaining), Blob: blob, Version: snapshot.StorageVersion})
+	})
 }
 
 // MoveLeader hands the leader role (the leader lock) to the instance

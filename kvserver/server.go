@@ -69,6 +69,10 @@ type Config struct {
 	// LeaseCheckInterval is how often expired leases are revoked.
 	LeaseCheckInterval time.Duration
 
+	// SnapshotDir is where Maintenance.Snapshot builds its temporary file
+	// (as large as the database's history); "" means os.TempDir().
+	SnapshotDir string
+
 	// ForwardWrites makes an instance that does not hold the leader lock
 	// send its writes to the leader's advertised client URL, so that the
 	// writes of every instance share one group commit (see forward.go).

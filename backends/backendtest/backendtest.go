@@ -40,6 +40,14 @@ func mustTxn(tb testing.TB, be backends.Backend, r *pb.TxnRequest) *pb.TxnRespon
 
 // Run runs the conformance suite.
 func Run(t *testing.T, open Opener) {
+	t.Run("SnapshotAndBulkLoad", func(t *testing.T) {
+		t.Parallel()
+		snapshotAndBulkLoad(t, open)
+	})
+	t.Run("BulkLoadRefusesData", func(t *testing.T) {
+		t.Parallel()
+		bulkLoadRefusesData(t, open)
+	})
 	t.Run("RevisionsStartAtOne", func(t *testing.T) {
 		t.Parallel()
 		be := open(t)

@@ -460,7 +460,7 @@ func (d *dialect) BeginRead(ctx context.Context) (backends.Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &txn{tx: tx, st: backends.StmtTx{Tx: tx, Prepared: d.stmts}}, nil
+	return &txn{tx: tx, st: &backends.StmtTx{Tx: tx, Prepared: d.stmts}}, nil
 }
 
 func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
@@ -1055,6 +1055,15 @@ func (t *txn) Changes(ctx context.Context, after, upTo int64, maxBytes int) ([]*
 	return backends.ScanEvents(rows, maxBytes)
 }
 
+func (t *txn) History(ctx context.Context, afterRev, afterSub int64, limit int) ([]backends.LogRow, error) {
+	rows, err := t.st.Query(ctx, qHistory, afterRev, afterRev, afterSub, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanLogRows(rows)
+}
+
 func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {
 	res, err := t.st.Exec(ctx, qLeaseInsert, id, ttl, ttl)
 	if err != nil {
@@ -1192,3 +1201,12 @@ func (c *compactTx) DeleteSuperseded(ctx context.Context, compact, from, to int6
 
 func (c *compactTx) Commit() error   { return c.tx.Commit() }
 func (c *compactTx) Rollback() error { return c.tx.Rollback() }
+
+func (t *txn) LeaseRows(ctx context.Context, afterID int64, limit int) ([]backends.Lease, error) {
+	rows, err := t.st.Query(ctx, qLeaseRows, afterID, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanLeases(rows)
+}

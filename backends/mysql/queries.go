@@ -71,6 +71,11 @@ const (
 		LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.k = l.k AND p.rev = l.prev_rev AND p.deleted = 0
 		WHERE m.id = 1 ORDER BY l.rev, l.sub`
 
+	// qHistory pages through kv_log in (rev, sub) order; it takes
+	// (afterRev, afterRev, afterSub, limit).
+	qHistory = `SELECT rev, sub, k, deleted, create_rev, prev_rev, version, lease, v FROM kv_log
+		WHERE rev >= ? AND (rev > ? OR sub > ?) ORDER BY rev, sub LIMIT ?`
+
 	// Compaction's cleanup (backends.CompactTx). qDeleteSuperseded takes
 	// (from, to, compact, compact): for each row n of the step, the older
 	// rows of its key below compact go, found through kv_log_key_rev.
@@ -92,6 +97,7 @@ const (
 	qLeaseKeys    = `SELECT k, create_rev, mod_rev, version, lease, v FROM kv_current WHERE lease = ? ORDER BY k`
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
 	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry_ms <= ` + nowMS + ` ORDER BY expiry_ms LIMIT ?`
+	qLeaseRows    = `SELECT id, ttl, expiry_ms - ` + nowMS + ` FROM kv_lease WHERE id > ? ORDER BY id LIMIT ?`
 
 	qAlarms      = `SELECT member_id, alarm FROM kv_alarm ORDER BY member_id, alarm`
 	qAlarmInsert = `INSERT IGNORE INTO kv_alarm (member_id, alarm) VALUES (?, ?)`
@@ -156,9 +162,9 @@ var statements = append([]string{
 	qRevisions, qSetRevision, qSetCompact, qGetLatest,
 	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
-	qChanges, qChangesUpToCurrent,
+	qChanges, qChangesUpToCurrent, qHistory,
 	qCleanedTo, qSetCleanedTo, qStepEnd, qDeleteSuperseded, qDeleteTombstones,
-	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseTTL, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
+	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseTTL, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired, qLeaseRows,
 	qAlarms,
 }, getManyStatements()...)
 

@@ -723,6 +723,15 @@ func (t *txn) Changes(ctx context.Context, after, upTo int64, maxBytes int) ([]*
 	return backends.ScanEvents(rows, maxBytes)
 }
 
+func (t *txn) History(ctx context.Context, afterRev, afterSub int64, limit int) ([]backends.LogRow, error) {
+	rows, err := t.q.Query(ctx, qHistory, afterRev, afterSub, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanLogRows(rows)
+}
+
 func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {
 	tag, err := t.q.Exec(ctx, qLeaseInsert, id, ttl)
 	if err != nil {
@@ -835,3 +844,12 @@ func (c *compactTx) DeleteSuperseded(ctx context.Context, compact, from, to int6
 
 func (c *compactTx) Commit() error   { return c.tx.Commit(context.Background()) }
 func (c *compactTx) Rollback() error { return c.tx.Rollback(context.Background()) }
+
+func (t *txn) LeaseRows(ctx context.Context, afterID int64, limit int) ([]backends.Lease, error) {
+	rows, err := t.q.Query(ctx, qLeaseRows, afterID, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanLeases(rows)
+}

@@ -91,6 +91,10 @@ const (
 		` + prevJoin + `
 		WHERE m.id = 1 ORDER BY l.rev, l.sub`
 
+	// qHistory pages through kv_log in (rev, sub) order after ($1, $2).
+	qHistory = `SELECT rev, sub, key, deleted, create_rev, prev_rev, version, lease, value FROM kv_log
+		WHERE rev >= $1 AND (rev > $1 OR sub > $2) ORDER BY rev, sub LIMIT $3`
+
 	// Compaction's cleanup (backends.CompactTx). qDeleteSuperseded takes
 	// (compact, from, to): for each row n of the step, the older rows of
 	// its key below compact go, found through kv_log_key_rev.
@@ -120,6 +124,8 @@ const (
 	qLeaseKeys    = `SELECT key, create_rev, mod_rev, version, lease, value FROM kv_current WHERE lease = $1 ORDER BY key`
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
 	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry <= clock_timestamp() ORDER BY expiry LIMIT $1`
+	qLeaseRows    = `SELECT id, ttl, (EXTRACT(EPOCH FROM (expiry - clock_timestamp())) * 1000)::bigint FROM kv_lease
+		WHERE id > $1 ORDER BY id LIMIT $2`
 
 	qAlarms      = `SELECT member_id, alarm FROM kv_alarm ORDER BY member_id, alarm`
 	qAlarmInsert = `INSERT INTO kv_alarm (member_id, alarm) VALUES ($1, $2) ON CONFLICT DO NOTHING`

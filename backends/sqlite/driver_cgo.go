@@ -32,3 +32,7 @@ func errCode(err error) (int, bool) {
 	}
 	return 0, false
 }
+
+// plainDSN opens path as it is (no journal mode or sync change), for
+// reading another program's database.
+func plainDSN(path string) string { return "file:" + path + "?_busy_timeout=10000" }

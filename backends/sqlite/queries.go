@@ -41,6 +41,10 @@ const (
 		FROM kv_log l LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.key = l.key AND p.rev = l.prev_rev AND p.deleted = 0
 		WHERE l.rev > ?1 AND l.rev <= ?2 ORDER BY l.rev, l.sub`
 
+	// qHistory pages through kv_log in (rev, sub) order after (?1, ?2).
+	qHistory = `SELECT rev, sub, key, deleted, create_rev, prev_rev, version, lease, value FROM kv_log
+		WHERE rev >= ?1 AND (rev > ?1 OR sub > ?2) ORDER BY rev, sub LIMIT ?3`
+
 	// Compaction's cleanup (backends.CompactTx). qDeleteSuperseded takes
 	// (compact, from, to): for each row n of the step, the older rows of
 	// its key below compact go, found through kv_log_key_rev.
@@ -61,6 +65,7 @@ const (
 	qLeaseKeys    = `SELECT key, create_rev, mod_rev, version, lease, value FROM kv_current WHERE lease = ?1 ORDER BY key`
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
 	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry_ms <= ?1 ORDER BY expiry_ms LIMIT ?2`
+	qLeaseRows    = `SELECT id, ttl, expiry_ms - ?3 FROM kv_lease WHERE id > ?1 ORDER BY id LIMIT ?2`
 
 	qAlarms      = `SELECT member_id, alarm FROM kv_alarm ORDER BY member_id, alarm`
 	qAlarmInsert = `INSERT INTO kv_alarm (member_id, alarm) VALUES (?1, ?2) ON CONFLICT DO NOTHING`
@@ -76,9 +81,9 @@ var statements = []string{
 	qRevisions, qSetRevision, qSetCompact,
 	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
-	qInsertLog, qUpsertCurrent, qDeleteCurrent, qChanges,
+	qInsertLog, qUpsertCurrent, qDeleteCurrent, qChanges, qHistory,
 	qCleanedTo, qSetCleanedTo, qStepEnd, qDeleteSuperseded, qDeleteTombstones,
-	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseExtend, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
+	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseExtend, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired, qLeaseRows,
 	qAlarms, qAlarmInsert, qAlarmDelete,
 }
 

@@ -355,6 +355,15 @@ func (t *txn) Changes(ctx context.Context, after, upTo int64, maxBytes int) ([]*
 	return backends.ScanEvents(rows, maxBytes)
 }
 
+func (t *txn) History(ctx context.Context, afterRev, afterSub int64, limit int) ([]backends.LogRow, error) {
+	rows, err := t.st.Query(ctx, qHistory, afterRev, afterSub, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanLogRows(rows)
+}
+
 func nowMillis() int64 { return time.Now().UnixMilli() }
 
 func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {
@@ -483,4 +492,25 @@ func (t *txn) DeleteSuperseded(ctx context.Context, compact, from, to int64) (in
 		n += m
 	}
 	return n, nil
+}
+
+// OpenDB opens the SQLite database file at path with kvsql's SQLite driver
+// as a plain database/sql handle, for reading another program's database
+// (kvsql migrate reads kine's state.db). It creates nothing and runs no
+// migration.
+func OpenDB(path string) (*sql.DB, error) {
+	db, err := sql.Open(driverName, plainDSN(path))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	return db, nil
+}
+
+func (t *txn) LeaseRows(ctx context.Context, afterID int64, limit int) ([]backends.Lease, error) {
+	rows, err := t.st.Query(ctx, qLeaseRows, afterID, limit, nowMillis())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanLeases(rows)
 }

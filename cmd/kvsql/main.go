@@ -145,20 +145,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&c.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "kvsql %s: the etcd v3 API (etcd %s) on a SQL database.\n\nUsage: kvsql [flags]\n\nEvery flag also reads the environment variable KVSQL_<FLAG> (for --data-dir: KVSQL_DATA_DIR); a flag given on the command line wins.\n\nFlags:\n", Version, kvserver.EtcdVersion)
+		fmt.Fprintf(stderr, "kvsql %s: the etcd v3 API (etcd %s) on a SQL database.\n\nUsage: kvsql [flags]\n       kvsql snapshot save|restore FILE [flags]     (kvsql snapshot --help)\n       kvsql migrate --from kine+SCHEME://... [flags]  (kvsql migrate --help)\n\nEvery flag also reads the environment variable KVSQL_<FLAG> (for --data-dir: KVSQL_DATA_DIR); a flag given on the command line wins.\n\nFlags:\n", Version, kvserver.EtcdVersion)
 		fs.PrintDefaults()
 	}
-	// Environment first, so that command-line flags override it.
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		if v, ok := os.LookupEnv(envName(f.Name)); ok && envErr == nil {
-			if err := f.Value.Set(v); err != nil {
-				envErr = fmt.Errorf("%s=%q: %w", envName(f.Name), v, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return nil, envErr
+	if err := applyEnv(fs); err != nil {
+		return nil, err
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -170,6 +161,20 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, errors.New("--enable-pprof serves on the metrics listeners: set --listen-metrics-urls too")
 	}
 	return c, nil
+}
+
+// applyEnv sets every flag of fs from its KVSQL_* environment variable, if
+// set; call it before fs.Parse, so that command-line flags override it.
+func applyEnv(fs *flag.FlagSet) error {
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v, ok := os.LookupEnv(envName(f.Name)); ok && envErr == nil {
+			if err := f.Value.Set(v); err != nil {
+				envErr = fmt.Errorf("%s=%q: %w", envName(f.Name), v, err)
+			}
+		}
+	})
+	return envErr
 }
 
 func newLogger(c *config, w io.Writer) (*slog.Logger, error) {
@@ -254,6 +259,14 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, obs backends.
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "snapshot":
+			return runSnapshot(ctx, args[1:], stdout, stderr)
+		case "migrate":
+			return runMigrate(ctx, args[1:], stdout, stderr)
+		}
+	}
 	c, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
