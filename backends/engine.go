@@ -221,7 +221,8 @@ func (e *Engine) enqueue(ctx context.Context, req *writeReq) error {
 	// Once queued the request is applied or failed by the writer. A caller
 	// whose deadline passes first gets its context's error, as an etcd
 	// client whose proposal timed out does: the write may still commit,
-	// but it was not acknowledged.
+	// but it was not acknowledged. The writer may then still run apply, so
+	// a caller must not read what apply sets unless this returned nil.
 	select {
 	case err := <-req.done:
 		return e.dbErr(err)

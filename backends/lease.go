@@ -103,7 +103,10 @@ func (e *Engine) LeasePromote(ctx context.Context) (int64, error) {
 		n, err = o.tx.LeaseExtendAll(ctx)
 		return cur, err
 	})
-	return n, err
+	if err != nil {
+		return 0, err // the writer may still run apply: n is not ours to read
+	}
+	return n, nil
 }
 
 // LeaseInfo implements Backend.
@@ -165,5 +168,8 @@ func (e *Engine) ExpireLeases(ctx context.Context) (int, error) {
 		}
 		return cur, nil
 	})
-	return n, err
+	if err != nil {
+		return 0, err // the writer may still run apply: n is not ours to read
+	}
+	return n, nil
 }

@@ -89,7 +89,10 @@ func (e *Engine) SetAlarm(ctx context.Context, a *pb.AlarmMember, active bool) (
 		}
 		return cur, err
 	})
-	return changed, err
+	if err != nil {
+		return false, err // the writer may still run apply: changed is not ours to read
+	}
+	return changed, nil
 }
 
 // ErrorClasser is implemented by dialects that can name the class of
