@@ -66,23 +66,8 @@ func checkHistory(t *testing.T, ctx context.Context, c *clientv3.Client, be back
 			t.Fatalf("put acknowledged at revision %d above the final revision %d", a.rev, rev)
 		}
 	}
-	logEvs, err := be.Changes(ctx, 0, rev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, evs := range watches {
-		if len(evs) != len(logEvs) {
-			t.Errorf("%s: %d events, kv_log has %d", name, len(evs), len(logEvs))
-			continue
-		}
-		for i, ev := range evs {
-			want := (*clientv3.Event)(logEvs[i])
-			want = &clientv3.Event{Type: want.Type, Kv: want.Kv}
-			if got, exp := eventString(ev), eventString(want); got != exp {
-				t.Errorf("%s: event %d = %s, kv_log has %s", name, i, got, exp)
-				break
-			}
-		}
+	if err := checkWatchesAgainstLog(ctx, be, watches, rev); err != nil {
+		t.Error(err)
 	}
 }
 

@@ -43,6 +43,14 @@ type starter func(t testing.TB, opts serverOptions) server
 // startSQLite starts kvsql in-process on SQLite in a temp dir.
 func startSQLite(t testing.TB, opts serverOptions) server {
 	t.Helper()
+	be, src := openSQLite(t)
+	return serveKVSQL(t, be, src, opts)
+}
+
+// openSQLite opens a fresh SQLite backend in a temp dir with its change
+// source.
+func openSQLite(t testing.TB) (backends.Backend, *local.Source) {
+	t.Helper()
 	src := local.New()
 	be, err := sqlite.Open(context.Background(), sqlite.Config{
 		Path:   filepath.Join(t.TempDir(), "state.db"),
@@ -51,7 +59,7 @@ func startSQLite(t testing.TB, opts serverOptions) server {
 	if err != nil {
 		t.Fatalf("open sqlite: %v", err)
 	}
-	return serveKVSQL(t, be, src, opts)
+	return be, src
 }
 
 // serveKVSQL serves be on a free loopback port until the test ends.
