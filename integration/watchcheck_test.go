@@ -201,8 +201,10 @@ func (r *logReplay) checkResponses(spec watchSpec, resps []clientv3.WatchRespons
 	lastRev, progress := int64(0), int64(0)
 	for i, resp := range resps {
 		if resp.IsProgressNotify() {
-			if rev := resp.Header.Revision; rev < lastRev || rev < progress {
-				return fmt.Errorf("bookmarkable: progress notification at revision %d after an event at %d or a notification at %d", rev, lastRev, progress)
+			if rev := resp.Header.Revision; rev < lastRev {
+				return fmt.Errorf("bookmarkable: response %d is a progress notification at revision %d after an event at %d", i, rev, lastRev)
+			} else if rev < progress {
+				return fmt.Errorf("bookmarkable: response %d is a progress notification at revision %d after one at %d", i, rev, progress)
 			}
 			progress = resp.Header.Revision
 			continue
