@@ -181,6 +181,16 @@ func newClient(t testing.TB, s server) *clientv3.Client {
 	return c
 }
 
+// clientsFor returns a client for each server, closed at cleanup.
+func clientsFor(t testing.TB, servers []server) []*clientv3.Client {
+	t.Helper()
+	var clients []*clientv3.Client
+	for _, s := range servers {
+		clients = append(clients, newClient(t, s))
+	}
+	return clients
+}
+
 // kvsqlBackends lists the backends every backend-agnostic suite runs on.
 var kvsqlBackends = []struct {
 	name  string

@@ -58,7 +58,7 @@ const (
 	// linOpsBefore operations complete before the fault, linOpsAfter
 	// succeed after it (or in all, without a fault): a few thousand, so
 	// that porcupine stays fast.
-	linOpsBefore, linOpsAfter = 600, 1200
+	linOpsBefore, linOpsAfter = 1000, 2000
 	// linOpTimeout bounds one operation; one that ends in an error
 	// (timeouts included) has an unknown outcome.
 	linOpTimeout = 5 * time.Second
@@ -696,15 +696,6 @@ func checkRevisionOrder(ops []linRecord) error {
 	return nil
 }
 
-// linClients returns a client for each server.
-func linClients(t *testing.T, servers []server) []*clientv3.Client {
-	var clients []*clientv3.Client
-	for _, s := range servers {
-		clients = append(clients, newClient(t, s))
-	}
-	return clients
-}
-
 // TestLinearizability: the workload through three instances on PostgreSQL
 // and on MariaDB, and through one on SQLite, without faults.
 func TestLinearizability(t *testing.T) {
@@ -721,7 +712,7 @@ func TestLinearizability(t *testing.T) {
 				n = 1
 			}
 			servers, be := b.start(t, n, serverOptions{SafetyPoll: time.Hour})
-			runLinearizabilityCheck(t, linClients(t, servers), be, nil)
+			runLinearizabilityCheck(t, clientsFor(t, servers), be, nil)
 		})
 	}
 }
@@ -733,7 +724,7 @@ func TestLinearizability(t *testing.T) {
 func TestLinearizabilityCheckerRejects(t *testing.T) {
 	t.Parallel()
 	servers, be := sqliteInstances(t, 1, serverOptions{})
-	run := recordLinearizability(t, linClients(t, servers), be, nil)
+	run := recordLinearizability(t, clientsFor(t, servers), be, nil)
 	if err := run.check(t); err != nil {
 		t.Fatalf("the unbroken run fails: %v", err)
 	}

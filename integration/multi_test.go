@@ -18,7 +18,12 @@ import (
 type sharedDB func(t *testing.T, n int, opts serverOptions) ([]server, backends.Backend)
 
 func postgresInstances(t *testing.T, n int, opts serverOptions) ([]server, backends.Backend) {
-	url := freshPostgresURL(t)
+	return postgresInstancesOn(t, freshPostgresURL(t), n, opts)
+}
+
+// postgresInstancesOn starts n kvsql instances on the PostgreSQL database
+// at url.
+func postgresInstancesOn(t *testing.T, url string, n int, opts serverOptions) ([]server, backends.Backend) {
 	var out []server
 	var first backends.Backend
 	for range n {
@@ -33,7 +38,11 @@ func postgresInstances(t *testing.T, n int, opts serverOptions) ([]server, backe
 }
 
 func mysqlInstances(t *testing.T, n int, opts serverOptions) ([]server, backends.Backend) {
-	ep := freshMySQLEndpoint(t)
+	return mysqlInstancesOn(t, freshMySQLEndpoint(t), n, opts)
+}
+
+// mysqlInstancesOn starts n kvsql instances on the MySQL database at ep.
+func mysqlInstancesOn(t *testing.T, ep string, n int, opts serverOptions) ([]server, backends.Backend) {
 	var out []server
 	var first backends.Backend
 	for range n {
