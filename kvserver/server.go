@@ -17,6 +17,7 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/pkg/v3/idutil"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -111,6 +112,9 @@ type Server struct {
 	leaderID atomic.Uint64
 	// fwd is nil unless writes are forwarded to the leader.
 	fwd *forwarder
+	// reqIDs numbers write requests the way an etcd member numbers its
+	// proposals; only the size of the IDs matters (see checkSize).
+	reqIDs *idutil.Generator
 }
 
 // New returns a Server. Call Register to serve it and Run to start the
@@ -155,6 +159,7 @@ func New(cfg Config) (*Server, error) {
 		leasesReady: make(chan struct{}),
 		leadChanged: make(chan struct{}, 1),
 	}
+	s.reqIDs = idutil.NewGenerator(uint16(s.memberID), time.Now())
 	_, elects := cfg.Backend.(leaderElector)
 	_, registers := cfg.Backend.(memberRegistry)
 	if cfg.ForwardWrites && elects && registers {
