@@ -67,11 +67,14 @@ const (
 )
 
 // The operations that never reach porcupine as they are: a list is split
-// into a get per key, a multi-key put only takes part in the revision and
-// watch checks.
+// into a get per key, a multi-key put and a lease grant only take part in
+// the revision and watch checks, a lease revoke is a delete of the one key
+// attached to the lease.
 const (
 	linList linOpKind = iota + 100
 	linMulti
+	linGrant
+	linRevoke
 )
 
 // linRecord is one operation a client made, as it saw it.
@@ -90,7 +93,7 @@ func (r linRecord) isWrite() bool {
 	switch r.in.kind {
 	case linPut, linMulti:
 		return true
-	case linDelete, linCAS:
+	case linDelete, linCAS, linRevoke:
 		return r.out.changed
 	}
 	return false
@@ -103,6 +106,10 @@ func (r linRecord) String() string {
 		s = fmt.Sprintf("list(%q) -> %d keys @%d", linKeyPrefix, len(r.listed), r.out.rev)
 	case linMulti:
 		s = fmt.Sprintf("put(%q and %q, %q) -> @%d", linMultiA, linMultiB, r.in.value, r.out.rev)
+	case linGrant:
+		s = fmt.Sprintf("lease grant -> @%d", r.out.rev)
+	case linRevoke:
+		s = fmt.Sprintf("lease revoke (deletes %q) -> @%d", r.in.key, r.out.rev)
 	default:
 		s = linModel.DescribeOperation(r.in, r.out)
 	}
@@ -193,7 +200,9 @@ func (h *linRecorder) work(ctx context.Context, client int, c *clientv3.Client, 
 				}
 				return linRecord{out: linOutput{rev: resp.Header.Revision, changed: resp.Deleted > 0}}, nil
 			})
-		case p < 63:
+		case p < 61:
+			h.leased(ctx, client, c, value)
+		case p < 65:
 			h.do(ctx, client, linInput{kind: linMulti, value: value}, func(ctx context.Context) (linRecord, error) {
 				resp, err := c.Txn(ctx).Then(clientv3.OpPut(linMultiA, value), clientv3.OpPut(linMultiB, value)).Commit()
 				if err != nil {
@@ -225,6 +234,43 @@ func (h *linRecorder) work(ctx context.Context, client int, c *clientv3.Client, 
 			})
 		}
 	}
+}
+
+// leased grants a lease, puts the client's own leased key with it and
+// revokes the lease, which deletes the key: the revoke's header revision
+// must be the revision of that delete. A lease whose put failed is left to
+// expire after the run (its key may or may not be attached).
+func (h *linRecorder) leased(ctx context.Context, client int, c *clientv3.Client, value string) {
+	var lease clientv3.LeaseID
+	grant := h.do(ctx, client, linInput{kind: linGrant}, func(ctx context.Context) (linRecord, error) {
+		resp, err := c.Grant(ctx, 600)
+		if err != nil {
+			return linRecord{}, err
+		}
+		lease = resp.ID
+		return linRecord{out: linOutput{rev: resp.Revision}}, nil
+	})
+	if grant.err != nil {
+		return
+	}
+	key := fmt.Sprintf("%sl/%02d", linPrefix, client)
+	put := h.do(ctx, client, linInput{kind: linPut, key: key, value: value}, func(ctx context.Context) (linRecord, error) {
+		resp, err := c.Put(ctx, key, value, clientv3.WithLease(lease))
+		if err != nil {
+			return linRecord{}, err
+		}
+		return linRecord{out: linOutput{rev: resp.Header.Revision, changed: true}}, nil
+	})
+	if put.err != nil {
+		return
+	}
+	h.do(ctx, client, linInput{kind: linRevoke, key: key}, func(ctx context.Context) (linRecord, error) {
+		resp, err := c.Revoke(ctx, lease)
+		if err != nil {
+			return linRecord{}, err
+		}
+		return linRecord{out: linOutput{rev: resp.Header.Revision, changed: true}}, nil
+	})
 }
 
 func (h *linRecorder) get(ctx context.Context, client int, c *clientv3.Client, key string) linRecord {
@@ -470,7 +516,11 @@ func (run *linRun) check(t *testing.T) error {
 	var history []porcupine.Operation
 	for _, op := range ops {
 		switch op.in.kind {
-		case linMulti:
+		case linMulti, linGrant:
+		case linRevoke:
+			in := op.in
+			in.kind = linDelete
+			history = append(history, porcupine.Operation{ClientId: op.client, Input: in, Output: op.out, Call: op.call, Return: op.ret})
 		case linList:
 			for i := range linKeys {
 				k := linKey(i)
@@ -561,7 +611,7 @@ func attributeWrites(records []linRecord, replay *logReplay) ([]linRecord, linSt
 		switch r.in.kind {
 		case linMulti:
 			want[linMultiA], want[linMultiB] = mvccpb.PUT, mvccpb.PUT
-		case linDelete:
+		case linDelete, linRevoke:
 			want[r.in.key] = mvccpb.DELETE
 		default:
 			want[r.in.key] = mvccpb.PUT
@@ -630,7 +680,7 @@ func attributeWrites(records []linRecord, replay *logReplay) ([]linRecord, linSt
 			}
 			stats.tookEffect++
 			ops = append(ops, r)
-		case linDelete:
+		case linDelete, linRevoke:
 			failedDeletes = append(failedDeletes, i)
 		}
 	}

@@ -43,10 +43,6 @@ const (
 	linCAS
 )
 
-func (k linOpKind) String() string {
-	return [...]string{"get", "put", "delete", "cas"}[k]
-}
-
 // linKV is a key's state as a read returns it; the zero value is "absent".
 type linKV struct {
 	exists               bool
