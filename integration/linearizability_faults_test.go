@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/kvsql/kvsql/backends/mysql"
+	"github.com/kvsql/kvsql/backends/sqlite"
 )
 
 // The linearizability check under the faults the suite can produce. Each
@@ -18,9 +20,24 @@ import (
 
 // TestLinearizabilityInstanceKilled: the instance that holds the leader
 // lock (and so receives every forwarded write) is SIGKILLed mid-run; the
-// other two go on without it for a while, then it is started again.
+// other two go on without it for a while, then it is started again. On
+// SQLite the one instance is killed and started again.
 func TestLinearizabilityInstanceKilled(t *testing.T) {
 	t.Parallel()
+	t.Run("sqlite", func(t *testing.T) {
+		t.Parallel()
+		p := startKVSQLProc(t)
+		be, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(p.DataDir, "state.db")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = be.Close() })
+		c := p.client(t)
+		runLinearizabilityCheck(t, []*clientv3.Client{c, c, c}, be, func() {
+			p.kill()
+			p.restart()
+		})
+	})
 	for _, se := range sharedEndpoints {
 		t.Run(se.name, func(t *testing.T) {
 			t.Parallel()
