@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -74,6 +75,15 @@ func fuzzDiffers(f *testing.F, opts serverOptions) map[string]*differ {
 	return ds
 }
 
+// requestKinds are the requests FuzzDiffRequest decodes its input as, by
+// the input's first byte.
+var requestKinds = []func() proto.Message{
+	func() proto.Message { return &pb.RangeRequest{} },
+	func() proto.Message { return &pb.PutRequest{} },
+	func() proto.Message { return &pb.DeleteRangeRequest{} },
+	func() proto.Message { return &pb.TxnRequest{} },
+}
+
 // FuzzDiffRequest decodes the fuzz input as a Range, Put, DeleteRange or
 // Txn request (the first byte picks which; the rest is the protobuf), as
 // a client could send it, and checks that kvsql answers it exactly as etcd
@@ -99,41 +109,37 @@ func FuzzDiffRequest(f *testing.F) {
 		&pb.TxnRequest{Compare: []*pb.Compare{{Key: bs("a"), Target: pb.Compare_VALUE, Result: 9, TargetUnion: &pb.Compare_Version{Version: 1}}},
 			Success: []*pb.RequestOp{put("a"), put("a")}},
 	} {
-		kinds := map[string]byte{"RangeRequest": 0, "PutRequest": 1, "DeleteRangeRequest": 2, "TxnRequest": 3}
 		b, err := proto.Marshal(m)
 		if err != nil {
 			f.Fatal(err)
 		}
-		f.Add(append([]byte{kinds[string(m.ProtoReflect().Descriptor().Name())]}, b...))
+		kind := slices.IndexFunc(requestKinds, func(k func() proto.Message) bool {
+			return k().ProtoReflect().Descriptor() == m.ProtoReflect().Descriptor()
+		})
+		f.Add(append([]byte{byte(kind)}, b...))
 	}
 	ds := fuzzDiffers(f, serverOptions{})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) == 0 {
 			return
 		}
+		m := requestKinds[data[0]%4]()
+		if proto.Unmarshal(data[1:], m) != nil {
+			return
+		}
 		var call func(d *differ)
-		switch data[0] % 4 {
-		case 0:
-			r := &pb.RangeRequest{}
-			if proto.Unmarshal(data[1:], r) != nil {
-				return
-			}
+		switch r := m.(type) {
+		case *pb.RangeRequest:
 			call = func(d *differ) { d.rng(r) }
-		case 1:
-			r := &pb.PutRequest{}
-			if proto.Unmarshal(data[1:], r) != nil || len(r.Key) > postgres.MaxKeyBytes {
+		case *pb.PutRequest:
+			if len(r.Key) > postgres.MaxKeyBytes {
 				return
 			}
 			call = func(d *differ) { d.put(r) }
-		case 2:
-			r := &pb.DeleteRangeRequest{}
-			if proto.Unmarshal(data[1:], r) != nil {
-				return
-			}
+		case *pb.DeleteRangeRequest:
 			call = func(d *differ) { d.del(r) }
-		case 3:
-			r := &pb.TxnRequest{}
-			if proto.Unmarshal(data[1:], r) != nil || hasLongPut(r) {
+		case *pb.TxnRequest:
+			if hasLongPut(r) {
 				return
 			}
 			boundFromKeyDeletes(r)

@@ -54,34 +54,22 @@ func FuzzValidate(f *testing.F) {
 		if len(data) == 0 {
 			return
 		}
+		m := []proto.Message{&pb.RangeRequest{}, &pb.PutRequest{}, &pb.DeleteRangeRequest{}, &pb.TxnRequest{}}[data[0]%4]
+		if proto.Unmarshal(data[1:], m) != nil {
+			return
+		}
 		var errs []error
-		switch data[0] % 4 {
-		case 0:
-			r := &pb.RangeRequest{}
-			if proto.Unmarshal(data[1:], r) != nil {
-				return
-			}
+		switch r := m.(type) {
+		case *pb.RangeRequest:
 			errs = append(errs, checkRange(r))
 			if err := checkRangeStream(r); status.Code(err) != codes.Unimplemented {
 				errs = append(errs, err)
 			}
-		case 1:
-			r := &pb.PutRequest{}
-			if proto.Unmarshal(data[1:], r) != nil {
-				return
-			}
+		case *pb.PutRequest:
 			errs = append(errs, checkPut(r))
-		case 2:
-			r := &pb.DeleteRangeRequest{}
-			if proto.Unmarshal(data[1:], r) != nil {
-				return
-			}
+		case *pb.DeleteRangeRequest:
 			errs = append(errs, checkDelete(r))
-		case 3:
-			r := &pb.TxnRequest{}
-			if proto.Unmarshal(data[1:], r) != nil {
-				return
-			}
+		case *pb.TxnRequest:
 			errs = append(errs, checkTxn(r, DefaultMaxTxnOps))
 			_, _, err := checkOverlaps(r.Success)
 			errs = append(errs, err)
