@@ -12,10 +12,13 @@ ETCDUTL_BIN := $(CACHE)/bin/etcdutl
 ETCDUTL     ?=
 TEST_FLAGS  := -race -count=1 -timeout 45m
 ARGS        ?=
+# make fuzz: how long each fuzz target runs, and the targets (package:name).
+FUZZTIME    ?= 60s
+FUZZ_TARGETS := ./kvserver:FuzzValidate ./integration:FuzzDiffRequest ./integration:FuzzDiffKeyValue ./integration:FuzzDiffTxn
 GOFILES      = $(shell find . -name '*.go' -not -path './.cache/*' -not -path './.git/*')
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test test-race test-deps etcdctl etcdutl kine kube-tools lint fmt bench readme
+.PHONY: help build run test test-race test-deps etcdctl etcdutl kine kube-tools lint fmt bench readme fuzz
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,6 +51,16 @@ test: test-deps $(if $(ETCDCTL),,etcdctl) $(if $(ETCDUTL),,etcdutl) ## run the w
 		KUBE_APISERVER=$$kube/kube-apiserver KUBECTL=$$kube/kubectl KINE=$$kine/kine $(GO) test $(TEST_FLAGS) ./...
 
 test-race: test ## same as test
+
+# One fuzz worker: every worker of an integration target starts its own etcd,
+# PostgreSQL and MariaDB. A failing input is written to the target's
+# testdata/fuzz/<target>/ and then runs in every `go test`.
+fuzz: test-deps ## run each fuzz target for FUZZTIME (default 60s); `make test` runs only their corpora
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "== $$name ($$pkg), $(FUZZTIME)"; \
+		$(GO) test -count=1 -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -parallel 1 $$pkg; \
+	done
 
 lint: ## gofmt -l and go vet
 	@out=$$(gofmt -l $(GOFILES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

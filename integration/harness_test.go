@@ -42,6 +42,14 @@ type starter func(t testing.TB, opts serverOptions) server
 // startSQLite starts kvsql in-process on SQLite in a temp dir.
 func startSQLite(t testing.TB, opts serverOptions) server {
 	t.Helper()
+	be, src := openSQLite(t)
+	return serveKVSQL(t, be, src, opts)
+}
+
+// openSQLite opens a fresh SQLite backend in a temp dir with its change
+// source.
+func openSQLite(t testing.TB) (backends.Backend, *local.Source) {
+	t.Helper()
 	src := local.New()
 	be, err := sqlite.Open(context.Background(), sqlite.Config{
 		Path:   filepath.Join(t.TempDir(), "state.db"),
@@ -50,7 +58,7 @@ func startSQLite(t testing.TB, opts serverOptions) server {
 	if err != nil {
 		t.Fatalf("open sqlite: %v", err)
 	}
-	return serveKVSQL(t, be, src, opts)
+	return be, src
 }
 
 // serveKVSQL serves be on a free loopback port until the test ends.
@@ -184,6 +192,16 @@ func newClient(t testing.TB, s server) *clientv3.Client {
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// clientsFor returns a client for each server, closed at cleanup.
+func clientsFor(t testing.TB, servers []server) []*clientv3.Client {
+	t.Helper()
+	var clients []*clientv3.Client
+	for _, s := range servers {
+		clients = append(clients, newClient(t, s))
+	}
+	return clients
 }
 
 // kvsqlBackends lists the backends every backend-agnostic suite runs on.

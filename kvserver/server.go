@@ -17,6 +17,7 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/pkg/v3/idutil"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -140,6 +141,9 @@ type Server struct {
 	leadOp sync.Mutex
 	// dbErrs rate-limits the database error log (see logDBError).
 	dbErrs dbErrorLog
+	// reqIDs numbers write requests the way an etcd member numbers its
+	// proposals; only the size of the IDs matters (see checkSize).
+	reqIDs *idutil.Generator
 }
 
 // New returns a Server. Call Register to serve it and Run to start the
@@ -196,6 +200,7 @@ func New(cfg Config) (*Server, error) {
 	if s.quota == 0 {
 		s.quota = DefaultQuotaBackendBytes
 	}
+	s.reqIDs = idutil.NewGenerator(uint16(s.memberID), time.Now())
 	_, elects := cfg.Backend.(leaderElector)
 	_, registers := cfg.Backend.(memberRegistry)
 	if cfg.ForwardWrites && elects && registers {
