@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"testing"
+
+	"github.com/kvsql/kvsql/internal/testdb"
 )
 
 // toolDir holds binaries built for this test run (the kvsql binary, and
@@ -17,7 +19,7 @@ func TestMain(m *testing.M) {
 		os.Exit(2)
 	}
 	toolDir = dir
-	code := m.Run()
+	code := testdb.Main(m)
 	_ = os.RemoveAll(dir)
 	os.Exit(code)
 }

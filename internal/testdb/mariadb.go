@@ -238,7 +238,13 @@ func (m *MariaDB) CreateDB(name string) error {
 
 // SharedMariaDB is one server for every test that only needs a fresh
 // database.
-var SharedMariaDB = sync.OnceValues(func() (*MariaDB, error) { return NewMariaDB() })
+var SharedMariaDB = sync.OnceValues(func() (*MariaDB, error) {
+	m, err := NewMariaDB()
+	if err == nil {
+		atExit(m.Destroy)
+	}
+	return m, err
+})
 
 var myDBCounter atomic.Int64
 

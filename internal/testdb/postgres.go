@@ -226,7 +226,13 @@ func (p *Postgres) Destroy() {
 
 // SharedPostgres is one cluster for every test that only needs a fresh
 // database.
-var SharedPostgres = sync.OnceValues(NewPostgres)
+var SharedPostgres = sync.OnceValues(func() (*Postgres, error) {
+	p, err := NewPostgres()
+	if err == nil {
+		atExit(p.Destroy)
+	}
+	return p, err
+})
 
 var pgDBCounter atomic.Int64
 

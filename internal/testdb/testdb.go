@@ -7,8 +7,36 @@ package testdb
 import (
 	"net"
 	"os"
+	"sync"
 	"testing"
 )
+
+var (
+	exitMu sync.Mutex // guards exits
+	exits  []func()
+)
+
+// atExit registers a shared server's cleanup for Main.
+func atExit(f func()) {
+	exitMu.Lock()
+	defer exitMu.Unlock()
+	exits = append(exits, f)
+}
+
+// Main runs a test binary's tests and then destroys the shared servers
+// they started (their processes die with the test binary, but their data
+// directories would stay behind, hundreds of megabytes each run). Call it
+// from TestMain: os.Exit(testdb.Main(m)).
+func Main(m *testing.M) int {
+	code := m.Run()
+	exitMu.Lock()
+	defer exitMu.Unlock()
+	for _, f := range exits {
+		f()
+	}
+	exits = nil
+	return code
+}
 
 // SkipOrFail skips a test that needs a missing database, but fails it on
 // CI, where every database must be present.

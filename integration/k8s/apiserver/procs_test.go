@@ -68,7 +68,7 @@ var kvsqlBinary = sync.OnceValues(func() (string, error) {
 })
 
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := testdb.Main(m)
 	if bin, err := kvsqlBinary(); err == nil {
 		_ = os.RemoveAll(filepath.Dir(bin))
 	}
