@@ -108,3 +108,41 @@ func TestLinearizabilityChangeStreamKilled(t *testing.T) {
 		})
 	})
 }
+
+// TestLinearizabilityInstanceFrozen: the instance holding the leader lock
+// (the one the others forward their writes to) is frozen with SIGSTOP for
+// 10 s mid-run and then continues, as after a VM pause or a long GC pause.
+func TestLinearizabilityInstanceFrozen(t *testing.T) {
+	t.Parallel()
+	for _, se := range sharedEndpoints {
+		t.Run(se.name, func(t *testing.T) {
+			t.Parallel()
+			ep := se.endpoint(t)
+			procs := startLeaderFirst(t, se, ep, "a", "b", "c")
+			a := procs[0]
+			clients := []*clientv3.Client{a.client(t), procs[1].client(t), procs[2].client(t)}
+			runLinearizabilityCheck(t, clients, se.open(t, ep), func() {
+				a.signal(syscall.SIGSTOP)
+				time.Sleep(10 * time.Second)
+				a.signal(syscall.SIGCONT)
+			})
+		})
+	}
+}
+
+// TestLinearizabilityDatabaseUnreachable: the network to the database
+// drops everything for 10 s mid-run, then comes back.
+func TestLinearizabilityDatabaseUnreachable(t *testing.T) {
+	t.Parallel()
+	for _, se := range sharedEndpoints {
+		t.Run(se.name, func(t *testing.T) {
+			t.Parallel()
+			clients, be, proxy := proxiedInstances(t, se)
+			runLinearizabilityCheck(t, clients, be, func() {
+				proxy.block()
+				time.Sleep(10 * time.Second)
+				proxy.unblock()
+			})
+		})
+	}
+}

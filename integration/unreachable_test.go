@@ -52,10 +52,17 @@ func TestDatabaseRefusesConnections(t *testing.T) {
 		t.Run(se.name, func(t *testing.T) {
 			t.Parallel()
 			clients, be, proxy := proxiedInstances(t, se)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			lateWatch := make(chan clientv3.WatchChan, 1)
 			runFaultLoad(t, clients, be, []func(){func() {
 				proxy.refuseAll()
 				defer proxy.accept()
-				ctx := context.Background()
+				// A watch created during the outage, from revision 1: its
+				// creation and its replay of the log wait for the database
+				// instead of ending the stream (clientv3's Watch returns
+				// once the watch is created).
+				go func() { lateWatch <- clients[1].Watch(ctx, "w/", clientv3.WithPrefix(), clientv3.WithRev(1)) }()
 				until := time.Now().Add(outage)
 				checked := 0
 				for time.Now().Before(until) {
@@ -86,6 +93,24 @@ func TestDatabaseRefusesConnections(t *testing.T) {
 					t.Error("no request failed while the database refused connections")
 				}
 			}})
+			final, err := clients[0].Get(ctx, "w/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+			if err != nil {
+				t.Fatal(err)
+			}
+			logEvs, err := be.Changes(ctx, 0, final.Header.Revision)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want int
+			for _, ev := range logEvs {
+				if strings.HasPrefix(string(ev.Kv.Key), "w/") {
+					want++
+				}
+			}
+			evs := collectEvents(t, ctx, <-lateWatch, final.Header.Revision)
+			if len(evs) != want {
+				t.Fatalf("the watch created during the outage got %d events, kv_log has %d", len(evs), want)
+			}
 		})
 	}
 }

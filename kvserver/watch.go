@@ -87,6 +87,9 @@ type watchStream struct {
 	// progressPending is set when RequestProgress could not be answered
 	// yet because a watcher was not synced.
 	progressPending bool
+	// retry is set when a delivery failed because the database could not
+	// serve it; run tries again after watchRetryDelay.
+	retry bool
 }
 
 func (ws *watchService) Watch(stream pb.Watch_WatchServer) error {
@@ -130,10 +133,18 @@ func (st *watchStream) run(ctx context.Context, ctrl <-chan *pb.WatchRequest, re
 	defer ticker.Stop()
 	for {
 		rev, changed := st.s.hub.snapshot()
+		st.retry = false
 		if err := st.deliverAll(ctx, rev); err != nil {
 			return err
 		}
+		// A delivery the database could not serve (a lagging watcher's
+		// read of the log) is tried again soon, not only on the next event.
+		var retry <-chan time.Time
+		if st.retry {
+			retry = time.After(watchRetryDelay)
+		}
 		select {
+		case <-retry:
 		case req := <-ctrl:
 			if err := st.handle(ctx, req); err != nil {
 				return err
@@ -162,6 +173,38 @@ func (st *watchStream) run(ctx context.Context, ctrl <-chan *pb.WatchRequest, re
 	}
 }
 
+// watchRetryDelay is how soon a watch stream tries again a read the
+// database could not serve.
+const watchRetryDelay = 500 * time.Millisecond
+
+// revisions returns the database's current and compact revisions. While
+// the database cannot answer it tries again, with growing waits up to a
+// second: a watch stream outlives a database outage (its watches wait, as
+// they would for events) and ends only with its client or the server.
+func (st *watchStream) revisions(ctx context.Context) (cur, compact int64, err error) {
+	wait := 50 * time.Millisecond
+	for {
+		cur, compact, err = st.s.be.Revisions(ctx)
+		switch {
+		case err == nil:
+			return cur, compact, nil
+		case ctx.Err() != nil:
+			return 0, 0, rpctypes.ErrGRPCWatchCanceled
+		case errors.Is(err, backends.ErrClosed):
+			return 0, 0, errShuttingDown
+		}
+		st.s.log.Debug("watch stream cannot read the revision; retrying", "err", err, "retry_in", wait)
+		select {
+		case <-time.After(wait):
+		case <-st.s.shutdown:
+			return 0, 0, errShuttingDown
+		case <-ctx.Done():
+			return 0, 0, rpctypes.ErrGRPCWatchCanceled
+		}
+		wait = min(2*wait, time.Second)
+	}
+}
+
 func (st *watchStream) send(resp *pb.WatchResponse) error {
 	return st.stream.Send(resp)
 }
@@ -183,10 +226,11 @@ func (st *watchStream) handle(ctx context.Context, req *pb.WatchRequest) error {
 		delete(st.watchers, id)
 		st.gauge(-1)
 		// As etcd, answer with the store's current revision, which the
-		// hub's cursor may not have reached yet.
+		// hub's cursor may not have reached yet; if the database cannot
+		// answer, with the newest revision this instance has read.
 		cur, err := st.s.currentRev(ctx)
 		if err != nil {
-			return st.s.toGRPC(err)
+			cur, _ = st.s.hub.snapshot()
 		}
 		return st.send(&pb.WatchResponse{Header: st.s.header(cur), WatchId: id, Canceled: true})
 	case *pb.WatchRequest_ProgressRequest:
@@ -202,9 +246,9 @@ func (st *watchStream) create(ctx context.Context, c *pb.WatchCreateRequest) err
 	if len(key) == 0 {
 		key = []byte{0}
 	}
-	cur, compact, err := st.s.be.Revisions(ctx)
+	cur, compact, err := st.revisions(ctx)
 	if err != nil {
-		return st.s.toGRPC(err)
+		return err
 	}
 	fail := func(reason string) error {
 		return st.send(&pb.WatchResponse{Header: st.s.header(cur), WatchId: invalidWatchID, Created: true, Canceled: true, CancelReason: reason})
@@ -294,15 +338,23 @@ func (st *watchStream) deliver(ctx context.Context, w *watcher, rev int64) error
 			var err error
 			evs, upTo, err = st.s.history.read(ctx, w.next-1)
 			if errors.Is(err, backends.ErrCompacted) {
-				_, compact, rerr := st.s.be.Revisions(ctx)
+				_, compact, rerr := st.revisions(ctx)
 				if rerr != nil {
-					return st.s.toGRPC(rerr)
+					return rerr
 				}
 				w.compacted = compact
 				break
 			}
 			if err != nil {
-				return st.s.toGRPC(err)
+				if ctx.Err() != nil {
+					return rpctypes.ErrGRPCWatchCanceled
+				}
+				// The database cannot serve the read now (an outage): the
+				// watch waits, as it would for events, and the stream and
+				// its other watches stay open.
+				st.s.log.Debug("watch cannot read the log; retrying", "watch_id", w.id, "next", w.next, "err", err)
+				st.retry = true
+				break
 			}
 			if len(evs) == 0 {
 				break // not committed yet as far as this snapshot goes
@@ -367,9 +419,9 @@ func (st *watchStream) sendEvents(w *watcher, rev int64, evs []*mvccpb.Event) er
 // database's current revision first, so that the answer R promises every
 // event <= R was sent on this stream.
 func (st *watchStream) requestProgress(ctx context.Context) error {
-	cur, err := st.s.currentRev(ctx)
+	cur, _, err := st.revisions(ctx)
 	if err != nil {
-		return st.s.toGRPC(err)
+		return err
 	}
 	if err := st.s.hub.waitRev(ctx, cur); err != nil {
 		return st.s.toGRPC(err)
