@@ -5,8 +5,10 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/server/v3/auth"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kvsql/kvsql/backends"
 )
@@ -20,9 +22,15 @@ func (k *kvService) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRes
 	if err := checkRange(r); err != nil {
 		return nil, err
 	}
-	resp, err := k.s.be.Range(ctx, r)
+	var resp *pb.RangeResponse
+	err := k.s.auth.serialize(ctx, func(as auth.AuthStore, ai *auth.AuthInfo) error {
+		return as.IsRangePermitted(ai, r.Key, r.RangeEnd)
+	}, func() (err error) {
+		resp, err = k.s.be.Range(ctx, r)
+		return err
+	})
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, authErr(err)
 	}
 	k.s.fill(resp.Header)
 	return resp, nil
@@ -41,21 +49,51 @@ func (k *kvService) RangeStream(r *pb.RangeRequest, stream pb.KV_RangeStreamServ
 	if !ok {
 		return status.Error(codes.Unimplemented, "kvsql: this backend does not support RangeStream; use Range")
 	}
-	resp, err := rs.RangeStream(stream.Context(), r, k.s.cfg.MaxRequestBytes, func(kvs []*mvccpb.KeyValue) error {
-		return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: kvs}})
+	ctx := stream.Context()
+	err := k.s.auth.serialize(ctx, func(as auth.AuthStore, ai *auth.AuthInfo) error {
+		return as.IsRangePermitted(ai, r.Key, r.RangeEnd)
+	}, func() error {
+		resp, err := rs.RangeStream(ctx, r, k.s.cfg.MaxRequestBytes, func(kvs []*mvccpb.KeyValue) error {
+			return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: kvs}})
+		})
+		if err != nil {
+			return err
+		}
+		k.s.fill(resp.Header)
+		return stream.Send(&pb.RangeStreamResponse{RangeResponse: resp})
 	})
+	return authErr(err)
+}
+
+// authorizeWrite checks a write as etcd does: the caller's identity first
+// (a bad token fails before anything else), then the request's size, then
+// chk against the current auth state, as etcd checks when it applies the
+// write. A write another instance forwarded was checked there.
+func (s *Server) authorizeWrite(ctx context.Context, r proto.Message, chk func(as auth.AuthStore, ai *auth.AuthInfo) error) error {
+	w, err := s.auth.identify(ctx, s.memberID, r)
 	if err != nil {
-		return toGRPC(err)
+		return authErr(err)
 	}
-	k.s.fill(resp.Header)
-	return stream.Send(&pb.RangeStreamResponse{RangeResponse: resp})
+	if err := s.checkSize(r); err != nil {
+		return err
+	}
+	if w.trusted {
+		return nil
+	}
+	as, err := s.auth.current(ctx)
+	if err != nil {
+		return authErr(err)
+	}
+	return authErr(chk(as, w.ai))
 }
 
 func (k *kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
 	if err := checkPut(r); err != nil {
 		return nil, err
 	}
-	if err := k.s.checkSize(r); err != nil {
+	if err := k.s.authorizeWrite(ctx, r, func(as auth.AuthStore, ai *auth.AuthInfo) error {
+		return checkPutAuth(ctx, as, ai, k.s.leaseKeysOf(), r)
+	}); err != nil {
 		return nil, err
 	}
 	if out, ok, err := forward(k.s, ctx, r, pb.KVClient.Put); ok {
@@ -78,7 +116,9 @@ func (k *kvService) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (
 	if err := checkDelete(r); err != nil {
 		return nil, err
 	}
-	if err := k.s.checkSize(r); err != nil {
+	if err := k.s.authorizeWrite(ctx, r, func(as auth.AuthStore, ai *auth.AuthInfo) error {
+		return checkDeleteAuth(as, ai, r)
+	}); err != nil {
 		return nil, err
 	}
 	if out, ok, err := forward(k.s, ctx, r, pb.KVClient.DeleteRange); ok {
@@ -107,18 +147,32 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 	if _, _, err := checkOverlaps(r.Failure); err != nil {
 		return nil, err
 	}
-	// etcd limits the size of proposals only: a read-only txn is not one.
-	if !isReadOnlyTxn(r) {
-		if err := k.s.checkSize(r); err != nil {
+	chk := func(as auth.AuthStore, ai *auth.AuthInfo) error {
+		return checkTxnAuth(ctx, as, ai, k.s.leaseKeysOf(), r)
+	}
+	// etcd limits the size of proposals only: a read-only txn is not one,
+	// and is checked as a read.
+	if isReadOnlyTxn(r) {
+		var resp *pb.TxnResponse
+		err := k.s.auth.serialize(ctx, chk, func() (err error) {
+			resp, err = k.s.be.Txn(ctx, r)
+			return err
+		})
+		if err != nil {
+			return nil, authErr(err)
+		}
+		k.s.fill(resp.Header)
+		return resp, nil
+	}
+	if err := k.s.authorizeWrite(ctx, r, chk); err != nil {
+		return nil, err
+	}
+	if out, ok, err := forward(k.s, ctx, r, pb.KVClient.Txn); ok {
+		if err != nil {
 			return nil, err
 		}
-		if out, ok, err := forward(k.s, ctx, r, pb.KVClient.Txn); ok {
-			if err != nil {
-				return nil, err
-			}
-			out.Header = k.s.fill(out.Header)
-			return out, nil
-		}
+		out.Header = k.s.fill(out.Header)
+		return out, nil
 	}
 	resp, err := k.s.be.Txn(ctx, r)
 	if err != nil {
@@ -129,6 +183,9 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 }
 
 func (k *kvService) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	if err := k.s.auth.isAdmin(ctx); err != nil {
+		return nil, authErr(err)
+	}
 	if err := k.s.be.Compact(ctx, r.Revision); err != nil {
 		return nil, toGRPC(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"log/slog"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -78,6 +80,23 @@ type Config struct {
 	// certificate) when its advertised URL is https://; nil means the
 	// system's roots.
 	ForwardTLS *tls.Config
+
+	// AuthToken is etcd's --auth-token: "simple" (the default) or
+	// "jwt,pub-key=FILE,priv-key=FILE,sign-method=ALG[,ttl=DURATION]".
+	AuthToken string
+	// AuthTokenTTL is etcd's --auth-token-ttl: a simple token expires
+	// this long after its last use.
+	AuthTokenTTL time.Duration
+	// BcryptCost is etcd's --bcrypt-cost for hashing passwords.
+	BcryptCost int
+	// ClientCertAuth is etcd's --client-cert-auth as far as auth goes: a
+	// request without a token authenticates as the common name of its
+	// verified TLS client certificate.
+	ClientCertAuth bool
+	// AuthRefreshInterval is how often an instance checks the stored auth
+	// state for changes made through other instances: the bound within
+	// which such a change binds this one.
+	AuthRefreshInterval time.Duration
 }
 
 // Server implements etcd's gRPC services on a Backend.
@@ -110,6 +129,8 @@ type Server struct {
 	leaderID atomic.Uint64
 	// fwd is nil unless writes are forwarded to the leader.
 	fwd *forwarder
+	// auth authenticates requests and checks their permissions.
+	auth *authGate
 }
 
 // New returns a Server. Call Register to serve it and Run to start the
@@ -142,6 +163,21 @@ func New(cfg Config) (*Server, error) {
 	if cfg.LeaseCheckInterval <= 0 {
 		cfg.LeaseCheckInterval = DefaultLeaseCheckInterval
 	}
+	if cfg.AuthToken == "" {
+		cfg.AuthToken = DefaultAuthToken
+	}
+	if cfg.AuthTokenTTL <= 0 {
+		cfg.AuthTokenTTL = DefaultAuthTokenTTL
+	}
+	if cfg.BcryptCost == 0 {
+		cfg.BcryptCost = bcrypt.DefaultCost
+	}
+	if cfg.BcryptCost < bcrypt.MinCost || cfg.BcryptCost > bcrypt.MaxCost {
+		return nil, fmt.Errorf("kvserver: bcrypt cost %d is outside %d..%d", cfg.BcryptCost, bcrypt.MinCost, bcrypt.MaxCost)
+	}
+	if cfg.AuthRefreshInterval <= 0 {
+		cfg.AuthRefreshInterval = DefaultAuthRefreshInterval
+	}
 	s := &Server{
 		cfg:       cfg,
 		be:        cfg.Backend,
@@ -156,8 +192,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	_, elects := cfg.Backend.(leaderElector)
 	_, registers := cfg.Backend.(memberRegistry)
+	var err error
+	if s.auth, err = newAuthGate(cfg, registers); err != nil {
+		return nil, err
+	}
 	if cfg.ForwardWrites && elects && registers {
-		s.fwd = &forwarder{self: s.memberID, cluster: s.clusterID, selfURL: map[string]bool{}, tls: cfg.ForwardTLS, metrics: cfg.Metrics, log: cfg.Logger.With("component", "forward")}
+		s.fwd = &forwarder{self: s.memberID, cluster: s.clusterID, selfURL: map[string]bool{}, tls: cfg.ForwardTLS, metrics: cfg.Metrics, log: cfg.Logger.With("component", "forward"), sign: s.auth.sign}
 		for _, u := range cfg.ClientURLs {
 			s.fwd.selfURL[u] = true
 		}
@@ -206,7 +246,7 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterLeaseServer(g, &leaseService{s: s})
 	pb.RegisterMaintenanceServer(g, &maintenanceService{s: s})
 	pb.RegisterClusterServer(g, &clusterService{s: s})
-	pb.RegisterAuthServer(g, authService{})
+	pb.RegisterAuthServer(g, &authService{s: s})
 	healthpb.RegisterHealthServer(g, s.health)
 }
 
@@ -228,6 +268,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.hub.run(ctx) })
 	g.Go(func() error { return s.expireLeases(ctx, leading) })
 	g.Go(func() error { return s.heartbeat(ctx) })
+	g.Go(func() error { return s.auth.run(ctx, s.leading.Load) })
 	err := g.Wait()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	if s.fwd != nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -70,6 +71,10 @@ type config struct {
 	caFile        string
 	clientCert    bool
 	forward       bool
+	authToken     string
+	authTokenTTL  uint
+	bcryptCost    uint
+	authRefresh   time.Duration
 	logLevel      string
 	logFormat     string
 	version       bool
@@ -126,8 +131,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.certFile, "cert-file", "", "TLS certificate for https:// listeners")
 	fs.StringVar(&c.keyFile, "key-file", "", "TLS key for https:// listeners")
 	fs.StringVar(&c.caFile, "trusted-ca-file", "", "CA bundle to verify client certificates")
-	fs.BoolVar(&c.clientCert, "client-cert-auth", false, "require a client certificate signed by --trusted-ca-file")
+	fs.BoolVar(&c.clientCert, "client-cert-auth", false, "require a client certificate signed by --trusted-ca-file; with auth enabled, a request without a token authenticates as the user named by the certificate's common name")
 	fs.BoolVar(&c.forward, "forward-writes", true, "PostgreSQL/MySQL with several instances: send writes to the instance holding the leader lock (at its first advertised client URL) so that every instance's writes share one group commit and fsync; without a ready connection to it, an instance writes directly. An https:// leader is verified with --trusted-ca-file (default: the system's roots) and shown --cert-file/--key-file as client certificate")
+	fs.StringVar(&c.authToken, "auth-token", kvserver.DefaultAuthToken, "the tokens Authenticate hands out, as etcd's flag: simple (random, kept in the database so every instance accepts them) or jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256|RS384|RS512|PS256|...|ES256|...|EdDSA|HS256|...[,ttl=5m] (signed; every instance needs the same keys)")
+	fs.UintVar(&c.authTokenTTL, "auth-token-ttl", uint(kvserver.DefaultAuthTokenTTL/time.Second), "seconds a simple token stays valid after its last use")
+	fs.UintVar(&c.bcryptCost, "bcrypt-cost", uint(bcrypt.DefaultCost), "bcrypt cost of stored password hashes (4..31)")
+	fs.DurationVar(&c.authRefresh, "auth-refresh-interval", kvserver.DefaultAuthRefreshInterval, "several instances: how often each checks the database for user, role and permission changes made through another; such a change binds every instance within this interval")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&c.version, "version", false, "print the version and exit")
@@ -152,6 +161,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (flags start with --)", fs.Arg(0))
+	}
+	if c.bcryptCost < uint(bcrypt.MinCost) || c.bcryptCost > uint(bcrypt.MaxCost) {
+		return nil, fmt.Errorf("--bcrypt-cost %d: want %d..%d", c.bcryptCost, bcrypt.MinCost, bcrypt.MaxCost)
 	}
 	if c.enablePprof && c.metricsURLs == "" {
 		return nil, errors.New("--enable-pprof serves on the metrics listeners: set --listen-metrics-urls too")
@@ -438,6 +450,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Metrics:                metrics,
 		ForwardWrites:          c.forward,
 		ForwardTLS:             fwdTLS,
+		AuthToken:              c.authToken,
+		AuthTokenTTL:           time.Duration(c.authTokenTTL) * time.Second,
+		BcryptCost:             int(c.bcryptCost),
+		ClientCertAuth:         c.clientCert,
+		AuthRefreshInterval:    c.authRefresh,
 	})
 	if err != nil {
 		return err
