@@ -210,15 +210,22 @@ func countOnly(n string, args ...string) ctlStep {
 
 func stepErr(err string, args ...string) ctlStep { return ctlStep{args: args, err: err} }
 
+// ctlTarget starts a fresh server for a script and returns its endpoint.
+type ctlTarget struct {
+	name  string
+	start func(t *testing.T) string
+}
+
 // runScript runs steps in order against a fresh kvsql and a fresh etcd.
 func runScript(t *testing.T, steps []ctlStep) {
-	targets := []struct {
-		name  string
-		start func(t *testing.T) string
-	}{
+	runScriptOn(t, []ctlTarget{
 		{"kvsql", func(t *testing.T) string { return startKVSQLProc(t).Addr }},
 		{"etcd", func(t *testing.T) string { return startEtcd(t, serverOptions{}).Endpoint }},
-	}
+	}, steps)
+}
+
+// runScriptOn runs steps in order against each target, in parallel.
+func runScriptOn(t *testing.T, targets []ctlTarget, steps []ctlStep) {
 	for _, target := range targets {
 		t.Run(target.name, func(t *testing.T) {
 			t.Parallel()

@@ -198,11 +198,15 @@ func startKVSQLProc(t testing.TB, extraArgs ...string) *kvsqlProc {
 
 func (p *kvsqlProc) start() error {
 	p.t.Helper()
-	args := append([]string{
+	args := []string{
 		"--listen-client-urls=http://" + p.Addr,
 		"--data-dir=" + p.DataDir,
 		"--log-level=debug",
-	}, p.args...)
+	}
+	for _, a := range p.args {
+		// {addr} stands for the address picked, e.g. in an https:// URL.
+		args = append(args, strings.ReplaceAll(a, "{addr}", p.Addr))
+	}
 	p.log = newSyncBuffer()
 	p.exited = make(chan struct{})
 	p.state = nil
