@@ -27,7 +27,9 @@ const (
 // authTargets are a kvsql process and an etcd with the same auth flags.
 func authTargets(kvsqlArgs []string, etcdOpts serverOptions) []ctlTarget {
 	return []ctlTarget{
-		{"kvsql", func(t *testing.T) string { return startKVSQLProc(t, append([]string{"--bcrypt-cost=4"}, kvsqlArgs...)...).Addr }},
+		{"kvsql", func(t *testing.T) string {
+			return startKVSQLProc(t, append([]string{"--bcrypt-cost=4"}, kvsqlArgs...)...).Addr
+		}},
 		{"etcd", func(t *testing.T) string {
 			etcdOpts.BcryptCost = 4
 			return startEtcd(t, etcdOpts).Endpoint
