@@ -142,18 +142,33 @@ func newAuthGate(cfg Config, shared bool) (*authGate, error) {
 	if st, ok := cfg.Backend.(backends.AuthStore); ok {
 		a.st = st
 	}
-	tp, err := auth.NewTokenProvider(a.zl, cfg.AuthToken, readyIndex, a.ttl)
+	tp, err := tokenProvider(cfg.AuthToken, a.ttl)
 	if err != nil {
-		return nil, fmt.Errorf("--auth-token %q: %w (want simple, or jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256[,ttl=5m])", cfg.AuthToken, err)
+		return nil, err
 	}
-	switch kind, _, _ := strings.Cut(cfg.AuthToken, ","); kind {
-	case "simple":
-	case "jwt":
+	if !strings.HasPrefix(cfg.AuthToken, "simple") {
 		a.jwt = tp
-	default:
-		return nil, fmt.Errorf("--auth-token %q: want simple or jwt,...", cfg.AuthToken)
 	}
 	return a, nil
+}
+
+// CheckAuthToken checks a value of etcd's --auth-token flag: "simple", or
+// "jwt," with the JWT options (key files are read and checked).
+func CheckAuthToken(spec string) error {
+	_, err := tokenProvider(spec, DefaultAuthTokenTTL)
+	return err
+}
+
+func tokenProvider(spec string, ttl time.Duration) (auth.TokenProvider, error) {
+	kind, _, _ := strings.Cut(spec, ",")
+	if kind != "simple" && kind != "jwt" {
+		return nil, fmt.Errorf("--auth-token %q: want simple, or jwt,pub-key=FILE,priv-key=FILE,sign-method=ALG[,ttl=DURATION]", spec)
+	}
+	tp, err := auth.NewTokenProvider(zap.NewNop(), spec, readyIndex, ttl)
+	if err != nil {
+		return nil, fmt.Errorf("--auth-token %q: %w (want simple, or jwt,pub-key=FILE,priv-key=FILE,sign-method=ALG[,ttl=DURATION] with ALG one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA, HS256, HS384, HS512)", spec, err)
+	}
+	return tp, nil
 }
 
 // newGen builds a generation on state. A simple-token generation gets a

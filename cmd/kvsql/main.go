@@ -165,6 +165,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if c.bcryptCost < uint(bcrypt.MinCost) || c.bcryptCost > uint(bcrypt.MaxCost) {
 		return nil, fmt.Errorf("--bcrypt-cost %d: want %d..%d", c.bcryptCost, bcrypt.MinCost, bcrypt.MaxCost)
 	}
+	if err := kvserver.CheckAuthToken(c.authToken); err != nil {
+		return nil, err
+	}
 	if c.enablePprof && c.metricsURLs == "" {
 		return nil, errors.New("--enable-pprof serves on the metrics listeners: set --listen-metrics-urls too")
 	}
