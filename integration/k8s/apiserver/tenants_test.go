@@ -192,7 +192,10 @@ func TestKubeAPIServerTenants(t *testing.T) {
 				_, err := admin.RoleGrantPermission(c, tn, prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermReadWrite))
 				return err
 			},
-			func() error { _, err := admin.UserAddWithOptions(c, tn, "", &clientv3.UserAddOptions{NoPassword: true}); return err },
+			func() error {
+				_, err := admin.UserAddWithOptions(c, tn, "", &clientv3.UserAddOptions{NoPassword: true})
+				return err
+			},
 			func() error { _, err := admin.UserGrantRole(c, tn, tn); return err },
 		)
 	}
