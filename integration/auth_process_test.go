@@ -82,6 +82,18 @@ func TestAuthForwardedWrites(t *testing.T) {
 			if got, err := root.Get(ctx, "/t1/fwd"); err != nil || len(got.Kvs) != 1 {
 				t.Fatalf("the forwarded write: %v, %v", got, err)
 			}
+
+			// An instance started while auth is on checks the leader
+			// (Status, signed: it has no user) and forwards as well.
+			mc := procFreeAddr(t)
+			c := startKVSQLProc(t, "--endpoint="+p.ep, "--name=c", "--listen-metrics-urls=http://"+mc, "--bcrypt-cost=4")
+			u1C := newUserClient(t, "u1", "pw1", "http://"+c.Addr)
+			pollUntil(t, 20*time.Second, "C forwards u1's write to A", func() bool {
+				if _, err := u1C.Put(ctx, "/t1/fromC", "v"); err != nil {
+					t.Fatal(err)
+				}
+				return metricValue(t, mc, forwarded) > 0
+			})
 		})
 	}
 }
