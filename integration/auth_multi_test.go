@@ -223,3 +223,40 @@ func TestAuthAcrossInstances(t *testing.T) {
 		})
 	}
 }
+
+// TestAuthJWTAcrossInstances: with JWT tokens (the same keys on every
+// instance), a token issued by one instance is accepted by the others, and
+// after a change of roles through any instance every instance refuses it
+// as old.
+func TestAuthJWTAcrossInstances(t *testing.T) {
+	t.Parallel()
+	spec := writeJWTKeys(t, "10m")
+	for _, b := range sharedDBBackends {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			srvs, _ := b.start(t, 2, serverOptions{BcryptCost: 4, AuthToken: spec})
+			setupTenantsVia(t, ctx, newClient(t, srvs[0]))
+			connA, connB := rawConn(t, srvs[0]), rawConn(t, srvs[1])
+			ar, err := pb.NewAuthClient(connA).Authenticate(ctx, &pb.AuthenticateRequest{Name: "u1", Password: "pw1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := pb.NewKVClient(connB).Put(tokenCtx(ctx, ar.Token), &pb.PutRequest{Key: []byte("/t1/jwt"), Value: []byte("x")}); err != nil {
+				t.Fatalf("A's JWT used on B: %v", err)
+			}
+			if _, err := pb.NewKVClient(connB).Put(tokenCtx(ctx, ar.Token), &pb.PutRequest{Key: []byte("/t2/jwt"), Value: []byte("x")}); !errors.Is(rpctypes.Error(err), rpctypes.ErrPermissionDenied) {
+				t.Fatalf("A's JWT on B outside the prefix: %v", err)
+			}
+			root := newUserClient(t, "root", "rootpw", srvs[1].Endpoint)
+			if _, err := root.RoleAdd(ctx, "t3"); err != nil {
+				t.Fatal(err)
+			}
+			pollUntil(t, 10*time.Second, "the token is old on A after a change through B", func() bool {
+				_, err := pb.NewKVClient(connA).Range(tokenCtx(ctx, ar.Token), &pb.RangeRequest{Key: []byte("/t1/jwt")})
+				return errors.Is(rpctypes.Error(err), rpctypes.ErrAuthOldRevision)
+			})
+		})
+	}
+}
