@@ -98,6 +98,35 @@ func SortAuthState(s *AuthState) {
 	slices.SortFunc(s.Roles, func(a, b *authpb.Role) int { return bytes.Compare(a.Name, b.Name) })
 }
 
+// ReplaceAuth stores s as the whole auth state, as restoring a snapshot
+// does: users and roles not in s are deleted and every simple token is
+// dropped. (LoadAuth is the other direction: the state as etcd's auth
+// buckets hold it, for writing a snapshot.)
+func ReplaceAuth(ctx context.Context, st AuthStore, s AuthState) error {
+	return st.UpdateAuth(ctx, func(cur AuthState) (*AuthWrite, error) {
+		w := &AuthWrite{Enabled: s.Enabled, Revision: s.Revision, PutUsers: s.Users, PutRoles: s.Roles, DropAllTokens: true}
+		users := map[string]bool{}
+		for _, u := range s.Users {
+			users[string(u.Name)] = true
+		}
+		for _, u := range cur.Users {
+			if !users[string(u.Name)] {
+				w.DeleteUsers = append(w.DeleteUsers, u.Name)
+			}
+		}
+		roles := map[string]bool{}
+		for _, r := range s.Roles {
+			roles[string(r.Name)] = true
+		}
+		for _, r := range cur.Roles {
+			if !roles[string(r.Name)] {
+				w.DeleteRoles = append(w.DeleteRoles, r.Name)
+			}
+		}
+		return w, nil
+	})
+}
+
 // errNoAuth is returned by an Engine whose dialect keeps no auth state.
 var errNoAuth = errors.New("this database backend does not store auth state")
 

@@ -114,7 +114,8 @@ type authGate struct {
 
 	cur atomic.Pointer[authGen]
 	// mu serialises loading, changing and installing generations. Lock
-	// order: mu, adoptMu, then the database's auth lock.
+	// order: mu, then the database's auth lock (change) or adoptMu
+	// (install); adoptMu is never held while waiting for the database.
 	mu sync.Mutex
 	// adoptMu serialises adding simple tokens to the current generation's
 	// provider with installing a new generation: etcd's provider refuses

@@ -80,6 +80,16 @@ func runAuthState(t *testing.T, be backends.Backend) {
 	if err != nil || s.Enabled || s.Revision != 5 || len(s.Users) != 1 || !proto.Equal(s.Users[0], bob2) || len(s.Roles) != 1 || string(s.Roles[0].Name) != "root" {
 		t.Fatalf("LoadAuth after replace and deletes = %+v, %v", s, err)
 	}
+
+	// ReplaceAuth (a snapshot restore) leaves exactly the given state.
+	want := backends.AuthState{Enabled: true, Revision: 42, Users: []*authpb.User{alice}, Roles: []*authpb.Role{r1}}
+	if err := backends.ReplaceAuth(ctx, st, want); err != nil {
+		t.Fatal(err)
+	}
+	s, err = st.LoadAuth(ctx)
+	if err != nil || !s.Enabled || s.Revision != 42 || len(s.Users) != 1 || !proto.Equal(s.Users[0], alice) || len(s.Roles) != 1 || !proto.Equal(s.Roles[0], r1) {
+		t.Fatalf("LoadAuth after ReplaceAuth = %+v, %v", s, err)
+	}
 }
 
 // runAuthTokens: a token is stored only at the revision the caller read,
