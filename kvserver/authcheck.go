@@ -41,8 +41,8 @@ func (a *authGate) serialize(ctx context.Context, chk func(as auth.AuthStore, ai
 	return gerr
 }
 
-// writer is the identity a write carries to its check: nil for a write
-// another instance forwarded after checking it.
+// writer is the identity a write carries to its check; trusted marks a
+// write another instance forwarded after checking it.
 type writer struct {
 	ai      *auth.AuthInfo
 	trusted bool
@@ -77,7 +77,7 @@ func (a *authGate) current(ctx context.Context) (auth.AuthStore, error) {
 // leaseKeys lists the keys attached to a lease (nil if there is no such lease).
 type leaseKeys func(ctx context.Context, id int64) ([][]byte, error)
 
-// checkPut is etcd's checkPutAuth.
+// checkPutAuth is etcd's check of a Put.
 func checkPutAuth(ctx context.Context, as auth.AuthStore, ai *auth.AuthInfo, keys leaseKeys, r *pb.PutRequest) error {
 	if err := as.IsPutPermitted(ai, r.Key); err != nil {
 		return err
