@@ -12,6 +12,7 @@ package backends
 import (
 	"context"
 	"errors"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -29,10 +30,28 @@ var (
 	ErrLeaseNotFound = errors.New("lease not found")
 	// ErrLeaseExists: LeaseGrant with an ID that is already in use.
 	ErrLeaseExists = errors.New("lease already exists")
-	// ErrKeyTooLarge: the key is longer than the database can index.
+	// ErrKeyTooLarge: the key is longer than the database can index
+	// (wrapped with the key's length and the limit).
 	ErrKeyTooLarge = errors.New("key too large")
+	// ErrRefused: the database refused to store a write (a value or key it
+	// cannot store, a constraint); wraps the database's error. Nothing of
+	// the request was written, and no other request failed with it.
+	ErrRefused = errors.New("the database refused the write")
+	// ErrNotLeader: this instance does not hold the leader lock (any more).
+	ErrNotLeader = errors.New("this instance does not hold the leader lock")
 	// ErrClosed: the backend is shutting down.
 	ErrClosed = errors.New("backend closed")
+)
+
+// Timeouts every dialect uses for the sessions several instances share.
+const (
+	// DefaultSessionTimeout is how long a database waits for a session
+	// that holds the write lock or the leader lock and went silent (its
+	// instance froze or lost its network) before ending it, so that the
+	// lock passes to the other instances (DESIGN.md invariant 9).
+	DefaultSessionTimeout = 5 * time.Second
+	// LeaderCheckTimeout bounds one check or take-over of the leader lock.
+	LeaderCheckTimeout = 2 * time.Second
 )
 
 // Backend is what kvserver needs from storage. Every method is safe for
@@ -55,6 +74,9 @@ type Backend interface {
 	// that are committed, in (revision, sub-revision) order, each with PrevKv
 	// set when the key had a live previous version. Because revisions commit
 	// in order the result is always a prefix of the history after afterRev.
+	// A result is whole revisions; it stops early after the revision whose
+	// events (keys, values, prev_kv values; see EventBytes) reach the
+	// engine's ChangesBytes, so one read never holds much more memory.
 	// ErrCompacted if afterRev+1 is below the compact revision.
 	Changes(ctx context.Context, afterRev int64, maxRevs int64) ([]*mvccpb.Event, error)
 	// TailChanges is Changes for the instance's watch tailer (one caller,
@@ -65,14 +87,20 @@ type Backend interface {
 	// Revisions returns the current and the compact revision.
 	Revisions(ctx context.Context) (current, compact int64, err error)
 
-	// Compact discards history below rev. ErrCompacted if rev is not above
-	// the compact revision, ErrFutureRev if rev is above the current revision.
-	Compact(ctx context.Context, rev int64) error
+	// Compact discards history below rev and returns the current revision
+	// when the compaction was recorded (etcd's response header revision).
+	// ErrCompacted if rev is not above the compact revision, ErrFutureRev if
+	// rev is above the current revision.
+	Compact(ctx context.Context, rev int64) (int64, error)
 
-	// LeaseGrant creates lease id with the given TTL in seconds.
-	LeaseGrant(ctx context.Context, id, ttl int64) error
-	// LeaseRevoke deletes the lease and, in one revision, every key attached to it.
-	LeaseRevoke(ctx context.Context, id int64) error
+	// LeaseGrant creates lease id with the given TTL in seconds and returns
+	// the revision it was granted at (the current revision then).
+	LeaseGrant(ctx context.Context, id, ttl int64) (int64, error)
+	// LeaseRevoke deletes the lease and, in one revision, every key attached
+	// to it. It returns that revision, or the current revision when no key
+	// was attached: what etcd reports in the response header. A revision read
+	// after the call returns could include other clients' writes.
+	LeaseRevoke(ctx context.Context, id int64) (int64, error)
 	// LeaseRenew restarts the lease's TTL and returns it.
 	LeaseRenew(ctx context.Context, id int64) (ttl int64, err error)
 	// LeaseInfo describes one lease; keys are listed only when withKeys.
@@ -90,10 +118,28 @@ type Backend interface {
 	// for equal histories on any instance.
 	Hash(ctx context.Context, rev int64) (hash uint32, compact int64, err error)
 
-	// Size returns the database size in bytes and the part of it in use.
+	// HashKeys returns a hash of the live key space at the current
+	// revision — every live key with its create and mod revisions,
+	// version, lease and value, in key order — read from one snapshot,
+	// and that revision. Equal on every instance at the same revision.
+	HashKeys(ctx context.Context) (hash uint32, rev int64, err error)
+
+	// Size returns the size of kvsql's tables in bytes, as allocated in
+	// the database, and the part of it in use (see each dialect).
 	Size(ctx context.Context) (size, inUse int64, err error)
 	// Defragment reclaims unused space where the database can.
 	Defragment(ctx context.Context) error
+
+	// Alarms lists the raised alarms (etcd's NOSPACE and CORRUPT), by
+	// member then type. They live in the database: every instance sees them.
+	Alarms(ctx context.Context) ([]*pb.AlarmMember, error)
+	// SetAlarm raises (active) or clears alarm a; changed is false when
+	// it already was raised or clear.
+	SetAlarm(ctx context.Context, a *pb.AlarmMember, active bool) (changed bool, err error)
+
+	// ErrorClass names the class of a database error for logs: "timeout",
+	// "connection", or the database's own class (see each dialect).
+	ErrorClass(err error) string
 
 	// Close stops accepting requests, finishes the ones in flight and closes
 	// the database. It is safe to call more than once.
@@ -128,4 +174,19 @@ type Member struct {
 	// Leader marks the instance that holds the leader lock; the others
 	// forward their writes to it.
 	Leader bool
+}
+
+// PoolStats describes one database connection pool of a backend.
+type PoolStats struct {
+	Name                 string
+	MaxOpen, Open, InUse int
+	Idle                 int
+	WaitCount            int64
+	WaitDuration         time.Duration
+}
+
+// PoolReporter is implemented by backends whose connection pools can be
+// observed (kvserver exports them as kvsql_db_pool_* metrics).
+type PoolReporter interface {
+	PoolStats() []PoolStats
 }

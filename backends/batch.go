@@ -45,12 +45,14 @@ type BatchCommitter interface {
 type ChangesReader interface {
 	// ReadChanges reads, from one snapshot, the current and compact
 	// revisions and the events of revisions in (after, min(current, upTo)].
-	ReadChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error)
+	// Like Tx.Changes, it stops after the revision whose events reach
+	// maxBytes (0: no limit).
+	ReadChanges(ctx context.Context, after, upTo int64, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error)
 	// TailChanges is ReadChanges on a connection kept for the one caller
 	// that reads after every commit, the watch tailer: under load it must
 	// not queue for a pooled connection behind client requests. Calls must
 	// not overlap.
-	TailChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error)
+	TailChanges(ctx context.Context, after, upTo int64, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error)
 }
 
 // overlay is a database transaction plus, for single keys, an in-memory

@@ -3,6 +3,7 @@ package backends
 import (
 	"context"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
@@ -52,6 +53,15 @@ type Dialect interface {
 	// lock (the kv_meta row) until Commit or Rollback, so that revisions
 	// commit in revision order.
 	BeginWrite(ctx context.Context) (Tx, error)
+	// BeginCompact opens a transaction of compaction's cleanup (see
+	// CompactTx); it does not take the global write lock.
+	BeginCompact(ctx context.Context) (CompactTx, error)
+	// RefusedWrite reports whether err, returned by a write transaction,
+	// is the database refusing one of its statements for what it writes
+	// (a value or key it cannot store, a constraint), after which the
+	// transaction is known not to have committed. A lost connection is not
+	// such a refusal: the outcome of its commit may be unknown.
+	RefusedWrite(err error) bool
 	// Size returns the database size in bytes and the part in use.
 	Size(ctx context.Context) (size, inUse int64, err error)
 	// Defragment reclaims free space.
@@ -80,12 +90,14 @@ type Tx interface {
 	// Write appends rows to kv_log and applies them to kv_current.
 	Write(ctx context.Context, rows []LogRow) error
 	// Changes returns the events of revisions in (after, upTo], in
-	// (rev, sub) order, with PrevKv set from the row at PrevRev.
-	Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error)
-	// DeleteHistory removes kv_log rows with from <= rev < to that no read
-	// at a revision >= compact needs: tombstones and versions superseded by
-	// a newer version at or below compact. It returns the rows removed.
-	DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error)
+	// (rev, sub) order, with PrevKv set from the row at PrevRev. It stops
+	// after the revision whose events reach maxBytes (0: no limit; see
+	// ScanEvents), so that one read never holds more than that and a
+	// revision.
+	Changes(ctx context.Context, after, upTo int64, maxBytes int) ([]*mvccpb.Event, error)
+	// History returns up to limit kv_log rows after (afterRev, afterSub),
+	// in (rev, sub) order: a page of the whole history, for snapshots.
+	History(ctx context.Context, afterRev, afterSub int64, limit int) ([]LogRow, error)
 
 	// LeaseInsert creates a lease expiring ttl seconds from now; false if
 	// the id exists.
@@ -103,8 +115,19 @@ type Tx interface {
 	LeaseKeys(ctx context.Context, id int64) ([]*mvccpb.KeyValue, error)
 	// Leases lists every lease id in ascending order.
 	Leases(ctx context.Context) ([]int64, error)
+	// LeaseRows returns up to limit leases with an id above afterID, in id
+	// order, each with its TTL and the milliseconds until it expires (Keys
+	// is not set).
+	LeaseRows(ctx context.Context, afterID int64, limit int) ([]Lease, error)
 	// ExpiredLeases lists up to limit leases whose expiry has passed.
 	ExpiredLeases(ctx context.Context, limit int) ([]int64, error)
+
+	// AlarmList lists kv_alarm by member then type.
+	AlarmList(ctx context.Context) ([]*pb.AlarmMember, error)
+	// AlarmInsert adds an alarm; false if it was there.
+	AlarmInsert(ctx context.Context, member uint64, alarm int32) (bool, error)
+	// AlarmDelete removes an alarm; false if it was not there.
+	AlarmDelete(ctx context.Context, member uint64, alarm int32) (bool, error)
 
 	Commit() error
 	Rollback() error

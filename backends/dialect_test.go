@@ -32,3 +32,14 @@ func TestNewKeyRange(t *testing.T) {
 		}
 	}
 }
+
+// TestPendingMigrations: a migration is pending whenever its version was
+// never applied, even below one that was (branches land out of order).
+func TestPendingMigrations(t *testing.T) {
+	t.Parallel()
+	ms := []Migration{{Version: 1}, {Version: 3}, {Version: 4}, {Version: 6}}
+	got := Pending(ms, map[int]bool{1: true, 6: true})
+	if len(got) != 2 || got[0].Version != 3 || got[1].Version != 4 {
+		t.Fatalf("Pending = %v, want versions 3 and 4", got)
+	}
+}

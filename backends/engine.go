@@ -18,9 +18,14 @@ import (
 const (
 	// DefaultMaxBatch is how many client writes one database transaction takes at most.
 	DefaultMaxBatch = 256
-	// compactBatchRevs is how many revisions of history one compaction
-	// transaction removes, so that compaction never holds the write lock long.
-	compactBatchRevs = 1000
+	// hashBatchRevs is how many revisions of history Hash reads per query.
+	hashBatchRevs = 1000
+	// DefaultChangesBytes is EngineConfig.ChangesBytes' default: with 1.5
+	// MiB values and prev_kv, 1000 revisions could otherwise be 3 GiB.
+	DefaultChangesBytes = 8 << 20
+	// DefaultWriteTimeout is EngineConfig.WriteTimeout's default: far above
+	// any healthy commit (milliseconds), below clients' patience.
+	DefaultWriteTimeout = 15 * time.Second
 	// expireBatch is how many expired leases one pass revokes.
 	expireBatch = 256
 )
@@ -33,16 +38,58 @@ type EngineConfig struct {
 	// OnCommit, if set, is called after every commit that created new
 	// revisions, with the newest revision. It must not block.
 	OnCommit func(rev int64)
-	// OnBatch, if set, is called after every group-commit transaction with
-	// how many requests it carried, how long it took and whether it failed.
-	// It must not block.
-	OnBatch func(requests int, took time.Duration, err error)
+	// Observer, if set, receives the writer's measurements.
+	Observer Observer
 	// MaxKeyBytes, if set, is the longest key the database can store; a put
 	// of a longer key fails with ErrKeyTooLarge before anything is written.
 	MaxKeyBytes int
 	// GetsInFlight caps the statements concurrent plain Gets run at once
 	// (see getBatcher); 0 means DefaultGetsInFlight.
 	GetsInFlight int
+	// CompactStepRows caps the kv_log rows one transaction of compaction's
+	// cleanup covers; 0 means DefaultCompactStepRows.
+	CompactStepRows int
+	// ChangesBytes caps the events (keys and values, prev_kv included) one
+	// read of the log returns, beyond the revision that reaches it; 0
+	// means DefaultChangesBytes.
+	ChangesBytes int
+	// WriteTimeout bounds one group-commit transaction and one read of the
+	// watch tailer; 0 means DefaultWriteTimeout.
+	WriteTimeout time.Duration
+	// Database names the database in errors (dialect and address, never
+	// credentials), so that a client told "database error" knows which.
+	Database string
+}
+
+// Observer receives the writer's measurements. Its methods are called from
+// the writer's goroutine or a client's and must not block.
+type Observer interface {
+	// WriteQueued: a write entered the group-commit queue. Each is later
+	// part of exactly one BatchDone's Requests.
+	WriteQueued()
+	// BatchDone: a group-commit transaction ended.
+	BatchDone(BatchStats)
+}
+
+// BatchStats describes one group-commit transaction.
+type BatchStats struct {
+	// Requests is how many client writes the batch took from the queue
+	// (the instance's own lease expiry passes are not counted): Applied
+	// of them committed (those that failed on their own, such as a Put
+	// with an unknown lease, count as applied: the transaction carried
+	// them), Failed did not (the database failed the transaction, or the
+	// client gave up while the write was queued).
+	Requests, Applied, Failed int
+	// Took is the whole transaction, from asking for the write lock to
+	// the end of the commit.
+	Took time.Duration
+	// Commit is the commit step alone: SQLite's COMMIT (the WAL write and
+	// fsync), or on PostgreSQL and MySQL the round trip that carries the
+	// batch's rows and COMMIT, which the server answers after its WAL or
+	// redo-log flush. Zero if the batch failed before it.
+	Commit time.Duration
+	// Err is the database error that failed the batch, if any.
+	Err error
 }
 
 // Engine implements Backend on a Dialect. Writes are group-committed: one
@@ -54,6 +101,12 @@ type Engine struct {
 	log *slog.Logger
 
 	writes chan *writeReq
+	// sendMu guards closed. Writers queue a request holding it for
+	// reading; Close sets closed holding it for writing, so that once
+	// closed is set no request can enter the queue after the writer has
+	// drained it for the last time.
+	sendMu sync.RWMutex
+	closed bool
 	// stop is closed by Close; done is closed when the writer has exited.
 	stop      chan struct{}
 	done      chan struct{}
@@ -74,17 +127,29 @@ var _ Backend = (*Engine)(nil)
 // revision after it (rev+1 if it changed anything, else rev). A non-nil
 // error from apply means the database failed and the whole batch is rolled
 // back; a request's own (user-facing) failure goes into res.err instead.
+// If the database refused the batch, apply runs again in a transaction of
+// its own, so it must set its outputs afresh each time it runs.
 type writeReq struct {
 	ctx   context.Context
 	keys  [][]byte // single keys apply will read: loaded for the whole batch at once
 	apply func(ctx context.Context, o *overlay, rev int64) (int64, error)
 	done  chan error
+	// internal marks the instance's own periodic work (lease expiry
+	// passes, lease promotion), which the Observer is not told of: it is
+	// no client's proposal.
+	internal bool
 }
 
 // NewEngine starts an Engine on d. Close stops it and closes d.
 func NewEngine(d Dialect, cfg EngineConfig) *Engine {
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = DefaultMaxBatch
+	}
+	if cfg.ChangesBytes <= 0 {
+		cfg.ChangesBytes = DefaultChangesBytes
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -108,6 +173,9 @@ func NewEngine(d Dialect, cfg EngineConfig) *Engine {
 // Close stops the writer after the queued writes and closes the database.
 func (e *Engine) Close() error {
 	e.closeOnce.Do(func() {
+		e.sendMu.Lock()
+		e.closed = true
+		e.sendMu.Unlock()
 		close(e.stop)
 		<-e.done
 		e.closeErr = e.d.Close()
@@ -120,20 +188,47 @@ func (e *Engine) write(ctx context.Context, apply func(ctx context.Context, o *o
 	return e.writeKeys(ctx, nil, apply)
 }
 
+// writeInternal is write for the instance's own periodic work.
+func (e *Engine) writeInternal(ctx context.Context, apply func(ctx context.Context, o *overlay, rev int64) (int64, error)) error {
+	return e.enqueue(ctx, &writeReq{ctx: ctx, apply: apply, done: make(chan error, 1), internal: true})
+}
+
 // writeKeys is write with the single keys apply will read, so that the
 // writer loads them for the whole batch in one statement.
 func (e *Engine) writeKeys(ctx context.Context, keys [][]byte, apply func(ctx context.Context, o *overlay, rev int64) (int64, error)) error {
-	req := &writeReq{ctx: ctx, keys: keys, apply: apply, done: make(chan error, 1)}
+	return e.enqueue(ctx, &writeReq{ctx: ctx, keys: keys, apply: apply, done: make(chan error, 1)})
+}
+
+// enqueue hands req to the writer and waits for its batch to end.
+func (e *Engine) enqueue(ctx context.Context, req *writeReq) error {
+	e.sendMu.RLock()
+	if e.closed {
+		e.sendMu.RUnlock()
+		return ErrClosed
+	}
+	// The writer keeps reading the queue until Close has set closed (which
+	// waits for this RUnlock), so a full queue only delays this send.
 	select {
 	case e.writes <- req:
-	case <-e.stop:
-		return ErrClosed
+		if e.cfg.Observer != nil && !req.internal {
+			e.cfg.Observer.WriteQueued()
+		}
+	case <-ctx.Done():
+		e.sendMu.RUnlock()
+		return ctx.Err()
+	}
+	e.sendMu.RUnlock()
+	// Once queued the request is applied or failed by the writer. A caller
+	// whose deadline passes first gets its context's error, as an etcd
+	// client whose proposal timed out does: the write may still commit,
+	// but it was not acknowledged. The writer may then still run apply, so
+	// a caller must not read what apply sets unless this returned nil.
+	select {
+	case err := <-req.done:
+		return e.dbErr(err)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	// Once queued the request is applied or failed by the writer; waiting
-	// for it (rather than for ctx) keeps "acknowledged" equal to "committed".
-	return <-req.done
 }
 
 func (e *Engine) writeLoop() {
@@ -149,6 +244,9 @@ func (e *Engine) writeLoop() {
 				select {
 				case req := <-e.writes:
 					req.done <- ErrClosed
+					if e.cfg.Observer != nil && !req.internal { // Took 0: never in a transaction
+						e.cfg.Observer.BatchDone(BatchStats{Requests: 1, Failed: 1, Err: ErrClosed})
+					}
 				default:
 					return
 				}
@@ -167,62 +265,107 @@ func (e *Engine) writeLoop() {
 	}
 }
 
-// commitBatch applies a batch in one database transaction. Requests whose
-// context ended while queued are skipped.
+// commitBatch applies a batch in one database transaction and answers its
+// requests. If the database refuses one of the batch's writes (a value it
+// cannot store, a constraint), nothing of the batch is committed; each
+// request is then applied again in a transaction of its own, so that the
+// refused one fails alone and the others commit (DESIGN.md, invariant 8).
 func (e *Engine) commitBatch(batch []*writeReq) {
-	ctx := context.Background()
-	began := time.Now()
-	fail := func(err error) {
-		if e.cfg.OnBatch != nil {
-			e.cfg.OnBatch(len(batch), time.Since(began), err)
+	results, st, err := e.applyBatch(batch)
+	retry := errors.Is(err, ErrRefused) && len(batch) > 1
+	// Every client write is reported in exactly one BatchDone: a batch
+	// retried request by request is reported by the retries.
+	if e.cfg.Observer != nil && st.Requests > 0 && !retry {
+		e.cfg.Observer.BatchDone(st)
+	}
+	switch {
+	case err == nil:
+		for i, req := range batch {
+			req.done <- results[i]
 		}
+	case retry:
+		for _, req := range batch {
+			e.commitBatch([]*writeReq{req})
+		}
+	default:
 		for _, req := range batch {
 			req.done <- err
 		}
 	}
+}
+
+// applyBatch applies a batch in one database transaction and returns each
+// request's result, or the error that failed the whole batch (then nothing
+// was committed, or, if the connection broke during the commit, the outcome
+// is unknown). A refusal by the database after the write lock was taken is
+// wrapped in ErrRefused. Requests whose context ended while queued are
+// skipped.
+func (e *Engine) applyBatch(batch []*writeReq) (results []error, st BatchStats, err error) {
+	// A database that stops answering (a frozen server, a dropped network)
+	// must not hold the writer, and every write queued behind this batch,
+	// for long: past WriteTimeout the batch fails (its outcome unknown if
+	// the commit was under way) and the next one starts on a fresh
+	// connection.
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.WriteTimeout)
+	defer cancel()
+	began := time.Now()
+	skipped := 0
+	for _, req := range batch {
+		if !req.internal {
+			st.Requests++
+		}
+	}
+	defer func() {
+		st.Took = time.Since(began)
+		if err != nil {
+			st.Applied, st.Failed, st.Err = 0, st.Requests, err
+		} else {
+			st.Applied, st.Failed = st.Requests-skipped, skipped
+		}
+	}()
 	var keys [][]byte
 	for _, req := range batch {
 		keys = append(keys, req.keys...)
 	}
 	tx, o, err := e.beginBatch(ctx, keys)
 	if err != nil {
-		fail(err)
-		return
+		return nil, st, err
+	}
+	refused := func(err error) error {
+		if e.d.RefusedWrite(err) {
+			return fmt.Errorf("%w: %w", ErrRefused, err)
+		}
+		return err
 	}
 	start, _, err := tx.Revisions(ctx)
 	if err != nil {
 		_ = tx.Rollback()
-		fail(fmt.Errorf("read revision: %w", err))
-		return
+		return nil, st, fmt.Errorf("read revision: %w", err)
 	}
 	rev := start
-	results := make([]error, len(batch))
+	results = make([]error, len(batch))
 	for i, req := range batch {
 		if err := req.ctx.Err(); err != nil {
 			results[i] = err
+			if !req.internal {
+				skipped++
+			}
 			continue
 		}
 		next, err := req.apply(ctx, o, rev)
 		if err != nil {
 			_ = tx.Rollback()
-			fail(err)
-			return
+			return nil, st, refused(err)
 		}
 		rev = next
 	}
-	if err := e.finishBatch(ctx, tx, o, start, rev); err != nil {
-		fail(err)
-		return
+	if err := e.finishBatch(ctx, tx, o, start, rev, &st.Commit); err != nil {
+		return nil, st, refused(err)
 	}
 	if rev != start && e.cfg.OnCommit != nil {
 		e.cfg.OnCommit(rev)
 	}
-	if e.cfg.OnBatch != nil {
-		e.cfg.OnBatch(len(batch), time.Since(began), nil)
-	}
-	for i, req := range batch {
-		req.done <- results[i]
-	}
+	return results, st, nil
 }
 
 // beginBatch opens a batch's write transaction (taking the write lock) and
@@ -254,13 +397,18 @@ func (e *Engine) beginBatch(ctx context.Context, keys [][]byte) (Tx, *overlay, e
 // finishBatch writes the batch's queued rows, stores its newest revision
 // rev (if it is past start) and commits: in one round trip where the
 // transaction is a BatchCommitter. On error the transaction is over.
-func (e *Engine) finishBatch(ctx context.Context, tx Tx, o *overlay, start, rev int64) error {
+// commitTook receives the duration of the commit step (see
+// BatchStats.Commit).
+func (e *Engine) finishBatch(ctx context.Context, tx Tx, o *overlay, start, rev int64, commitTook *time.Duration) error {
 	if bc, ok := tx.(BatchCommitter); ok {
 		newRev := int64(0)
 		if rev != start {
 			newRev = rev
 		}
-		if err := bc.CommitBatch(ctx, o.take(), newRev); err != nil {
+		t := time.Now()
+		err := bc.CommitBatch(ctx, o.take(), newRev)
+		*commitTook = time.Since(t)
+		if err != nil {
 			_ = tx.Rollback()
 			return fmt.Errorf("commit revisions %d..%d: %w", start+1, rev, err)
 		}
@@ -276,7 +424,10 @@ func (e *Engine) finishBatch(ctx context.Context, tx Tx, o *overlay, start, rev 
 			return fmt.Errorf("store revision %d: %w", rev, err)
 		}
 	}
-	if err := tx.Commit(); err != nil {
+	t := time.Now()
+	err := tx.Commit()
+	*commitTook = time.Since(t)
+	if err != nil {
 		return fmt.Errorf("commit revision %d: %w", rev, err)
 	}
 	return nil
@@ -291,10 +442,10 @@ func (e *Engine) read(ctx context.Context, fn func(tx Tx) error) error {
 	}
 	tx, err := e.d.BeginRead(ctx)
 	if err != nil {
-		return fmt.Errorf("begin read transaction: %w", err)
+		return e.dbErr(fmt.Errorf("begin read transaction: %w", err))
 	}
 	defer func() { _ = tx.Rollback() }()
-	return fn(tx)
+	return e.dbErr(fn(tx))
 }
 
 // Revisions implements Backend.
@@ -343,7 +494,7 @@ func (e *Engine) getLatest(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 	}
 	cur, kv, err := e.gets.get(ctx, r.Key, r.KeysOnly)
 	if err != nil {
-		return nil, err
+		return nil, e.dbErr(err)
 	}
 	resp := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: cur}}
 	if kv != nil {
@@ -378,11 +529,16 @@ func (e *Engine) changes(ctx context.Context, afterRev, maxRevs int64, tail bool
 		}
 		read := cr.ReadChanges
 		if tail {
+			// The tailer has no client deadline; a read that hangs on a
+			// dead connection would stop every watch on this instance.
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, e.cfg.WriteTimeout)
+			defer cancel()
 			read = cr.TailChanges
 		}
-		_, compact, evs, err := read(ctx, afterRev, afterRev+maxRevs)
+		_, compact, evs, err := read(ctx, afterRev, afterRev+maxRevs, e.cfg.ChangesBytes)
 		if err != nil {
-			return nil, err
+			return nil, e.dbErr(err)
 		}
 		if afterRev+1 < compact {
 			return nil, ErrCompacted
@@ -402,81 +558,10 @@ func (e *Engine) changes(ctx context.Context, afterRev, maxRevs int64, tail bool
 		if upTo <= afterRev {
 			return nil
 		}
-		evs, err = tx.Changes(ctx, afterRev, upTo)
+		evs, err = tx.Changes(ctx, afterRev, upTo, e.cfg.ChangesBytes)
 		return err
 	})
 	return evs, err
-}
-
-// Compact implements Backend. The compact revision is set under the write
-// lock; the history it frees is then removed in batches of compactBatchRevs
-// revisions, each its own transaction, so writers wait at most one batch.
-func (e *Engine) Compact(ctx context.Context, rev int64) error {
-	e.compactMu.Lock()
-	defer e.compactMu.Unlock()
-	var prevCompact int64
-	var userErr error
-	err := e.write(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
-		tx, err := o.db(ctx)
-		if err != nil {
-			return cur, err
-		}
-		_, compact, err := tx.Revisions(ctx)
-		if err != nil {
-			return cur, err
-		}
-		switch {
-		case rev <= compact:
-			userErr = ErrCompacted
-			return cur, nil
-		case rev > cur:
-			userErr = ErrFutureRev
-			return cur, nil
-		}
-		prevCompact = compact
-		return cur, tx.SetCompact(ctx, rev)
-	})
-	if err != nil {
-		return err
-	}
-	if userErr != nil {
-		return userErr
-	}
-	return e.deleteHistory(ctx, max(prevCompact, 0), rev)
-}
-
-func (e *Engine) deleteHistory(ctx context.Context, from, compact int64) error {
-	ctx = context.WithoutCancel(ctx) // a half-finished batch loop is fine, but finish what we start
-	del := func(lo, hi int64) error {
-		tx, err := e.d.BeginWrite(ctx)
-		if err != nil {
-			return fmt.Errorf("compact revisions %d..%d: %w", lo, hi, err)
-		}
-		if _, err := tx.DeleteHistory(ctx, compact, lo, hi); err != nil {
-			_ = tx.Rollback()
-			return fmt.Errorf("compact revisions %d..%d: %w", lo, hi, err)
-		}
-		if err := tx.Commit(); err != nil {
-			return fmt.Errorf("compact revisions %d..%d: %w", lo, hi, err)
-		}
-		return nil
-	}
-	// Below from, only the versions that were live at the previous
-	// compaction are left (at most one per key). Those superseded since,
-	// by a newer version or a tombstone at or below compact, must go as
-	// well: once the tombstone is removed, a read at a revision >= compact
-	// would otherwise find the deleted key alive again.
-	if from > 0 {
-		if err := del(0, from); err != nil {
-			return err
-		}
-	}
-	for lo := from; lo < compact; lo += compactBatchRevs {
-		if err := del(lo, min(lo+compactBatchRevs, compact)); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // Hash implements Backend: a CRC-32C over every stored version at or below
@@ -504,10 +589,15 @@ func (e *Engine) Hash(ctx context.Context, rev int64) (uint32, int64, error) {
 			}
 			h.Write(buf[:])
 		}
-		for lo := int64(0); lo < rev; lo += compactBatchRevs {
-			evs, err := tx.Changes(ctx, lo, min(lo+compactBatchRevs, rev))
+		for lo := int64(0); lo < rev; {
+			hi := min(lo+hashBatchRevs, rev)
+			evs, err := tx.Changes(ctx, lo, hi, e.cfg.ChangesBytes)
 			if err != nil {
 				return err
+			}
+			lo = hi
+			if n := len(evs); n > 0 && eventsBytes(evs) >= e.cfg.ChangesBytes {
+				lo = evs[n-1].Kv.ModRevision // cut short by size: go on after it
 			}
 			for _, ev := range evs {
 				putInt(ev.Kv.ModRevision)
@@ -527,11 +617,34 @@ func (e *Engine) Hash(ctx context.Context, rev int64) (uint32, int64, error) {
 	return sum, compact, err
 }
 
+// eventsBytes sums EventBytes over evs.
+func eventsBytes(evs []*mvccpb.Event) int {
+	n := 0
+	for _, ev := range evs {
+		n += EventBytes(ev)
+	}
+	return n
+}
+
+var _ PoolReporter = (*Engine)(nil)
+
+// PoolStats implements PoolReporter for dialects that report their pools
+// (nil otherwise).
+func (e *Engine) PoolStats() []PoolStats {
+	if pr, ok := e.d.(PoolReporter); ok {
+		return pr.PoolStats()
+	}
+	return nil
+}
+
 // Size implements Backend.
-func (e *Engine) Size(ctx context.Context) (int64, int64, error) { return e.d.Size(ctx) }
+func (e *Engine) Size(ctx context.Context) (int64, int64, error) {
+	size, inUse, err := e.d.Size(ctx)
+	return size, inUse, e.dbErr(err)
+}
 
 // Defragment implements Backend.
-func (e *Engine) Defragment(ctx context.Context) error { return e.d.Defragment(ctx) }
+func (e *Engine) Defragment(ctx context.Context) error { return e.dbErr(e.d.Defragment(ctx)) }
 
 // checkRev validates a requested read revision against the current and
 // compact revisions; 0 means "current".
@@ -545,6 +658,17 @@ func checkRev(rev, cur, compact int64) error {
 		return ErrCompacted
 	}
 	return nil
+}
+
+// dbErr names the database in err, unless err is a request's own failure
+// or its context's, or the backend is closing.
+func (e *Engine) dbErr(err error) error {
+	switch {
+	case err == nil, e.cfg.Database == "", isUserErr(err), errors.Is(err, ErrClosed), errors.Is(err, ErrRefused),
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.As(err, new(callerError)):
+		return err
+	}
+	return fmt.Errorf("%s: %w", e.cfg.Database, err)
 }
 
 // isUserErr reports whether err is a request's own failure (reported to that

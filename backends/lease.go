@@ -6,9 +6,11 @@ import (
 )
 
 // LeaseGrant implements Backend.
-func (e *Engine) LeaseGrant(ctx context.Context, id, ttl int64) error {
+func (e *Engine) LeaseGrant(ctx context.Context, id, ttl int64) (int64, error) {
+	var rev int64
 	var userErr error
 	err := e.write(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
+		rev, userErr = cur, nil
 		ok, err := o.tx.LeaseInsert(ctx, id, ttl)
 		if err != nil {
 			return cur, fmt.Errorf("insert lease %d: %w", id, err)
@@ -19,25 +21,28 @@ func (e *Engine) LeaseGrant(ctx context.Context, id, ttl int64) error {
 		return cur, nil
 	})
 	if err != nil {
-		return err
+		return 0, err
 	}
-	return userErr
+	return rev, userErr
 }
 
 // LeaseRevoke implements Backend.
-func (e *Engine) LeaseRevoke(ctx context.Context, id int64) error {
+func (e *Engine) LeaseRevoke(ctx context.Context, id int64) (int64, error) {
+	var rev int64
 	var userErr error
 	err := e.write(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
+		userErr = nil
 		next, found, err := revokeIn(ctx, o, cur, id)
 		if err == nil && !found {
 			userErr = ErrLeaseNotFound
 		}
+		rev = next
 		return next, err
 	})
 	if err != nil {
-		return err
+		return 0, err
 	}
-	return userErr
+	return rev, userErr
 }
 
 // revokeIn deletes lease id and its keys inside tx, all keys in one new
@@ -93,12 +98,15 @@ func (e *Engine) LeaseRenew(ctx context.Context, id int64) (int64, error) {
 // holder can reconnect and keep it alive.
 func (e *Engine) LeasePromote(ctx context.Context) (int64, error) {
 	var n int64
-	err := e.write(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
+	err := e.writeInternal(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
 		var err error
 		n, err = o.tx.LeaseExtendAll(ctx)
 		return cur, err
 	})
-	return n, err
+	if err != nil {
+		return 0, err // the writer may still run apply: n is not ours to read
+	}
+	return n, nil
 }
 
 // LeaseInfo implements Backend.
@@ -142,7 +150,8 @@ func (e *Engine) Leases(ctx context.Context) ([]int64, error) {
 // revision, inside one group-commit batch.
 func (e *Engine) ExpireLeases(ctx context.Context) (int, error) {
 	n := 0
-	err := e.write(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
+	err := e.writeInternal(ctx, func(ctx context.Context, o *overlay, cur int64) (int64, error) {
+		n = 0 // apply may run again after a refused batch
 		ids, err := o.tx.ExpiredLeases(ctx, expireBatch)
 		if err != nil {
 			return cur, fmt.Errorf("list expired leases: %w", err)
@@ -159,5 +168,8 @@ func (e *Engine) ExpireLeases(ctx context.Context) (int, error) {
 		}
 		return cur, nil
 	})
-	return n, err
+	if err != nil {
+		return 0, err // the writer may still run apply: n is not ours to read
+	}
+	return n, nil
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
@@ -56,35 +57,72 @@ func ScanLatest(rows Rows) (cur int64, kvs []*mvccpb.KeyValue, err error) {
 	return cur, kvs, rows.Err()
 }
 
+// EventBytes approximates the memory an event holds: its key and value,
+// its prev_kv's value, and the structs around them.
+func EventBytes(ev *mvccpb.Event) int {
+	n := 64 + len(ev.Kv.Key) + len(ev.Kv.Value)
+	if ev.PrevKv != nil {
+		n += 64 + len(ev.PrevKv.Value)
+	}
+	return n
+}
+
+// eventBudget collects events in (rev, sub) order until they reach
+// maxBytes (0: no limit), and then the rest of that revision: a result is
+// always whole revisions.
+type eventBudget struct {
+	maxBytes, bytes int
+	stopAt          int64 // the revision that reached maxBytes, 0 before
+	evs             []*mvccpb.Event
+}
+
+// add adds ev and reports whether the caller should read on.
+func (b *eventBudget) add(ev *mvccpb.Event) bool {
+	if b.stopAt != 0 && ev.Kv.ModRevision != b.stopAt {
+		return false
+	}
+	b.evs = append(b.evs, ev)
+	b.bytes += EventBytes(ev)
+	if b.stopAt == 0 && b.maxBytes > 0 && b.bytes >= b.maxBytes {
+		b.stopAt = ev.Kv.ModRevision
+	}
+	return true
+}
+
 // ScanEvents reads rows of a change query: (rev, key, deleted, create_rev,
 // version, lease, value) and the previous version's (create_rev, rev,
-// version, lease, value), NULL when the event has no prev_kv.
-func ScanEvents(rows Rows) ([]*mvccpb.Event, error) {
-	var evs []*mvccpb.Event
+// version, lease, value), NULL when the event has no prev_kv. It stops
+// after the revision at which the events reach maxBytes (0: no limit); the
+// caller's Close then discards the rest.
+func ScanEvents(rows Rows, maxBytes int) ([]*mvccpb.Event, error) {
+	b := eventBudget{maxBytes: maxBytes}
 	for rows.Next() {
 		var c eventColumns
 		if err := rows.Scan(c.dest()...); err != nil {
 			return nil, err
 		}
-		evs = append(evs, c.event())
+		if !b.add(c.event()) {
+			return b.evs, nil
+		}
 	}
-	return evs, rows.Err()
+	return b.evs, rows.Err()
 }
 
 // ScanChanges reads the rows of a one-statement change query: the current
 // and compact revisions, then ScanEvents' columns, NULL in the one row a
-// query without events returns.
-func ScanChanges(rows Rows) (cur, compact int64, evs []*mvccpb.Event, err error) {
+// query without events returns. It stops as ScanEvents does.
+func ScanChanges(rows Rows, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error) {
+	b := eventBudget{maxBytes: maxBytes}
 	for rows.Next() {
 		var c eventColumns
 		if err := rows.Scan(append([]any{&cur, &compact}, c.dest()...)...); err != nil {
 			return 0, 0, nil, err
 		}
-		if c.rev.Valid {
-			evs = append(evs, c.event())
+		if c.rev.Valid && !b.add(c.event()) {
+			return cur, compact, b.evs, nil
 		}
 	}
-	return cur, compact, evs, rows.Err()
+	return cur, compact, b.evs, rows.Err()
 }
 
 // eventColumns holds one row of ScanEvents' columns.
@@ -115,6 +153,36 @@ func (c *eventColumns) event() *mvccpb.Event {
 	return ev
 }
 
+// ScanLogRows reads rows of (rev, sub, key, deleted, create_rev,
+// prev_rev, version, lease, value): kv_log rows.
+func ScanLogRows(rows Rows) ([]LogRow, error) {
+	var out []LogRow
+	for rows.Next() {
+		var r LogRow
+		if err := rows.Scan(&r.Rev, &r.Sub, &r.Key, &r.Deleted, &r.CreateRev, &r.PrevRev, &r.Version, &r.Lease, &r.Value); err != nil {
+			return nil, err
+		}
+		if r.Value == nil {
+			r.Value = []byte{}
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// ScanLeases reads rows of (id, ttl, remaining milliseconds).
+func ScanLeases(rows Rows) ([]Lease, error) {
+	var out []Lease
+	for rows.Next() {
+		var l Lease
+		if err := rows.Scan(&l.ID, &l.GrantedTTL, &l.RemainingMillis); err != nil {
+			return nil, err
+		}
+		out = append(out, l)
+	}
+	return out, rows.Err()
+}
+
 // ScanIDs reads rows of one integer column.
 func ScanIDs(rows Rows) ([]int64, error) {
 	var ids []int64
@@ -126,6 +194,33 @@ func ScanIDs(rows Rows) ([]int64, error) {
 		ids = append(ids, id)
 	}
 	return ids, rows.Err()
+}
+
+// Pending returns the migrations of ms whose version is not in applied, in
+// order. Versions are not a high-water mark: migrations written on
+// branches can land in any order, and a database that has a later one
+// must still get an earlier one that landed after it.
+func Pending(ms []Migration, applied map[int]bool) []Migration {
+	var out []Migration
+	for _, m := range ms {
+		if !applied[m.Version] {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// ScanVersions reads rows of one integer column into a set.
+func ScanVersions(rows Rows) (map[int]bool, error) {
+	applied := map[int]bool{}
+	for rows.Next() {
+		var v int
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		applied[v] = true
+	}
+	return applied, rows.Err()
 }
 
 // Migration is one schema file, NNN_name.sql.
@@ -156,4 +251,41 @@ func Migrations(fsys fs.FS, dir string) ([]Migration, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Version < out[j].Version })
 	return out, nil
+}
+
+// ScanAlarms reads (member_id, alarm) rows.
+func ScanAlarms(rows Rows) ([]*pb.AlarmMember, error) {
+	var out []*pb.AlarmMember
+	for rows.Next() {
+		var member MemberID
+		var alarm int32
+		if err := rows.Scan(&member, &alarm); err != nil {
+			return nil, err
+		}
+		out = append(out, &pb.AlarmMember{MemberID: uint64(member), Alarm: pb.AlarmType(alarm)})
+	}
+	return out, rows.Err()
+}
+
+// MemberID scans a member ID from a signed column (SQLite, PostgreSQL:
+// the uint64 is stored as its two's complement) or an unsigned one (MySQL).
+type MemberID uint64
+
+// Scan implements sql.Scanner.
+func (m *MemberID) Scan(src any) error {
+	switch v := src.(type) {
+	case int64:
+		*m = MemberID(v)
+	case uint64:
+		*m = MemberID(v)
+	case []byte:
+		n, err := strconv.ParseUint(string(v), 10, 64)
+		if err != nil {
+			return fmt.Errorf("member id %q: %w", v, err)
+		}
+		*m = MemberID(n)
+	default:
+		return fmt.Errorf("member id: unexpected %T", src)
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package backends
 
 import (
 	"context"
+	"errors"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -72,7 +73,7 @@ func (e *Engine) RangeStream(ctx context.Context, r *pb.RangeRequest, chunkBytes
 			if len(kvs) > 0 {
 				if len(held) > 0 {
 					if err := send(held); err != nil {
-						return err
+						return callerError{err}
 					}
 				}
 				held = kvs
@@ -105,5 +106,16 @@ func (e *Engine) RangeStream(ctx context.Context, r *pb.RangeRequest, chunkBytes
 			}
 		}
 	})
+	var ce callerError
+	if errors.As(err, &ce) {
+		return nil, ce.err // the client's stream failed, not the database
+	}
 	return resp, err
 }
+
+// callerError carries an error of the caller's callback through read, which
+// would otherwise name the database in it.
+type callerError struct{ err error }
+
+func (c callerError) Error() string { return c.err.Error() }
+func (c callerError) Unwrap() error { return c.err }

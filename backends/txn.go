@@ -3,6 +3,7 @@ package backends
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"sort"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -31,6 +32,8 @@ func (e *Engine) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, er
 	var resp *pb.TxnResponse
 	var userErr error
 	err := e.writeKeys(ctx, txnKeys(r, nil), func(ctx context.Context, o *overlay, cur int64) (int64, error) {
+		// apply may run again after a refused batch: start clean.
+		resp, userErr = nil, nil
 		_, compact, err := o.tx.Revisions(ctx)
 		if err != nil {
 			return cur, err
@@ -260,7 +263,7 @@ func (t *txnState) check(ctx context.Context, r *pb.TxnRequest, path []bool) (in
 
 func (t *txnState) checkPut(ctx context.Context, p *pb.PutRequest) error {
 	if t.maxKey > 0 && len(p.Key) > t.maxKey {
-		return ErrKeyTooLarge
+		return fmt.Errorf("%w: the key is %d bytes, and this database stores keys of at most %d bytes", ErrKeyTooLarge, len(p.Key), t.maxKey)
 	}
 	if p.Lease != 0 {
 		_, _, found, err := t.o.tx.LeaseGet(ctx, p.Lease)

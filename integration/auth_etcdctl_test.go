@@ -261,7 +261,7 @@ func TestEtcdctlAuthCertCN(t *testing.T) {
 	runScriptOn(t, []ctlTarget{
 		{"kvsql", func(t *testing.T) string {
 			cert, key := pki.cert("kvsql-server", true)
-			p := startKVSQLProc(t, "--bcrypt-cost=4", "--listen-client-urls=https://{addr}",
+			p := startKVSQLProcURL(t, "https", "--bcrypt-cost=4",
 				"--cert-file="+cert, "--key-file="+key, "--trusted-ca-file="+pki.CAFile, "--client-cert-auth")
 			return "https://" + p.Addr
 		}},

@@ -1,10 +1,13 @@
 package integration
 
 import (
+	"context"
 	"testing"
 
 	"github.com/kvsql/kvsql/backends"
 	"github.com/kvsql/kvsql/backends/backendtest"
+	"github.com/kvsql/kvsql/backends/mysql"
+	"github.com/kvsql/kvsql/backends/postgres"
 )
 
 // The backend conformance suite on the server databases (SQLite runs it in
@@ -24,9 +27,29 @@ func openMySQLBackend(tb testing.TB) backends.Backend {
 	return st
 }
 
-func TestConformancePostgres(t *testing.T) { backendtest.Run(t, openPostgresBackend) }
+func TestConformancePostgres(t *testing.T) {
+	backendtest.Run(t, openPostgresBackend)
+	backendtest.RunTuned(t, func(tb testing.TB, cfg backends.EngineConfig) backends.Backend {
+		st, err := postgres.Open(context.Background(), postgres.Config{URL: freshPostgresURL(tb), Engine: cfg})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { _ = st.Close() })
+		return st
+	})
+}
 
-func TestConformanceMySQL(t *testing.T) { backendtest.Run(t, openMySQLBackend) }
+func TestConformanceMySQL(t *testing.T) {
+	backendtest.Run(t, openMySQLBackend)
+	backendtest.RunTuned(t, func(tb testing.TB, cfg backends.EngineConfig) backends.Backend {
+		st, err := mysql.Open(context.Background(), mysql.Config{DSN: freshMySQLEndpoint(tb), Engine: cfg})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { _ = st.Close() })
+		return st
+	})
+}
 
 func BenchmarkPostgres(b *testing.B) { backendtest.Bench(b, openPostgresBackend) }
 

@@ -403,6 +403,13 @@ func (ws *watchSide) snapshot() map[int64][]*mvccpb.Event {
 	return out
 }
 
+// forget drops the events received so far.
+func (ws *watchSide) forget() {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	ws.events = map[int64][]*mvccpb.Event{}
+}
+
 // nextCtrl waits for the next created/canceled response.
 func (ws *watchSide) nextCtrl(ctx context.Context) (*pb.WatchResponse, error) {
 	select {
@@ -532,6 +539,13 @@ func (wp *watchPair) sync() {
 		wp.d.t.Fatal(err)
 	}
 	wp.d.compare(fmt.Sprintf("RequestProgress at %d", rev), want, nil, got, nil)
+}
+
+// forget drops the events both streams received so far (once compared,
+// so that a long run compares each event once).
+func (wp *watchPair) forget() {
+	wp.etcd.forget()
+	wp.kv.forget()
 }
 
 // compareEvents syncs both streams and compares every watch's events.

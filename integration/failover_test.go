@@ -89,6 +89,20 @@ func pollUntil(t *testing.T, timeout time.Duration, what string, cond func() boo
 	}
 }
 
+// startLeaderFirst starts a kvsql process on ep for each name; the first
+// takes the leader lock before the others start.
+func startLeaderFirst(t *testing.T, se sharedEndpoint, ep string, names ...string) []*kvsqlProc {
+	t.Helper()
+	var procs []*kvsqlProc
+	for i, name := range names {
+		procs = append(procs, startKVSQLProc(t, "--endpoint="+ep, "--name="+name))
+		if i == 0 {
+			pollUntil(t, 20*time.Second, "instance "+name+" takes the leader lock", func() bool { return se.leaderHeld(t, ep) })
+		}
+	}
+	return procs
+}
+
 // TestLeaderFailover: instance A holds leadership (it started first and
 // took the lock); B is a follower. A is killed with SIGKILL. B must take
 // over lease expiry (a key attached to a short lease granted through B
@@ -98,10 +112,8 @@ func TestLeaderFailover(t *testing.T) {
 	for _, se := range sharedEndpoints {
 		t.Run(se.name, func(t *testing.T) {
 			t.Parallel()
-			ep := se.endpoint(t)
-			a := startKVSQLProc(t, "--endpoint="+ep, "--name=a")
-			pollUntil(t, 20*time.Second, "instance A takes the leader lock", func() bool { return se.leaderHeld(t, ep) })
-			b := startKVSQLProc(t, "--endpoint="+ep, "--name=b")
+			procs := startLeaderFirst(t, se, se.endpoint(t), "a", "b")
+			a, b := procs[0], procs[1]
 			cb := b.client(t)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()

@@ -46,15 +46,7 @@ func TestMySQLMisconfiguredServer(t *testing.T) {
 				}
 				ep = m.dsn("nobinlog", name)
 			} else {
-				m, err := newMyServer(tc.server...)
-				if err != nil {
-					skipOrFail(t, err)
-				}
-				t.Cleanup(m.destroy)
-				if err := m.createDB("kv"); err != nil {
-					t.Fatal(err)
-				}
-				ep = m.dsn("kvsql", "kv")
+				_, ep = ownMariaDB(t, tc.server...)
 			}
 			st, err := mysql.Open(context.Background(), mysql.Config{DSN: ep})
 			if err != nil {
@@ -73,30 +65,13 @@ func TestMySQLMisconfiguredServer(t *testing.T) {
 // crash) under writes through two instances with watchers on both.
 func TestMySQLRestartDuringWritesAndWatches(t *testing.T) {
 	t.Parallel()
-	m, err := newMyServer()
-	if err != nil {
-		skipOrFail(t, err)
-	}
-	t.Cleanup(m.destroy)
-	if err := m.createDB("kv"); err != nil {
-		t.Fatal(err)
-	}
-	ep := m.dsn("kvsql", "kv")
-	var clients []*clientv3.Client
-	var first backends.Backend
-	for range 2 {
-		st, src := openMySQL(t, ep)
-		t.Cleanup(func() { _ = src.Close() })
-		clients = append(clients, newClient(t, serveKVSQL(t, st, src, serverOptions{SafetyPoll: time.Hour})))
-		if first == nil {
-			first = st
-		}
-	}
+	m, ep := ownMariaDB(t)
+	servers, first := mysqlInstancesOn(t, ep, 2, serverOptions{SafetyPoll: time.Hour})
 	restarts := []func(){
 		func() { m.stop(syscall.SIGTERM); mustStart(t, m.start) },
 		func() { m.stop(syscall.SIGKILL); mustStart(t, m.start) },
 	}
-	runFaultLoad(t, clients, first, restarts)
+	runFaultLoad(t, clientsFor(t, servers), first, restarts)
 }
 
 func mustStart(t *testing.T, start func() error) {
@@ -172,53 +147,45 @@ func runFaultLoad(t *testing.T, clients []*clientv3.Client, be backends.Backend,
 // instances reconnect, re-read kv_log and keep delivering.
 func TestMySQLReplicationConnectionKilled(t *testing.T) {
 	t.Parallel()
-	ep := freshMySQLEndpoint(t)
-	var clients []*clientv3.Client
-	var first *mysql.Store
-	for range 2 {
-		st, src := openMySQL(t, ep)
-		t.Cleanup(func() { _ = src.Close() })
-		clients = append(clients, newClient(t, serveKVSQL(t, st, src, serverOptions{SafetyPoll: time.Hour})))
-		if first == nil {
-			first = st
+	servers, first := mysqlInstances(t, 2, serverOptions{SafetyPoll: time.Hour})
+	db := first.(*mysql.Store).DB()
+	kill := func() { killBinlogDumps(t, db, 2) }
+	runFaultLoad(t, clientsFor(t, servers), first, []func(){kill, kill})
+}
+
+// killBinlogDumps kills every binlog dump thread on db's server (other
+// tests' instances reconnect too, which is harmless), once at least want
+// instances follow the binlog: after an earlier kill they reconnect first.
+func killBinlogDumps(t *testing.T, db *sql.DB, want int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var ids []int64
+	for len(ids) < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("found %d binlog dump threads, want at least %d", len(ids), want)
 		}
-	}
-	schema := first.DriverConfig().DBName
-	kill := func() {
-		// Kill every binlog dump thread on the server (other tests'
-		// instances reconnect too, which is what this test asserts is
-		// harmless). Both instances must be following the binlog first;
-		// they reconnect after a previous kill, so wait for them.
-		deadline := time.Now().Add(30 * time.Second)
-		var ids []int64
-		for len(ids) < 2 {
-			if time.Now().After(deadline) {
-				t.Fatalf("found %d binlog dump threads, want at least 2 (schema %s)", len(ids), schema)
-			}
-			ids = ids[:0]
-			rows, err := first.DB().Query(`SELECT id FROM information_schema.processlist WHERE command LIKE ?`, "Binlog Dump%")
-			if err != nil {
+		ids = ids[:0]
+		rows, err := db.Query(`SELECT id FROM information_schema.processlist WHERE command LIKE ?`, "Binlog Dump%")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
 				t.Fatal(err)
 			}
-			for rows.Next() {
-				var id int64
-				if err := rows.Scan(&id); err != nil {
-					t.Fatal(err)
-				}
-				ids = append(ids, id)
-			}
-			rows.Close()
-			if len(ids) < 2 {
-				time.Sleep(20 * time.Millisecond) // polling the server's process list
-			}
+			ids = append(ids, id)
 		}
-		for _, id := range ids {
-			if _, err := first.DB().Exec(fmt.Sprintf("KILL %d", id)); err != nil && !strings.Contains(err.Error(), "Unknown thread") {
-				t.Fatal(err)
-			}
+		rows.Close()
+		if len(ids) < want {
+			time.Sleep(20 * time.Millisecond) // polling the server's process list
 		}
 	}
-	runFaultLoad(t, clients, first, []func(){kill, kill})
+	for _, id := range ids {
+		if _, err := db.Exec(fmt.Sprintf("KILL %d", id)); err != nil && !strings.Contains(err.Error(), "Unknown thread") {
+			t.Fatal(err)
+		}
+	}
 }
 
 // TestMySQLPurgedBinlogWhileStopped: while an instance is away (here: not
@@ -228,15 +195,7 @@ func TestMySQLReplicationConnectionKilled(t *testing.T) {
 // from kv_log, and then the new ones from the binlog.
 func TestMySQLPurgedBinlogWhileStopped(t *testing.T) {
 	t.Parallel()
-	m, err := newMyServer()
-	if err != nil {
-		skipOrFail(t, err)
-	}
-	t.Cleanup(m.destroy)
-	if err := m.createDB("kv"); err != nil {
-		t.Fatal(err)
-	}
-	ep := m.dsn("kvsql", "kv")
+	m, ep := ownMariaDB(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	stA, srcA := openMySQL(t, ep)
@@ -284,18 +243,18 @@ func TestMySQLPurgedBinlogWhileStopped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logEvs, err := stA.Changes(ctx, lastSeen, last)
+	logEvs, err := readLog(ctx, stA, last)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(evs) != len(logEvs) || len(evs) != 25 {
-		t.Fatalf("watch from %d got %d events, kv_log has %d (want 25)", lastSeen+1, len(evs), len(logEvs))
+	replay, err := replayLog(logEvs)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for i, ev := range evs {
-		want := (*clientv3.Event)(logEvs[i])
-		want = &clientv3.Event{Type: want.Type, Kv: want.Kv}
-		if eventString(ev) != eventString(want) {
-			t.Fatalf("event %d = %s, kv_log has %s", i, eventString(ev), eventString(want))
-		}
+	if len(evs) != 25 {
+		t.Fatalf("watch from %d got %d events, want 25", lastSeen+1, len(evs))
+	}
+	if err := replay.checkEvents(watchSpec{prefix: "k/", start: lastSeen + 1}, evs, last); err != nil {
+		t.Fatalf("watch from %d: %v", lastSeen+1, err)
 	}
 }

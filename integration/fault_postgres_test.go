@@ -66,23 +66,8 @@ func checkHistory(t *testing.T, ctx context.Context, c *clientv3.Client, be back
 			t.Fatalf("put acknowledged at revision %d above the final revision %d", a.rev, rev)
 		}
 	}
-	logEvs, err := be.Changes(ctx, 0, rev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, evs := range watches {
-		if len(evs) != len(logEvs) {
-			t.Errorf("%s: %d events, kv_log has %d", name, len(evs), len(logEvs))
-			continue
-		}
-		for i, ev := range evs {
-			want := (*clientv3.Event)(logEvs[i])
-			want = &clientv3.Event{Type: want.Type, Kv: want.Kv}
-			if got, exp := eventString(ev), eventString(want); got != exp {
-				t.Errorf("%s: event %d = %s, kv_log has %s", name, i, got, exp)
-				break
-			}
-		}
+	if err := checkWatchesAgainstLog(ctx, be, watches, rev); err != nil {
+		t.Error(err)
 	}
 }
 
@@ -92,27 +77,13 @@ func checkHistory(t *testing.T, ctx context.Context, c *clientv3.Client, be back
 // with exactly the log's history.
 func TestPostgresRestartDuringWritesAndWatches(t *testing.T) {
 	t.Parallel()
-	p, err := newPGServer()
-	if err != nil {
-		skipOrFail(t, err)
-	}
-	t.Cleanup(p.destroy)
-	url := freshPostgresURLOn(t, p)
-	var clients []*clientv3.Client
-	var first backends.Backend
-	for range 2 {
-		st, src := openPostgres(t, url)
-		t.Cleanup(func() { _ = src.Close() })
-		clients = append(clients, newClient(t, serveKVSQL(t, st, src, serverOptions{SafetyPoll: time.Hour})))
-		if first == nil {
-			first = st
-		}
-	}
+	p, url := ownPostgres(t)
+	servers, first := postgresInstancesOn(t, url, 2, serverOptions{SafetyPoll: time.Hour})
 	restarts := []func(){
 		func() { p.stop(syscall.SIGINT); mustStart(t, p.start) },  // fast shutdown
 		func() { p.stop(syscall.SIGQUIT); mustStart(t, p.start) }, // immediate: like a crash
 	}
-	runFaultLoad(t, clients, first, restarts)
+	runFaultLoad(t, clientsFor(t, servers), first, restarts)
 }
 
 // TestPostgresListenConnectionKilled terminates the LISTEN connections; the
@@ -121,16 +92,8 @@ func TestPostgresRestartDuringWritesAndWatches(t *testing.T) {
 func TestPostgresListenConnectionKilled(t *testing.T) {
 	t.Parallel()
 	url := freshPostgresURL(t)
-	var clients []*clientv3.Client
-	var first backends.Backend
-	for range 2 {
-		st, src := openPostgres(t, url)
-		t.Cleanup(func() { _ = src.Close() })
-		clients = append(clients, newClient(t, serveKVSQL(t, st, src, serverOptions{SafetyPoll: time.Hour})))
-		if first == nil {
-			first = st
-		}
-	}
+	servers, first := postgresInstancesOn(t, url, 2, serverOptions{SafetyPoll: time.Hour})
+	clients := clientsFor(t, servers)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	wch := clients[1].Watch(ctx, "k", clientv3.WithPrefix())
@@ -149,6 +112,22 @@ func TestPostgresListenConnectionKilled(t *testing.T) {
 		acked = append(acked, ackedPut{k, "v", resp.Header.Revision})
 	}
 	put("k1")
+	killListenConnections(t, ctx, url, 2)
+	for i := 2; i <= 20; i++ {
+		put(fmt.Sprintf("k%d", i))
+	}
+	ch <- acked[len(acked)-1].rev
+	<-done
+	if werr != nil {
+		t.Fatalf("watch across the killed LISTEN connection: %v", werr)
+	}
+	checkHistory(t, ctx, clients[0], first, acked, map[string][]*clientv3.Event{"watch on instance 1": evs}, acked[len(acked)-1].rev)
+}
+
+// killListenConnections terminates the LISTEN connections of the
+// instances on url's database, once want of them are listening.
+func killListenConnections(t *testing.T, ctx context.Context, url string, want int) {
+	t.Helper()
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		t.Fatal(err)
@@ -162,28 +141,19 @@ func TestPostgresListenConnectionKilled(t *testing.T) {
 			WHERE datname = current_database() AND query LIKE 'LISTEN%'`).Scan(&listening); err != nil {
 			t.Fatal(err)
 		}
-		if listening >= 2 || time.Now().After(deadline) {
+		if listening >= want || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // polling the server's activity
 	}
 	var killed int
 	if err := conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
 		WHERE datname = current_database() AND query LIKE 'LISTEN%'`).Scan(&killed); err != nil {
 		t.Fatal(err)
 	}
-	if killed != 2 {
-		t.Fatalf("terminated %d LISTEN connections, want 2", killed)
+	if killed != want {
+		t.Fatalf("terminated %d LISTEN connections, want %d", killed, want)
 	}
-	for i := 2; i <= 20; i++ {
-		put(fmt.Sprintf("k%d", i))
-	}
-	ch <- acked[len(acked)-1].rev
-	<-done
-	if werr != nil {
-		t.Fatalf("watch across the killed LISTEN connection: %v", werr)
-	}
-	checkHistory(t, ctx, clients[0], first, acked, map[string][]*clientv3.Event{"watch on instance 1": evs}, acked[len(acked)-1].rev)
 }
 
 // waitForRevision polls until the store reaches rev.

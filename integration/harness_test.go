@@ -14,7 +14,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
-	"google.golang.org/grpc"
 
 	"github.com/kvsql/kvsql/backends"
 	"github.com/kvsql/kvsql/backends/sqlite"
@@ -51,6 +50,14 @@ type starter func(t testing.TB, opts serverOptions) server
 // startSQLite starts kvsql in-process on SQLite in a temp dir.
 func startSQLite(t testing.TB, opts serverOptions) server {
 	t.Helper()
+	be, src := openSQLite(t)
+	return serveKVSQL(t, be, src, opts)
+}
+
+// openSQLite opens a fresh SQLite backend in a temp dir with its change
+// source.
+func openSQLite(t testing.TB) (backends.Backend, *local.Source) {
+	t.Helper()
 	src := local.New()
 	be, err := sqlite.Open(context.Background(), sqlite.Config{
 		Path:   filepath.Join(t.TempDir(), "state.db"),
@@ -59,7 +66,7 @@ func startSQLite(t testing.TB, opts serverOptions) server {
 	if err != nil {
 		t.Fatalf("open sqlite: %v", err)
 	}
-	return serveKVSQL(t, be, src, opts)
+	return be, src
 }
 
 // serveKVSQL serves be on a free loopback port until the test ends.
@@ -72,6 +79,15 @@ func serveKVSQL(t testing.TB, be backends.Backend, src interface {
 		t.Fatal(err)
 	}
 	ep := "http://" + lis.Addr().String()
+	return serveFrontend(t, be, src, opts, kvserver.FrontendConfig{Listeners: []kvserver.ClientListener{{Listener: lis}}}, ep)
+}
+
+// serveFrontend serves be on fc's listeners until the test ends; ep is the
+// advertised client URL.
+func serveFrontend(t testing.TB, be backends.Backend, src interface {
+	Next(context.Context, int64) (int64, error)
+}, opts serverOptions, fc kvserver.FrontendConfig, ep string) server {
+	t.Helper()
 	srv, err := kvserver.New(kvserver.Config{
 		Backend:                be,
 		Notify:                 src,
@@ -89,17 +105,22 @@ func serveKVSQL(t testing.TB, be backends.Backend, src interface {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(srv.GRPCOptions()...)
-	srv.Register(gs)
+	// Served as the binary serves it: gRPC and HTTP on one port.
+	front, err := srv.NewFrontend(fc)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	runDone := make(chan error, 1)
 	go func() { runDone <- srv.Run(ctx) }()
 	serveDone := make(chan error, 1)
-	go func() { serveDone <- gs.Serve(lis) }()
+	go func() { serveDone <- front.Serve() }()
 	t.Cleanup(func() {
 		srv.Shutdown()
-		gs.GracefulStop()
-		<-serveDone
+		front.Stop(context.Background())
+		if err := <-serveDone; err != nil {
+			t.Errorf("serve: %v", err)
+		}
 		cancel()
 		if err := <-runDone; err != nil {
 			t.Errorf("kvserver.Run: %v", err)
@@ -191,6 +212,16 @@ func newClient(t testing.TB, s server) *clientv3.Client {
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// clientsFor returns a client for each server, closed at cleanup.
+func clientsFor(t testing.TB, servers []server) []*clientv3.Client {
+	t.Helper()
+	var clients []*clientv3.Client
+	for _, s := range servers {
+		clients = append(clients, newClient(t, s))
+	}
+	return clients
 }
 
 // kvsqlBackends lists the backends every backend-agnostic suite runs on.

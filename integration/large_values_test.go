@@ -59,15 +59,8 @@ func TestLargeValuesInOneBatch(t *testing.T) {
 // set it low too).
 func startMySQLSmallPackets(t testing.TB, opts serverOptions) server {
 	t.Helper()
-	m, err := newMyServer("--max-allowed-packet=4M", "--log-bin=binlog", "--binlog-format=ROW", "--binlog-row-image=FULL", "--server-id=1")
-	if err != nil {
-		skipOrFail(t, err)
-	}
-	t.Cleanup(m.destroy)
-	if err := m.createDB("kv"); err != nil {
-		t.Fatal(err)
-	}
-	st, src := openMySQL(t, m.dsn("kvsql", "kv"))
+	_, ep := ownMariaDB(t, "--max-allowed-packet=4M", "--log-bin=binlog", "--binlog-format=ROW", "--binlog-row-image=FULL", "--server-id=1")
+	st, src := openMySQL(t, ep)
 	t.Cleanup(func() { _ = src.Close() })
 	return serveKVSQL(t, st, src, opts)
 }

@@ -13,7 +13,8 @@ import (
 )
 
 // TestMetricsEndpoint: with --listen-metrics-urls, /metrics serves the
-// request, group-commit, watch and revision metrics, and they move.
+// request, group-commit, watch and revision metrics, and they move; the
+// client URL serves the same metrics.
 func TestMetricsEndpoint(t *testing.T) {
 	t.Parallel()
 	addr := procFreeAddr(t)
@@ -38,7 +39,7 @@ func TestMetricsEndpoint(t *testing.T) {
 			t.Fatal("watch events did not arrive")
 		}
 	}
-	scrape := func() string {
+	scrape := func(addr string) string {
 		resp, err := http.Get("http://" + addr + "/metrics")
 		if err != nil {
 			t.Fatal(err)
@@ -50,23 +51,25 @@ func TestMetricsEndpoint(t *testing.T) {
 		}
 		return string(b)
 	}
-	body := scrape()
-	for _, want := range []string{
-		`kvsql_grpc_requests_total{code="OK",method="Put"} 5`,
-		`kvsql_watchers 1`,
-		`kvsql_watch_revision ` + strconv.FormatInt(rev, 10),
-		`kvsql_write_batch_requests_count`,
-		`kvsql_write_batch_seconds_bucket`,
-		`go_goroutines`,
-	} {
-		if !strings.Contains(body, want) {
-			t.Errorf("/metrics lacks %q", want)
+	// The client URL serves the same registry, as etcd's does.
+	for _, body := range []string{scrape(addr), scrape(p.Addr)} {
+		for _, want := range []string{
+			`grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 5`,
+			`etcd_debugging_mvcc_watcher_total 1`,
+			`kvsql_watch_revision ` + strconv.FormatInt(rev, 10),
+			`kvsql_write_batch_requests_count`,
+			`etcd_disk_backend_commit_duration_seconds_bucket`,
+			`go_goroutines`,
+		} {
+			if !strings.Contains(body, want) {
+				t.Errorf("/metrics lacks %q", want)
+			}
 		}
 	}
 }
 
 // TestPprofEndpoint: --enable-pprof adds Go's profiles to the metrics
-// listener; without it they are not served, and without a metrics listener
+// listener, but not the command line; without it they are not served, and without a metrics listener
 // the flag is refused with a message that names the missing one.
 func TestPprofEndpoint(t *testing.T) {
 	t.Parallel()
@@ -81,10 +84,14 @@ func TestPprofEndpoint(t *testing.T) {
 	}
 	on := procFreeAddr(t)
 	startKVSQLProc(t, "--listen-metrics-urls=http://"+on, "--enable-pprof")
-	for _, path := range []string{"/debug/pprof/", "/debug/pprof/cmdline", "/debug/pprof/goroutine?debug=1", "/debug/pprof/profile?seconds=1"} {
+	for _, path := range []string{"/debug/pprof/", "/debug/pprof/goroutine?debug=1", "/debug/pprof/profile?seconds=1"} {
 		if code := get(on, path); code != http.StatusOK {
 			t.Errorf("with --enable-pprof, GET %s: %d", path, code)
 		}
+	}
+	// The command line may hold --endpoint's password (TestSecretsNeverShown).
+	if code := get(on, "/debug/pprof/cmdline"); code != http.StatusNotFound {
+		t.Errorf("GET /debug/pprof/cmdline: %d, want 404", code)
 	}
 	off := procFreeAddr(t)
 	startKVSQLProc(t, "--listen-metrics-urls=http://"+off)

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"strconv"
@@ -9,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/kvsql/kvsql/backends"
@@ -20,7 +18,12 @@ import (
 type sharedDB func(t *testing.T, n int, opts serverOptions) ([]server, backends.Backend)
 
 func postgresInstances(t *testing.T, n int, opts serverOptions) ([]server, backends.Backend) {
-	url := freshPostgresURL(t)
+	return postgresInstancesOn(t, freshPostgresURL(t), n, opts)
+}
+
+// postgresInstancesOn starts n kvsql instances on the PostgreSQL database
+// at url.
+func postgresInstancesOn(t *testing.T, url string, n int, opts serverOptions) ([]server, backends.Backend) {
 	var out []server
 	var first backends.Backend
 	for range n {
@@ -35,7 +38,11 @@ func postgresInstances(t *testing.T, n int, opts serverOptions) ([]server, backe
 }
 
 func mysqlInstances(t *testing.T, n int, opts serverOptions) ([]server, backends.Backend) {
-	ep := freshMySQLEndpoint(t)
+	return mysqlInstancesOn(t, freshMySQLEndpoint(t), n, opts)
+}
+
+// mysqlInstancesOn starts n kvsql instances on the MySQL database at ep.
+func mysqlInstancesOn(t *testing.T, ep string, n int, opts serverOptions) ([]server, backends.Backend) {
 	var out []server
 	var first backends.Backend
 	for range n {
@@ -47,6 +54,16 @@ func mysqlInstances(t *testing.T, n int, opts serverOptions) ([]server, backends
 		}
 	}
 	return out, first
+}
+
+// sqliteInstances starts one kvsql on a fresh SQLite database (n must be
+// 1: SQLite is one process's database).
+func sqliteInstances(t *testing.T, n int, opts serverOptions) ([]server, backends.Backend) {
+	if n != 1 {
+		t.Fatalf("SQLite serves one instance, not %d", n)
+	}
+	be, src := openSQLite(t)
+	return []server{serveKVSQL(t, be, src, opts)}, be
 }
 
 // sharedDBBackends lists the backends several instances can share.
@@ -99,31 +116,6 @@ func (w *logWatch) end(t *testing.T, ctx context.Context) ([]*clientv3.Event, in
 		t.Fatal(w.err)
 	}
 	return w.evs, final.Header.Revision
-}
-
-// collect gathers a watch's events until it has seen revision upTo.
-func collect(ctx context.Context, wch clientv3.WatchChan, upTo <-chan int64) ([]*clientv3.Event, error) {
-	var evs []*clientv3.Event
-	target := int64(-1)
-	for {
-		if target >= 0 && len(evs) > 0 && evs[len(evs)-1].Kv.ModRevision >= target {
-			return evs, nil
-		}
-		select {
-		case wr, ok := <-wch:
-			if !ok {
-				return evs, fmt.Errorf("watch closed after %d events", len(evs))
-			}
-			if err := wr.Err(); err != nil {
-				return evs, err
-			}
-			evs = append(evs, wr.Events...)
-		case r := <-upTo:
-			target = r
-		case <-ctx.Done():
-			return evs, fmt.Errorf("timed out with %d events (want up to revision %d)", len(evs), target)
-		}
-	}
 }
 
 // TestMultiInstanceWatchAndCAS runs three kvsql instances on one database.
@@ -219,7 +211,7 @@ func TestMultiInstanceWatchAndCAS(t *testing.T) {
 				}
 				if i == 0 {
 					// A late joiner on another instance, from revision 1.
-					startWatch("late joiner on instance 2", clients[2], clientv3.WithPrevKV())
+					startWatch("late joiner on instance 2 with prev_kv", clients[2], clientv3.WithPrevKV())
 				}
 			}
 			wg.Wait()
@@ -246,37 +238,19 @@ func TestMultiInstanceWatchAndCAS(t *testing.T) {
 				}
 			}
 			// The log itself is the reference.
-			logEvs, err := be.Changes(ctx, 0, rev)
+			logEvs, err := readLog(ctx, be, rev)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if min := instances * writersPer * incsPer * 2; len(logEvs) < min {
 				t.Fatalf("kv_log has %d events up to revision %d; the writers alone made at least %d", len(logEvs), rev, min)
 			}
+			named := map[string][]*clientv3.Event{}
 			for _, w := range watches {
-				withPrev := bytes.Contains([]byte(w.name), []byte("prev_kv")) || bytes.Contains([]byte(w.name), []byte("late"))
-				if len(w.evs) != len(logEvs) {
-					t.Errorf("%s: %d events, kv_log has %d", w.name, len(w.evs), len(logEvs))
-					continue
-				}
-				last := int64(1)
-				for j, ev := range w.evs {
-					want := (*clientv3.Event)(logEvs[j])
-					if !withPrev {
-						want = &clientv3.Event{Type: want.Type, Kv: want.Kv}
-					} else if want.Type == mvccpb.PUT && want.Kv.CreateRevision == want.Kv.ModRevision {
-						want = &clientv3.Event{Type: want.Type, Kv: want.Kv}
-					}
-					if got, exp := eventString(ev), eventString(want); got != exp {
-						t.Errorf("%s: event %d = %s, kv_log has %s", w.name, j, got, exp)
-						break
-					}
-					if r := ev.Kv.ModRevision; r != last && r != last+1 {
-						t.Errorf("%s: revision %d follows %d: a gap", w.name, r, last)
-						break
-					}
-					last = ev.Kv.ModRevision
-				}
+				named[w.name] = w.evs
+			}
+			if err := checkWatchesAgainstLog(ctx, be, named, rev); err != nil {
+				t.Error(err)
 			}
 		})
 	}

@@ -41,6 +41,22 @@ func (m *myServer) dsn(userName, db string) string { return m.DSN(userName, db) 
 
 func (m *myServer) createDB(name string) error { return m.CreateDB(name) }
 
+// ownMariaDB starts a MariaDB server for this test alone (so that it may
+// stop it; extra replaces the default server flags) with an empty
+// database, and returns the server and the kvsql endpoint of that database.
+func ownMariaDB(t testing.TB, extra ...string) (*myServer, string) {
+	t.Helper()
+	m, err := newMyServer(extra...)
+	if err != nil {
+		skipOrFail(t, err)
+	}
+	t.Cleanup(m.destroy)
+	if err := m.createDB("kv"); err != nil {
+		t.Fatal(err)
+	}
+	return m, m.dsn("kvsql", "kv")
+}
+
 var sharedMy = sync.OnceValues(func() (*myServer, error) {
 	m, err := testdb.SharedMariaDB()
 	if err != nil {

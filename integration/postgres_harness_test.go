@@ -44,6 +44,18 @@ func (p *pgServer) url(db string) string { return p.URL(db) }
 
 func (p *pgServer) destroy() { p.Destroy() }
 
+// ownPostgres starts a PostgreSQL cluster for this test alone (so that it
+// may stop it) and returns it with the URL of an empty database on it.
+func ownPostgres(t *testing.T) (*pgServer, string) {
+	t.Helper()
+	p, err := newPGServer()
+	if err != nil {
+		skipOrFail(t, err)
+	}
+	t.Cleanup(p.destroy)
+	return p, freshPostgresURLOn(t, p)
+}
+
 // sharedPG is one cluster for every test that only needs a fresh database.
 var sharedPG = sync.OnceValues(func() (*pgServer, error) {
 	p, err := testdb.SharedPostgres()

@@ -168,6 +168,7 @@ type kvsqlProc struct {
 	Addr    string // host:port it serves on
 	DataDir string
 	args    []string // extra flags
+	scheme  string   // of the client URL: http or https
 
 	cmd    *exec.Cmd
 	log    *syncBuffer   // stdout and stderr of the current run
@@ -180,7 +181,14 @@ type kvsqlProc struct {
 // and stops it (SIGKILL if still running) at cleanup.
 func startKVSQLProc(t testing.TB, extraArgs ...string) *kvsqlProc {
 	t.Helper()
-	p := &kvsqlProc{t: t, bin: kvsqlBinary(t), DataDir: filepath.Join(t.TempDir(), "data"), args: extraArgs}
+	return startKVSQLProcURL(t, "http", extraArgs...)
+}
+
+// startKVSQLProcURL is startKVSQLProc with the client URL's scheme
+// (https needs the TLS flags in extraArgs).
+func startKVSQLProcURL(t testing.TB, scheme string, extraArgs ...string) *kvsqlProc {
+	t.Helper()
+	p := &kvsqlProc{t: t, bin: kvsqlBinary(t), DataDir: filepath.Join(t.TempDir(), "data"), args: extraArgs, scheme: scheme}
 	t.Cleanup(p.cleanup)
 	// The port is free when picked but another process may take it before
 	// kvsql binds it; try a few.
@@ -198,15 +206,11 @@ func startKVSQLProc(t testing.TB, extraArgs ...string) *kvsqlProc {
 
 func (p *kvsqlProc) start() error {
 	p.t.Helper()
-	args := []string{
-		"--listen-client-urls=http://" + p.Addr,
+	args := append([]string{
+		"--listen-client-urls=" + p.scheme + "://" + p.Addr,
 		"--data-dir=" + p.DataDir,
 		"--log-level=debug",
-	}
-	for _, a := range p.args {
-		// {addr} stands for the address picked, e.g. in an https:// URL.
-		args = append(args, strings.ReplaceAll(a, "{addr}", p.Addr))
-	}
+	}, p.args...)
 	p.log = newSyncBuffer()
 	p.exited = make(chan struct{})
 	p.state = nil
@@ -807,7 +811,7 @@ func TestProcessFlagErrors(t *testing.T) {
 		{"jwt without keys", nil, []string{listen, "--auth-token=jwt,sign-method=RS256"}, "auth: missing key data"},
 		{"jwt key file", nil, []string{listen, "--auth-token=jwt,priv-key=/nonexistent.key,sign-method=RS256"}, "/nonexistent.key"},
 		{"unknown scheme", nil, []string{listen, "--endpoint=redis://127.0.0.1:6379/0"}, `unknown scheme "redis"`},
-		{"not a URL", nil, []string{listen, "--endpoint=state.db"}, "want a URL"},
+		{"not a URL", nil, []string{listen, "--endpoint=state.db"}, "--endpoint is not a URL"},
 		{"empty sqlite path", nil, []string{listen, "--endpoint=sqlite://"}, "needs a file path"},
 		// Nothing listens on port 1: whether or not the backend is
 		// implemented yet, kvsql must fail without showing the password.

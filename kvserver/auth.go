@@ -590,6 +590,15 @@ func isAuthError(err error) bool {
 	return false
 }
 
+// authErr is the package-level authErr that converts (and logs) database
+// errors as Server.toGRPC does.
+func (s *Server) authErr(err error) error {
+	if err == nil || isAuthError(err) {
+		return authErr(err)
+	}
+	return s.toGRPC(err)
+}
+
 // authErr converts an error of the auth layer to the gRPC error etcd
 // returns; database errors as toGRPC does.
 func authErr(err error) error {

@@ -298,16 +298,16 @@ func (a *authGate) checkLeases(ctx context.Context, keys leaseKeys, ids []int64)
 func (s *Server) authorizeApply(ctx context.Context, chk func(as auth.AuthStore, ai *auth.AuthInfo) error) error {
 	ai, _, err := s.auth.info(ctx)
 	if err != nil {
-		return authErr(err)
+		return s.authErr(err)
 	}
 	if ai == nil {
 		ai = &auth.AuthInfo{}
 	}
 	as, err := s.auth.current(ctx)
 	if err != nil {
-		return authErr(err)
+		return s.authErr(err)
 	}
-	return authErr(chk(as, ai))
+	return s.authErr(chk(as, ai))
 }
 
 // watchRefusal returns the cancel reason etcd gives a watch the caller

@@ -27,7 +27,7 @@ type authService struct {
 func (x *authService) header(ctx context.Context) (*pb.ResponseHeader, error) {
 	cur, err := x.s.currentRev(ctx)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, x.s.toGRPC(err)
 	}
 	return x.s.header(cur), nil
 }
@@ -35,7 +35,7 @@ func (x *authService) header(ctx context.Context) (*pb.ResponseHeader, error) {
 // change runs an admin change and returns the response header.
 func (x *authService) change(ctx context.Context, op func(as auth.AuthStore) error, drop func(w *backends.AuthWrite)) (*pb.ResponseHeader, error) {
 	if err := x.s.auth.change(ctx, op, drop); err != nil {
-		return nil, authErr(err)
+		return nil, x.s.authErr(err)
 	}
 	return x.header(ctx)
 }
@@ -80,11 +80,11 @@ func (x *authService) AuthDisable(ctx context.Context, _ *pb.AuthDisableRequest)
 func (x *authService) fresh(ctx context.Context) (*auth.AuthInfo, *authGen, error) {
 	ai, _, err := x.s.auth.info(ctx)
 	if err != nil {
-		return nil, nil, authErr(err)
+		return nil, nil, x.s.authErr(err)
 	}
 	g, err := x.s.auth.sync(ctx)
 	if err != nil {
-		return nil, nil, authErr(err)
+		return nil, nil, x.s.authErr(err)
 	}
 	if ai == nil {
 		ai = &auth.AuthInfo{}
@@ -115,22 +115,22 @@ func (x *authService) Authenticate(ctx context.Context, r *pb.AuthenticateReques
 	for {
 		g, err := a.sync(ctx)
 		if err != nil {
-			return nil, authErr(err)
+			return nil, x.s.authErr(err)
 		}
 		rev, err := g.as.CheckPassword(r.Name, r.Password)
 		if err != nil {
-			return nil, authErr(err)
+			return nil, x.s.authErr(err)
 		}
 		var resp *pb.AuthenticateResponse
 		if a.jwt != nil {
 			if resp, err = g.as.Authenticate(ctx, r.Name, r.Password); err != nil {
-				return nil, authErr(err)
+				return nil, x.s.authErr(err)
 			}
 		} else {
 			if resp, err = x.issueSimpleToken(ctx, g, r.Name, rev); errors.Is(err, backends.ErrAuthChanged) {
 				continue
 			} else if err != nil {
-				return nil, authErr(err)
+				return nil, x.s.authErr(err)
 			}
 		}
 		if rev != a.cur.Load().as.Revision() {
@@ -169,7 +169,7 @@ func (x *authService) UserAdd(ctx context.Context, r *pb.AuthUserAddRequest) (*p
 	if r.Options == nil || !r.Options.NoPassword {
 		hashed, err := x.hashPassword(r.Password)
 		if err != nil {
-			return nil, authErr(err)
+			return nil, x.s.authErr(err)
 		}
 		r.HashedPassword, r.Password = hashed, ""
 	}
@@ -198,7 +198,7 @@ func (x *authService) UserChangePassword(ctx context.Context, r *pb.AuthUserChan
 	if r.Password != "" {
 		hashed, err := x.hashPassword(r.Password)
 		if err != nil {
-			return nil, authErr(err)
+			return nil, x.s.authErr(err)
 		}
 		r.HashedPassword, r.Password = hashed, ""
 	}
@@ -241,11 +241,11 @@ func (x *authService) UserGet(ctx context.Context, r *pb.AuthUserGetRequest) (*p
 		return nil, err
 	}
 	if err := g.as.IsAdminPermitted(ai); err != nil && r.Name != ai.Username {
-		return nil, authErr(err)
+		return nil, x.s.authErr(err)
 	}
 	resp, err := g.as.UserGet(r)
 	if err != nil {
-		return nil, authErr(err)
+		return nil, x.s.authErr(err)
 	}
 	if resp.Header, err = x.header(ctx); err != nil {
 		return nil, err
@@ -259,11 +259,11 @@ func (x *authService) UserList(ctx context.Context, r *pb.AuthUserListRequest) (
 		return nil, err
 	}
 	if err := g.as.IsAdminPermitted(ai); err != nil {
-		return nil, authErr(err)
+		return nil, x.s.authErr(err)
 	}
 	resp, err := g.as.UserList(r)
 	if err != nil {
-		return nil, authErr(err)
+		return nil, x.s.authErr(err)
 	}
 	if resp.Header, err = x.header(ctx); err != nil {
 		return nil, err
@@ -290,11 +290,11 @@ func (x *authService) RoleGet(ctx context.Context, r *pb.AuthRoleGetRequest) (*p
 		return nil, err
 	}
 	if err := g.as.IsAdminPermitted(ai); err != nil && !g.as.HasRole(ai.Username, r.Role) {
-		return nil, authErr(err)
+		return nil, x.s.authErr(err)
 	}
 	resp, err := g.as.RoleGet(r)
 	if err != nil {
-		return nil, authErr(err)
+		return nil, x.s.authErr(err)
 	}
 	if resp.Header, err = x.header(ctx); err != nil {
 		return nil, err
@@ -308,11 +308,11 @@ func (x *authService) RoleList(ctx context.Context, r *pb.AuthRoleListRequest) (
 		return nil, err
 	}
 	if err := g.as.IsAdminPermitted(ai); err != nil {
-		return nil, authErr(err)
+		return nil, x.s.authErr(err)
 	}
 	resp, err := g.as.RoleList(r)
 	if err != nil {
-		return nil, authErr(err)
+		return nil, x.s.authErr(err)
 	}
 	if resp.Header, err = x.header(ctx); err != nil {
 		return nil, err

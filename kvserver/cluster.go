@@ -18,15 +18,15 @@ type clusterService struct {
 // finds every instance.
 func (c *clusterService) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.MemberListResponse, error) {
 	if err := c.s.auth.requireAuthInfo(ctx); err != nil {
-		return nil, authErr(err)
+		return nil, c.s.authErr(err)
 	}
 	cur, err := c.s.currentRev(ctx)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, c.s.toGRPC(err)
 	}
 	ms, err := c.s.members(ctx)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, c.s.toGRPC(err)
 	}
 	resp := &pb.MemberListResponse{Header: c.s.header(cur)}
 	for _, m := range ms {

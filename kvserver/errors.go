@@ -3,6 +3,8 @@ package kvserver
 import (
 	"context"
 	"errors"
+	"sync"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
@@ -36,7 +38,9 @@ func toGRPC(err error) error {
 	case errors.Is(err, backends.ErrLeaseExists):
 		return rpctypes.ErrGRPCLeaseExist
 	case errors.Is(err, backends.ErrKeyTooLarge):
-		return status.Error(codes.InvalidArgument, "kvsql: key is longer than this database backend can store (MySQL: 2048 bytes)")
+		return status.Error(codes.InvalidArgument, "kvsql: "+err.Error())
+	case errors.Is(err, backends.ErrRefused):
+		return status.Error(codes.InvalidArgument, "kvsql: "+err.Error())
 	case errors.Is(err, backends.ErrClosed):
 		return errShuttingDown
 	case errors.Is(err, context.Canceled):
@@ -45,4 +49,71 @@ func toGRPC(err error) error {
 		return status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
 	}
 	return status.Errorf(codes.Unavailable, "kvsql: database error: %v", err)
+}
+
+// dbErrorLogEvery is how often each class of database error is logged at
+// most; the line in between counts the ones left out.
+const dbErrorLogEvery = time.Minute
+
+// dbErrorLog logs database errors once per class per dbErrorLogEvery, so
+// that an outage shows as one line per kind of failure, not one per
+// request.
+type dbErrorLog struct {
+	mu      sync.Mutex // guards classes
+	classes map[string]*dbErrorClass
+}
+
+type dbErrorClass struct {
+	logged  time.Time
+	skipped int
+}
+
+// toGRPC is toGRPC that also logs database errors by class (see
+// dbErrorLog). Every RPC handler converts backend errors with it.
+func (s *Server) toGRPC(err error) error {
+	g := toGRPC(err)
+	if err != nil && isDatabaseError(err) {
+		s.logDBError(err)
+	}
+	return g
+}
+
+// isDatabaseError reports whether toGRPC turns err into kvsql's database
+// error (not a request's own failure, a status or a context end).
+func isDatabaseError(err error) bool {
+	if _, ok := status.FromError(err); ok {
+		return false
+	}
+	for _, known := range []error{backends.ErrCompacted, backends.ErrFutureRev, backends.ErrKeyNotFound,
+		backends.ErrLeaseNotFound, backends.ErrLeaseExists, backends.ErrKeyTooLarge, backends.ErrClosed,
+		context.Canceled, context.DeadlineExceeded} {
+		if errors.Is(err, known) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) logDBError(err error) {
+	class := s.be.ErrorClass(err)
+	l := &s.dbErrs
+	l.mu.Lock()
+	if l.classes == nil {
+		l.classes = map[string]*dbErrorClass{}
+	}
+	c := l.classes[class]
+	if c == nil {
+		c = &dbErrorClass{}
+		l.classes[class] = c
+	}
+	now := time.Now()
+	if !c.logged.IsZero() && now.Sub(c.logged) < dbErrorLogEvery {
+		c.skipped++
+		l.mu.Unlock()
+		return
+	}
+	skipped := c.skipped
+	c.logged, c.skipped = now, 0
+	l.mu.Unlock()
+	s.log.Warn("database error", "class", class, "err", err, "same_class_since_last_line", skipped)
 }

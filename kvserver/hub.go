@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/kvsql/kvsql/backends"
@@ -23,7 +24,8 @@ const (
 	hubWindowBytes = 64 << 20
 	// hubReadRevs is how many revisions the tailer reads per query.
 	hubReadRevs = 1000
-	// catchupRevs is how many revisions a lagging watcher reads per query.
+	// catchupRevs is how many revisions a read for lagging watchers covers
+	// at most (see history).
 	catchupRevs = 500
 )
 
@@ -40,7 +42,11 @@ type hub struct {
 	poll   time.Duration
 	log    *slog.Logger
 	kickCh chan struct{} // buffered(1): read now
-	onRev  func(int64)   // optional: called with the new cursor after each publish, under mu
+	// metrics, if set, receives the cursor, the lag and the key count.
+	metrics *Metrics
+	// recount is buffered(1): count the keys again (at start, and when
+	// the history after the cursor was compacted away).
+	recount chan struct{}
 
 	mu sync.Mutex // guards the fields below
 	// rev is the newest revision in the window: every event <= rev has
@@ -53,10 +59,16 @@ type hub struct {
 	// keeps reading until rev reaches it.
 	want    int64
 	changed chan struct{} // closed and replaced when rev advances
+	// keys is the number of live keys as of revision keysAt, kept by
+	// applying every published event after it; valid only if keysKnown.
+	keys, keysAt int64
+	keysKnown    bool
 }
 
 func newHub(be backends.Backend, src notify.Source, poll time.Duration, log *slog.Logger) *hub {
-	return &hub{be: be, src: src, poll: poll, log: log, kickCh: make(chan struct{}, 1), changed: make(chan struct{})}
+	h := &hub{be: be, src: src, poll: poll, log: log, kickCh: make(chan struct{}, 1), recount: make(chan struct{}, 1), changed: make(chan struct{})}
+	h.recount <- struct{}{}
+	return h
 }
 
 // init sets the cursor to the backend's current revision; call before run.
@@ -133,10 +145,18 @@ func (h *hub) read(after int64, max int) (evs []*mvccpb.Event, upTo int64, ok bo
 func (h *hub) run(ctx context.Context) error {
 	wake := make(chan struct{}, 1)
 	done := make(chan struct{})
-	defer func() { <-done }()
+	counted := make(chan struct{})
+	defer func() { <-done; <-counted }()
+	go func() {
+		defer close(counted)
+		if h.metrics != nil { // the count is only exported
+			h.countKeys(ctx)
+		}
+	}()
 	go func() {
 		defer close(done)
 		failWait := 50 * time.Millisecond
+		var lostAt time.Time // when the source failed; zero while it works
 		for ctx.Err() == nil {
 			h.mu.Lock()
 			after := h.rev
@@ -147,8 +167,14 @@ func (h *hub) run(ctx context.Context) error {
 					return
 				}
 				// The source reconnects on its next call and then makes us
-				// re-read the log; the safety poll covers the gap.
-				h.log.Warn("notify source failed; reconnecting", "err", err, "retry_in", failWait)
+				// re-read the log; the safety poll covers the gap. One line
+				// when it fails, one when it is back: retries are Debug.
+				if lostAt.IsZero() {
+					lostAt = time.Now()
+					h.log.Warn("database change stream lost; reconnecting", "err", err)
+				} else {
+					h.log.Debug("database change stream still down; retrying", "err", err, "retry_in", failWait)
+				}
 				select {
 				case <-time.After(failWait):
 				case <-ctx.Done():
@@ -158,8 +184,16 @@ func (h *hub) run(ctx context.Context) error {
 				continue
 			}
 			failWait = 50 * time.Millisecond
+			if !lostAt.IsZero() {
+				h.log.Info("database change stream reconnected", "down_for", time.Since(lostAt).Round(time.Millisecond))
+				lostAt = time.Time{}
+				if h.metrics != nil {
+					h.metrics.notifyReconnects.Inc()
+				}
+			}
 			h.mu.Lock()
 			h.want = max(h.want, rev)
+			h.reportLocked()
 			// A read that ran while we waited may already cover rev (it
 			// went up to the log's end): then there is nothing to read.
 			stale := rev != 0 && rev <= h.rev
@@ -182,7 +216,8 @@ func (h *hub) run(ctx context.Context) error {
 	t := time.NewTicker(h.poll)
 	defer t.Stop()
 	backoff := 10 * time.Millisecond
-	stuck := 0 // reads in a row that found nothing while behind
+	stuck := 0                // reads in a row that found nothing while behind
+	var readFailing time.Time // when reads started failing; zero while they work
 	for {
 		h.mu.Lock()
 		before := h.rev
@@ -191,7 +226,13 @@ func (h *hub) run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			h.log.Warn("reading changes failed; retrying", "err", err, "retry_in", backoff)
+			// One line per outage; the retries are Debug.
+			if readFailing.IsZero() {
+				readFailing = time.Now()
+				h.log.Warn("reading changes failed; retrying", "err", err)
+			} else {
+				h.log.Debug("reading changes failed again; retrying", "err", err, "retry_in", backoff)
+			}
 			select {
 			case <-time.After(backoff):
 			case <-ctx.Done():
@@ -201,6 +242,10 @@ func (h *hub) run(ctx context.Context) error {
 			continue
 		}
 		backoff = 10 * time.Millisecond
+		if !readFailing.IsZero() {
+			h.log.Info("reading changes works again", "failed_for", time.Since(readFailing).Round(time.Millisecond))
+			readFailing = time.Time{}
+		}
 		// A source may report a commit before this instance can read it:
 		// MySQL sends a transaction's binlog events before InnoDB makes its
 		// rows visible. Until the log shows what was reported, read again
@@ -275,7 +320,12 @@ func (h *hub) catchUp(ctx context.Context) error {
 			h.mu.Lock()
 			h.events, h.sizes, h.bytes = nil, nil, 0
 			h.rev, h.start = compact-1, compact-1
+			h.keysKnown = false // events were skipped: count again
 			h.mu.Unlock()
+			select {
+			case h.recount <- struct{}{}:
+			default:
+			}
 			h.log.Warn("history after the watch cursor was compacted", "cursor", after, "compact", compact)
 			continue
 		}
@@ -300,28 +350,25 @@ func (h *hub) catchUp(ctx context.Context) error {
 	}
 }
 
-// eventSize approximates the memory an event holds.
-func eventSize(ev *mvccpb.Event) int {
-	n := 64 + len(ev.Kv.Key) + len(ev.Kv.Value)
-	if ev.PrevKv != nil {
-		n += 64 + len(ev.PrevKv.Value)
-	}
-	return n
-}
-
 func (h *hub) publish(evs []*mvccpb.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, ev := range evs {
-		sz := eventSize(ev)
+		sz := backends.EventBytes(ev)
 		h.events = append(h.events, ev)
 		h.sizes = append(h.sizes, sz)
 		h.bytes += sz
 	}
-	h.rev = evs[len(evs)-1].Kv.ModRevision
-	if h.onRev != nil {
-		h.onRev(h.rev)
+	if h.keysKnown {
+		for _, ev := range evs {
+			if ev.Kv.ModRevision > h.keysAt {
+				h.keys += keyDelta(ev)
+			}
+		}
 	}
+	h.rev = evs[len(evs)-1].Kv.ModRevision
+	h.keysAt = max(h.keysAt, h.rev)
+	h.reportLocked()
 	// Trim once over a limit by a quarter, so the copy is amortised; drop
 	// whole revisions from the front. Watchers older than the window read
 	// from the backend instead.
@@ -344,4 +391,84 @@ func (h *hub) publish(evs []*mvccpb.Event) {
 	}
 	close(h.changed)
 	h.changed = make(chan struct{})
+}
+
+// keyDelta is how an event changes the number of live keys: a put of
+// version 1 creates its key, a delete removes one.
+func keyDelta(ev *mvccpb.Event) int64 {
+	switch {
+	case ev.Type == mvccpb.DELETE:
+		return -1
+	case ev.Kv.Version == 1:
+		return 1
+	}
+	return 0
+}
+
+// countKeys counts the live keys whenever recount says so, until ctx
+// ends. The count comes from one snapshot at some revision; events after
+// it keep it current (publish), so this runs once per start or compaction
+// gap, never per request.
+func (h *hub) countKeys(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for {
+		select {
+		case <-h.recount:
+		case <-ctx.Done():
+			return
+		}
+		for {
+			resp, err := h.be.Range(ctx, &pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}, CountOnly: true})
+			if err == nil && h.setKeys(resp.Count, resp.Header.Revision) {
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				h.log.Debug("counting keys failed; retrying", "err", err)
+			}
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			backoff = min(backoff*2, 10*time.Second)
+		}
+	}
+}
+
+// setKeys installs a key count taken at revision at. Events up to the
+// cursor that are newer than at were published already: they are applied
+// from the window, or, if the window no longer holds them, the count is
+// refused (false) and must be taken again.
+func (h *hub) setKeys(n, at int64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if at < h.rev {
+		if at < h.start {
+			return false
+		}
+		for _, ev := range h.events {
+			if ev.Kv.ModRevision > at {
+				n += keyDelta(ev)
+			}
+		}
+	}
+	h.keys, h.keysAt, h.keysKnown = n, max(at, h.rev), true
+	h.reportLocked()
+	return true
+}
+
+// reportLocked updates the hub's metrics; the caller holds mu.
+func (h *hub) reportLocked() {
+	m := h.metrics
+	if m == nil {
+		return
+	}
+	m.revision.Set(float64(h.rev))
+	m.watchLag.Set(float64(max(h.want-h.rev, 0)))
+	if h.keysKnown {
+		m.keys.Set(float64(h.keys))
+	}
 }

@@ -3,6 +3,7 @@ package kvserver
 import (
 	"context"
 
+	"github.com/prometheus/client_golang/prometheus"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/server/v3/auth"
@@ -30,8 +31,9 @@ func (k *kvService) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRes
 		return err
 	})
 	if err != nil {
-		return nil, authErr(err)
+		return nil, k.s.authErr(err)
 	}
+	k.s.count(func(m *Metrics) prometheus.Counter { return m.ranges })
 	k.s.fill(resp.Header)
 	return resp, nil
 }
@@ -59,22 +61,28 @@ func (k *kvService) RangeStream(r *pb.RangeRequest, stream pb.KV_RangeStreamServ
 		if err != nil {
 			return err
 		}
+		k.s.count(func(m *Metrics) prometheus.Counter { return m.ranges })
 		k.s.fill(resp.Header)
 		return stream.Send(&pb.RangeStreamResponse{RangeResponse: resp})
 	})
-	return authErr(err)
+	return k.s.authErr(err)
 }
 
-// authorizeWrite checks a write as etcd does: the caller's identity first
-// (a bad token fails before anything else), then the request's size, then
-// chk against the current auth state, as etcd checks when it applies the
-// write. A write another instance forwarded was checked there.
-func (s *Server) authorizeWrite(ctx context.Context, r proto.Message, chk func(as auth.AuthStore, ai *auth.AuthInfo) error) error {
+// checkWriteAuth checks a write as etcd does around its size and quota
+// checks: the caller's identity first (a bad token fails before anything
+// else), then size and quota (checkSizeAndQuota), then chk against the
+// current auth state, as etcd checks when it applies the write. A write
+// another instance forwarded was checked there (and is only measured
+// here).
+func (s *Server) checkWriteAuth(ctx context.Context, r proto.Message, chk func(as auth.AuthStore, ai *auth.AuthInfo) error) error {
 	w, err := s.auth.identify(ctx, s.memberID, r)
 	if err != nil {
-		return authErr(err)
+		return s.authErr(err)
 	}
 	if err := s.checkSize(r); err != nil {
+		return err
+	}
+	if err := s.checkWrite(ctx, r); err != nil {
 		return err
 	}
 	if w.trusted {
@@ -82,16 +90,16 @@ func (s *Server) authorizeWrite(ctx context.Context, r proto.Message, chk func(a
 	}
 	as, err := s.auth.current(ctx)
 	if err != nil {
-		return authErr(err)
+		return s.authErr(err)
 	}
-	return authErr(chk(as, w.ai))
+	return s.authErr(chk(as, w.ai))
 }
 
 func (k *kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
 	if err := checkPut(r); err != nil {
 		return nil, err
 	}
-	if err := k.s.authorizeWrite(ctx, r, func(as auth.AuthStore, ai *auth.AuthInfo) error {
+	if err := k.s.checkWriteAuth(ctx, r, func(as auth.AuthStore, ai *auth.AuthInfo) error {
 		return checkPutAuth(ctx, as, ai, k.s.leaseKeysOf(), r)
 	}); err != nil {
 		return nil, err
@@ -105,8 +113,9 @@ func (k *kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse,
 	}
 	resp, err := k.s.be.Txn(ctx, &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: r}}}})
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, k.s.toGRPC(err)
 	}
+	k.s.count(func(m *Metrics) prometheus.Counter { return m.puts })
 	out := resp.Responses[0].GetResponsePut()
 	out.Header = k.s.fill(resp.Header)
 	return out, nil
@@ -116,7 +125,7 @@ func (k *kvService) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (
 	if err := checkDelete(r); err != nil {
 		return nil, err
 	}
-	if err := k.s.authorizeWrite(ctx, r, func(as auth.AuthStore, ai *auth.AuthInfo) error {
+	if err := k.s.checkWriteAuth(ctx, r, func(as auth.AuthStore, ai *auth.AuthInfo) error {
 		return checkDeleteAuth(as, ai, r)
 	}); err != nil {
 		return nil, err
@@ -130,8 +139,9 @@ func (k *kvService) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (
 	}
 	resp, err := k.s.be.Txn(ctx, &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestDeleteRange{RequestDeleteRange: r}}}})
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, k.s.toGRPC(err)
 	}
+	k.s.count(func(m *Metrics) prometheus.Counter { return m.deletes })
 	out := resp.Responses[0].GetResponseDeleteRange()
 	out.Header = k.s.fill(resp.Header)
 	return out, nil
@@ -150,33 +160,36 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 	chk := func(as auth.AuthStore, ai *auth.AuthInfo) error {
 		return checkTxnAuth(ctx, as, ai, k.s.leaseKeysOf(), r)
 	}
+	var resp *pb.TxnResponse
 	// etcd limits the size of proposals only: a read-only txn is not one,
 	// and is checked as a read.
 	if isReadOnlyTxn(r) {
-		var resp *pb.TxnResponse
 		err := k.s.auth.serialize(ctx, chk, func() (err error) {
 			resp, err = k.s.be.Txn(ctx, r)
 			return err
 		})
 		if err != nil {
-			return nil, authErr(err)
+			return nil, k.s.authErr(err)
 		}
-		k.s.fill(resp.Header)
-		return resp, nil
-	}
-	if err := k.s.authorizeWrite(ctx, r, chk); err != nil {
-		return nil, err
-	}
-	if out, ok, err := forward(k.s, ctx, r, pb.KVClient.Txn); ok {
-		if err != nil {
+	} else {
+		if err := k.s.checkWriteAuth(ctx, r, chk); err != nil {
 			return nil, err
 		}
-		out.Header = k.s.fill(out.Header)
-		return out, nil
+		if out, ok, err := forward(k.s, ctx, r, pb.KVClient.Txn); ok {
+			if err != nil {
+				return nil, err
+			}
+			out.Header = k.s.fill(out.Header)
+			return out, nil
+		}
+		var err error
+		if resp, err = k.s.be.Txn(ctx, r); err != nil {
+			return nil, k.s.toGRPC(err)
+		}
 	}
-	resp, err := k.s.be.Txn(ctx, r)
-	if err != nil {
-		return nil, toGRPC(err)
+	if m := k.s.cfg.Metrics; m != nil {
+		m.txns.Inc()
+		m.countOps(resp.Responses)
 	}
 	k.s.fill(resp.Header)
 	return resp, nil
@@ -184,14 +197,38 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 
 func (k *kvService) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
 	if err := k.s.auth.isAdmin(ctx); err != nil {
-		return nil, authErr(err)
+		return nil, k.s.authErr(err)
 	}
-	if err := k.s.be.Compact(ctx, r.Revision); err != nil {
-		return nil, toGRPC(err)
+	if err := k.s.checkWrite(ctx, r); err != nil {
+		return nil, err
 	}
-	cur, err := k.s.currentRev(ctx)
+	rev, err := k.s.be.Compact(ctx, r.Revision)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, k.s.toGRPC(err)
 	}
-	return &pb.CompactionResponse{Header: k.s.header(cur)}, nil
+	k.s.stats.kick() // the history it removed frees space
+	return &pb.CompactionResponse{Header: k.s.header(rev)}, nil
+}
+
+// count increments the counter pick selects, if there are metrics.
+func (s *Server) count(pick func(*Metrics) prometheus.Counter) {
+	if m := s.cfg.Metrics; m != nil {
+		pick(m).Inc()
+	}
+}
+
+// countOps counts the ranges, puts and deletes a txn executed.
+func (m *Metrics) countOps(ops []*pb.ResponseOp) {
+	for _, op := range ops {
+		switch v := op.Response.(type) {
+		case *pb.ResponseOp_ResponseRange:
+			m.ranges.Inc()
+		case *pb.ResponseOp_ResponsePut:
+			m.puts.Inc()
+		case *pb.ResponseOp_ResponseDeleteRange:
+			m.deletes.Inc()
+		case *pb.ResponseOp_ResponseTxn:
+			m.countOps(v.ResponseTxn.Responses)
+		}
+	}
 }

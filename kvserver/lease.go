@@ -33,8 +33,11 @@ func randomLeaseID() int64 {
 }
 
 func (l *leaseService) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	if err := l.s.checkWrite(ctx, r); err != nil { // etcd checks the quota first
+		return nil, err
+	}
 	if err := l.s.auth.requireAuthInfo(ctx); err != nil {
-		return nil, authErr(err)
+		return nil, l.s.authErr(err)
 	}
 	if r.TTL > MaxLeaseTTL {
 		return nil, rpctypes.ErrGRPCLeaseTTLTooLarge
@@ -46,24 +49,23 @@ func (l *leaseService) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) 
 		if pick == 0 {
 			pick = randomLeaseID()
 		}
-		err := l.s.be.LeaseGrant(ctx, pick, ttl)
+		rev, err := l.s.be.LeaseGrant(ctx, pick, ttl)
 		if errors.Is(err, backends.ErrLeaseExists) && id == 0 {
 			continue // a random ID collided: draw again
 		}
 		if err != nil {
-			return nil, toGRPC(err)
+			return nil, l.s.toGRPC(err)
 		}
-		cur, err := l.s.currentRev(ctx)
-		if err != nil {
-			return nil, toGRPC(err)
-		}
-		return &pb.LeaseGrantResponse{Header: l.s.header(cur), ID: pick, TTL: ttl}, nil
+		return &pb.LeaseGrantResponse{Header: l.s.header(rev), ID: pick, TTL: ttl}, nil
 	}
 }
 
 func (l *leaseService) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	if err := l.s.checkWrite(ctx, r); err != nil {
+		return nil, err
+	}
 	if err := l.s.auth.requireAuthInfo(ctx); err != nil {
-		return nil, authErr(err)
+		return nil, l.s.authErr(err)
 	}
 	// As etcd applies a revoke: the caller must be allowed to write every
 	// key attached to the lease.
@@ -72,20 +74,19 @@ func (l *leaseService) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest
 	}); err != nil {
 		return nil, err
 	}
-	if err := l.s.be.LeaseRevoke(ctx, r.ID); err != nil {
-		return nil, toGRPC(err)
-	}
-	cur, err := l.s.currentRev(ctx)
+	// The header carries the revision of the revoke's own deletions, as
+	// etcd's does: a revision read afterwards could include other writes.
+	rev, err := l.s.be.LeaseRevoke(ctx, r.ID)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, l.s.toGRPC(err)
 	}
-	return &pb.LeaseRevokeResponse{Header: l.s.header(cur)}, nil
+	return &pb.LeaseRevokeResponse{Header: l.s.header(rev)}, nil
 }
 
 func (l *leaseService) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	ctx := stream.Context()
 	if err := l.s.waitLeasesReady(ctx); err != nil {
-		return toGRPC(err)
+		return l.s.toGRPC(err)
 	}
 	reqs := make(chan *pb.LeaseKeepAliveRequest)
 	errc := make(chan error, 1)
@@ -118,18 +119,18 @@ func (l *leaseService) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) erro
 			return ctx.Err()
 		}
 		if _, err := l.s.auth.checkLeaseKeys(ctx, l.s.leaseKeysOf(), req.ID, true); err != nil {
-			return authErr(err)
+			return l.s.authErr(err)
 		}
 		ttl, err := l.s.be.LeaseRenew(ctx, req.ID)
 		if errors.Is(err, backends.ErrLeaseNotFound) {
 			ttl, err = 0, nil // etcd answers TTL 0 for an unknown lease
 		}
 		if err != nil {
-			return toGRPC(err)
+			return l.s.toGRPC(err)
 		}
 		cur, err := l.s.currentRev(ctx)
 		if err != nil {
-			return toGRPC(err)
+			return l.s.toGRPC(err)
 		}
 		if err := stream.Send(&pb.LeaseKeepAliveResponse{Header: l.s.header(cur), ID: req.ID, TTL: ttl}); err != nil {
 			return err
@@ -139,7 +140,7 @@ func (l *leaseService) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) erro
 
 func (l *leaseService) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
 	if err := l.s.auth.requireAuthInfo(ctx); err != nil {
-		return nil, authErr(err)
+		return nil, l.s.authErr(err)
 	}
 	var authRev uint64
 	if r.Keys {
@@ -147,18 +148,18 @@ func (l *leaseService) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiv
 		// are asked for.
 		var err error
 		if authRev, err = l.s.auth.checkLeaseKeys(ctx, l.s.leaseKeysOf(), r.ID, false); err != nil {
-			return nil, authErr(err)
+			return nil, l.s.authErr(err)
 		}
 	}
 	if err := l.s.waitLeasesReady(ctx); err != nil {
-		return nil, toGRPC(err)
+		return nil, l.s.toGRPC(err)
 	}
 	resp, err := l.timeToLive(ctx, r)
 	if err != nil {
 		return nil, err
 	}
 	if r.Keys && l.s.auth.enabledAndChangedSince(authRev) {
-		return nil, authErr(auth.ErrAuthOldRevision)
+		return nil, l.s.authErr(auth.ErrAuthOldRevision)
 	}
 	return resp, nil
 }
@@ -166,14 +167,14 @@ func (l *leaseService) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiv
 func (l *leaseService) timeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
 	cur, err := l.s.currentRev(ctx)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, l.s.toGRPC(err)
 	}
 	info, err := l.s.be.LeaseInfo(ctx, r.ID, r.Keys)
 	if errors.Is(err, backends.ErrLeaseNotFound) {
 		return &pb.LeaseTimeToLiveResponse{Header: l.s.header(cur), ID: r.ID, TTL: -1}, nil
 	}
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, l.s.toGRPC(err)
 	}
 	return &pb.LeaseTimeToLiveResponse{
 		Header:     l.s.header(cur),
@@ -187,14 +188,14 @@ func (l *leaseService) timeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequ
 func (l *leaseService) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
 	ids, err := l.s.be.Leases(ctx)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, l.s.toGRPC(err)
 	}
 	if err := l.s.auth.checkLeases(ctx, l.s.leaseKeysOf(), ids); err != nil {
-		return nil, authErr(err)
+		return nil, l.s.authErr(err)
 	}
 	cur, err := l.s.currentRev(ctx)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, l.s.toGRPC(err)
 	}
 	out := &pb.LeaseLeasesResponse{Header: l.s.header(cur), Leases: make([]*pb.LeaseStatus, 0, len(ids))}
 	for _, id := range ids {

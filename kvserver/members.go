@@ -2,6 +2,8 @@ package kvserver
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/kvsql/kvsql/backends"
@@ -18,7 +20,18 @@ const (
 // one instance at a time holds leadership and does the leader duties
 // (revoking expired leases). Backends without it are always leader.
 type leaderElector interface {
-	TryLead(ctx context.Context) (bool, error)
+	// TryLead reports whether member self holds the leader lock, taking
+	// it if it is free and no leader move to another member is under way.
+	TryLead(ctx context.Context, self uint64) (bool, error)
+}
+
+// leaderMover is implemented by backends whose leadership can be handed to
+// a named instance (Maintenance.MoveLeader).
+type leaderMover interface {
+	// MoveLeader lets only member target take the leader lock for ttl.
+	MoveLeader(ctx context.Context, target uint64, ttl time.Duration) error
+	// Resign gives up the leader lock if this instance holds it.
+	Resign(ctx context.Context) error
 }
 
 // memberRegistry is implemented by backends that several instances share,
@@ -39,7 +52,7 @@ func (s *Server) isLeader(ctx context.Context) bool {
 	if !ok {
 		return true
 	}
-	lead, err := le.TryLead(ctx)
+	lead, err := le.TryLead(ctx, s.memberID)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.log.Warn("leader election failed; will retry", "err", err)
@@ -60,18 +73,38 @@ func (s *Server) heartbeat(ctx context.Context) error {
 	}
 	t := time.NewTicker(heartbeatInterval)
 	defer t.Stop()
+	failing := false // one line per outage, not one per tick
 	for {
 		me := s.self()
-		if err := reg.Heartbeat(ctx, me); err != nil && ctx.Err() == nil {
-			s.log.Warn("member heartbeat failed; will retry", "err", err)
+		hctx, cancel := context.WithTimeout(ctx, heartbeatInterval)
+		err := reg.Heartbeat(hctx, me)
+		if errors.Is(err, backends.ErrNotLeader) {
+			// The leader lock's session is gone (this instance was
+			// frozen or cut off long enough for the database to end it):
+			// stop acting as leader at once and say so as a follower.
+			s.log.Warn("lost the leader lock", "err", err)
+			s.setLeading(false)
+			me = s.self()
+			err = reg.Heartbeat(hctx, me)
 		}
-		if ms, err := reg.Members(ctx, memberTimeout); err == nil {
+		switch {
+		case err != nil && ctx.Err() == nil && !failing:
+			s.log.Warn("member heartbeat failed; will retry", "err", err)
+			failing = true
+		case err == nil && failing:
+			s.log.Info("member heartbeat works again")
+			failing = false
+		}
+		ms, err := reg.Members(hctx, memberTimeout)
+		cancel()
+		if err == nil {
 			s.leaderID.Store(markedLeader(ms, me))
+			s.observeLeader(markedLeader(ms, me))
 			if s.fwd != nil {
 				s.fwd.update(ms, me.Leader)
 			}
 		} else if ctx.Err() == nil {
-			s.log.Warn("reading the member list failed; will retry", "err", err)
+			s.log.Debug("reading the member list failed; will retry", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -82,6 +115,22 @@ func (s *Server) heartbeat(ctx context.Context) error {
 		case <-t.C:
 		case <-s.leadChanged:
 		}
+	}
+}
+
+// observeLeader records the leader this instance sees (0: none). As in
+// etcd, a leader other than the last one seen counts as a leader change,
+// and so does the first; it is logged once, on the instance that sees it.
+func (s *Server) observeLeader(id uint64) {
+	prev := s.seenLeader.Swap(id)
+	if id != 0 && id != prev {
+		if m := s.cfg.Metrics; m != nil {
+			m.leaderChanges.Inc()
+		}
+		s.log.Info("leader changed", "leader", fmt.Sprintf("%x", id), "previous", fmt.Sprintf("%x", prev), "this_instance_leads", id == s.memberID)
+	}
+	if m := s.cfg.Metrics; m != nil {
+		m.setLeader(id != 0, s.leading.Load())
 	}
 }
 

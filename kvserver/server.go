@@ -18,6 +18,7 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/pkg/v3/idutil"
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -71,6 +72,10 @@ type Config struct {
 	// LeaseCheckInterval is how often expired leases are revoked.
 	LeaseCheckInterval time.Duration
 
+	// SnapshotDir is where Maintenance.Snapshot builds its temporary file
+	// (as large as the database's history); "" means os.TempDir().
+	SnapshotDir string
+
 	// ForwardWrites makes an instance that does not hold the leader lock
 	// send its writes to the leader's advertised client URL, so that the
 	// writes of every instance share one group commit (see forward.go).
@@ -97,6 +102,18 @@ type Config struct {
 	// state for changes made through other instances: the bound within
 	// which such a change binds this one.
 	AuthRefreshInterval time.Duration
+	// QuotaBackendBytes is etcd's --quota-backend-bytes: writes that would
+	// make the database's size in use reach it are refused and raise the
+	// NOSPACE alarm (see quota.go). 0 means DefaultQuotaBackendBytes, a
+	// negative value turns the quota off, as in etcd.
+	QuotaBackendBytes int64
+	// WarningApplyDuration is etcd's --warning-apply-duration: requests
+	// that take longer are logged (see slowlog.go). 0 means
+	// DefaultWarningApplyDuration.
+	WarningApplyDuration time.Duration
+	// StatsInterval is how often the database size and the alarms are
+	// read (0: DefaultStatsInterval).
+	StatsInterval time.Duration
 }
 
 // Server implements etcd's gRPC services on a Backend.
@@ -105,6 +122,7 @@ type Server struct {
 	be        backends.Backend
 	log       *slog.Logger
 	hub       *hub
+	history   *history // log reads for watchers older than the hub's window
 	clusterID uint64
 	memberID  uint64
 	health    *health.Server
@@ -127,10 +145,25 @@ type Server struct {
 	// leaderID is the member marked as leader in the registry at the last
 	// heartbeat (0: none seen yet).
 	leaderID atomic.Uint64
+	// seenLeader is the leader observeLeader last recorded (0: none).
+	seenLeader atomic.Uint64
 	// fwd is nil unless writes are forwarded to the leader.
 	fwd *forwarder
 	// auth authenticates requests and checks their permissions.
 	auth *authGate
+
+	// stats caches the database size and the alarms; quota is the
+	// effective quota in bytes (<= 0: none).
+	stats *stats
+	quota int64
+	// leadOp serialises this instance's changes of leadership: a lease
+	// expiry tick's election and a MoveLeader's resignation.
+	leadOp sync.Mutex
+	// dbErrs rate-limits the database error log (see logDBError).
+	dbErrs dbErrorLog
+	// reqIDs numbers write requests the way an etcd member numbers its
+	// proposals; only the size of the IDs matters (see checkSize).
+	reqIDs *idutil.Generator
 }
 
 // New returns a Server. Call Register to serve it and Run to start the
@@ -178,6 +211,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.AuthRefreshInterval <= 0 {
 		cfg.AuthRefreshInterval = DefaultAuthRefreshInterval
 	}
+	if cfg.WarningApplyDuration <= 0 {
+		cfg.WarningApplyDuration = DefaultWarningApplyDuration
+	}
+	if cfg.StatsInterval <= 0 {
+		cfg.StatsInterval = DefaultStatsInterval
+	}
 	s := &Server{
 		cfg:       cfg,
 		be:        cfg.Backend,
@@ -189,7 +228,14 @@ func New(cfg Config) (*Server, error) {
 
 		leasesReady: make(chan struct{}),
 		leadChanged: make(chan struct{}, 1),
+
+		stats: newStats(cfg.Backend, cfg.Logger.With("component", "stats"), cfg.Metrics, cfg.StatsInterval),
+		quota: cfg.QuotaBackendBytes,
 	}
+	if s.quota == 0 {
+		s.quota = DefaultQuotaBackendBytes
+	}
+	s.reqIDs = idutil.NewGenerator(uint16(s.memberID), time.Now())
 	_, elects := cfg.Backend.(leaderElector)
 	_, registers := cfg.Backend.(memberRegistry)
 	var err error
@@ -203,8 +249,14 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.hub = newHub(cfg.Backend, cfg.Notify, cfg.SafetyPoll, cfg.Logger.With("component", "watch-hub"))
+	s.history = newHistory(cfg.Backend)
 	if m := cfg.Metrics; m != nil {
-		s.hub.onRev = func(rev int64) { m.revision.Set(float64(rev)) }
+		m.quotaBytes.Set(float64(s.quota))
+		s.hub.metrics = m
+		if pr, ok := cfg.Backend.(backends.PoolReporter); ok {
+			f := pr.PoolStats
+			m.pools.stats.Store(&f)
+		}
 	}
 	return s, nil
 }
@@ -234,9 +286,9 @@ func (s *Server) GRPCOptions() []grpc.ServerOption {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Hour, Timeout: 20 * time.Second}),
 	}
 	if m := s.cfg.Metrics; m != nil {
-		opts = append(opts, grpc.ChainUnaryInterceptor(m.unary), grpc.ChainStreamInterceptor(m.stream))
+		opts = append(opts, m.interceptors()...)
 	}
-	return opts
+	return append(opts, grpc.ChainUnaryInterceptor(s.slowRequests))
 }
 
 // Register registers every etcd service on g.
@@ -248,12 +300,21 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterClusterServer(g, &clusterService{s: s})
 	pb.RegisterAuthServer(g, &authService{s: s})
 	healthpb.RegisterHealthServer(g, s.health)
+	if m := s.cfg.Metrics; m != nil {
+		m.grpc.InitializeMetrics(g)
+	}
 }
 
 // Run takes over lease expiry if this instance can lead (see
 // takeOverLeases), starts the watch tailer and the lease expiry loop, and
 // returns when ctx ends (nil) or one of them fails. Call it once.
 func (s *Server) Run(ctx context.Context) error {
+	if err := s.stats.refresh(ctx); err != nil && ctx.Err() == nil {
+		s.log.Warn("measuring the database size and reading alarms failed; will retry", "err", err)
+	}
+	if s.quota > 0 {
+		s.log.Info("enabled backend quota", "quota_bytes", s.quota)
+	}
 	leading := s.takeOverLeases(ctx)
 	s.setLeading(leading)
 	close(s.leasesReady)
@@ -269,7 +330,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.expireLeases(ctx, leading) })
 	g.Go(func() error { return s.heartbeat(ctx) })
 	g.Go(func() error { return s.auth.run(ctx, s.leading.Load) })
+	g.Go(func() error { return s.stats.run(ctx) })
 	err := g.Wait()
+	s.history.close()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	if s.fwd != nil {
 		s.fwd.close()
@@ -330,12 +393,18 @@ func (s *Server) expireLeases(ctx context.Context, leading bool) error {
 			return nil
 		case <-t.C:
 		}
-		if !leading {
+		// The heartbeat clears s.leading when it finds the leader lock's
+		// session gone, and a MoveLeader that resigned does too: then this
+		// is a take-over again (with its lease extension), not a
+		// continuation.
+		s.leadOp.Lock()
+		if !leading || !s.leading.Load() {
 			leading = s.takeOverLeases(ctx)
 		} else if !s.isLeader(ctx) {
 			leading = false
 		}
 		s.setLeading(leading)
+		s.leadOp.Unlock()
 		if !leading {
 			continue
 		}
@@ -358,6 +427,10 @@ func (s *Server) expireLeases(ctx context.Context, leading bool) error {
 func (s *Server) setLeading(leading bool) {
 	if s.leading.Swap(leading) == leading {
 		return
+	}
+	if _, ok := s.be.(memberRegistry); !ok {
+		// A backend of one instance: it leads whenever it runs.
+		s.observeLeader(map[bool]uint64{true: s.memberID}[leading])
 	}
 	select {
 	case s.leadChanged <- struct{}{}:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"sort"
 	"time"
 
@@ -90,6 +91,10 @@ type watchStream struct {
 
 func (ws *watchService) Watch(stream pb.Watch_WatchServer) error {
 	st := &watchStream{s: ws.s, stream: stream, watchers: map[int64]*watcher{}}
+	if m := ws.s.cfg.Metrics; m != nil {
+		m.watchStreams.Inc()
+		defer m.watchStreams.Dec()
+	}
 	ctx := stream.Context()
 	ctrl := make(chan *pb.WatchRequest, ctrlBuffer)
 	recvErr := make(chan error, 1)
@@ -137,7 +142,13 @@ func (st *watchStream) run(ctx context.Context, ctrl <-chan *pb.WatchRequest, re
 			if errors.Is(err, context.Canceled) || ctx.Err() != nil {
 				return rpctypes.ErrGRPCWatchCanceled
 			}
-			return nil // io.EOF: the client closed its side
+			if !errors.Is(err, io.EOF) {
+				return err
+			}
+			// The client closed its side (as the JSON gateway does once
+			// it has read the request body): as etcd, keep sending
+			// events until the stream itself ends.
+			recvErr = nil
 		case <-changed:
 		case <-ticker.C:
 			if err := st.progressTick(rev); err != nil {
@@ -175,7 +186,7 @@ func (st *watchStream) handle(ctx context.Context, req *pb.WatchRequest) error {
 		// hub's cursor may not have reached yet.
 		cur, err := st.s.currentRev(ctx)
 		if err != nil {
-			return toGRPC(err)
+			return st.s.toGRPC(err)
 		}
 		return st.send(&pb.WatchResponse{Header: st.s.header(cur), WatchId: id, Canceled: true})
 	case *pb.WatchRequest_ProgressRequest:
@@ -193,7 +204,7 @@ func (st *watchStream) create(ctx context.Context, c *pb.WatchCreateRequest) err
 	}
 	cur, compact, err := st.s.be.Revisions(ctx)
 	if err != nil {
-		return toGRPC(err)
+		return st.s.toGRPC(err)
 	}
 	fail := func(reason string) error {
 		return st.send(&pb.WatchResponse{Header: st.s.header(cur), WatchId: invalidWatchID, Created: true, Canceled: true, CancelReason: reason})
@@ -207,7 +218,7 @@ func (st *watchStream) create(ctx context.Context, c *pb.WatchCreateRequest) err
 		if reason, ok := watchRefusal(err); ok {
 			return fail(reason)
 		}
-		return toGRPC(err)
+		return st.s.toGRPC(err)
 	}
 	kr := backends.NewKeyRange(key, c.RangeEnd)
 	if kr.End != nil && bytes.Compare(kr.Key, kr.End) >= 0 {
@@ -289,22 +300,21 @@ func (st *watchStream) deliver(ctx context.Context, w *watcher, rev int64) error
 		evs, upTo, ok := st.s.hub.read(w.next-1, maxEventsPerResponse)
 		if !ok {
 			var err error
-			evs, err = st.s.be.Changes(ctx, w.next-1, catchupRevs)
+			evs, upTo, err = st.s.history.read(ctx, w.next-1)
 			if errors.Is(err, backends.ErrCompacted) {
 				_, compact, rerr := st.s.be.Revisions(ctx)
 				if rerr != nil {
-					return toGRPC(rerr)
+					return st.s.toGRPC(rerr)
 				}
 				w.compacted = compact
 				break
 			}
 			if err != nil {
-				return toGRPC(err)
+				return st.s.toGRPC(err)
 			}
 			if len(evs) == 0 {
 				break // not committed yet as far as this snapshot goes
 			}
-			upTo = evs[len(evs)-1].Kv.ModRevision
 		}
 		var out []*mvccpb.Event
 		for _, ev := range evs {
@@ -367,10 +377,10 @@ func (st *watchStream) sendEvents(w *watcher, rev int64, evs []*mvccpb.Event) er
 func (st *watchStream) requestProgress(ctx context.Context) error {
 	cur, err := st.s.currentRev(ctx)
 	if err != nil {
-		return toGRPC(err)
+		return st.s.toGRPC(err)
 	}
 	if err := st.s.hub.waitRev(ctx, cur); err != nil {
-		return toGRPC(err)
+		return st.s.toGRPC(err)
 	}
 	if len(st.watchers) == 0 {
 		return nil // etcd sends nothing when the stream has no watchers

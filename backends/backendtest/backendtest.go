@@ -40,6 +40,14 @@ func mustTxn(tb testing.TB, be backends.Backend, r *pb.TxnRequest) *pb.TxnRespon
 
 // Run runs the conformance suite.
 func Run(t *testing.T, open Opener) {
+	t.Run("SnapshotAndBulkLoad", func(t *testing.T) {
+		t.Parallel()
+		snapshotAndBulkLoad(t, open)
+	})
+	t.Run("BulkLoadRefusesData", func(t *testing.T) {
+		t.Parallel()
+		bulkLoadRefusesData(t, open)
+	})
 	t.Run("RevisionsStartAtOne", func(t *testing.T) {
 		t.Parallel()
 		be := open(t)
@@ -117,7 +125,7 @@ func Run(t *testing.T, open Opener) {
 		mustTxn(t, be, put("a", "2")) // 4
 		mustTxn(t, be, del("b", ""))  // 5
 		mustTxn(t, be, put("c", "1")) // 6
-		if err := be.Compact(ctx, 5); err != nil {
+		if _, err := be.Compact(ctx, 5); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := be.Range(ctx, &pb.RangeRequest{Key: []byte("a"), Revision: 4}); !errors.Is(err, backends.ErrCompacted) {
@@ -130,10 +138,10 @@ func Run(t *testing.T, open Opener) {
 		if _, err := be.Changes(ctx, 3, 10); !errors.Is(err, backends.ErrCompacted) {
 			t.Fatalf("changes below compaction: %v, want ErrCompacted", err)
 		}
-		if err := be.Compact(ctx, 5); !errors.Is(err, backends.ErrCompacted) {
+		if _, err := be.Compact(ctx, 5); !errors.Is(err, backends.ErrCompacted) {
 			t.Fatalf("compact twice: %v, want ErrCompacted", err)
 		}
-		if err := be.Compact(ctx, 99); !errors.Is(err, backends.ErrFutureRev) {
+		if _, err := be.Compact(ctx, 99); !errors.Is(err, backends.ErrFutureRev) {
 			t.Fatalf("compact future: %v, want ErrFutureRev", err)
 		}
 	})
@@ -141,10 +149,10 @@ func Run(t *testing.T, open Opener) {
 		t.Parallel()
 		be := open(t)
 		ctx := context.Background()
-		if err := be.LeaseGrant(ctx, 9, 60); err != nil {
+		if _, err := be.LeaseGrant(ctx, 9, 60); err != nil {
 			t.Fatal(err)
 		}
-		if err := be.LeaseGrant(ctx, 9, 60); !errors.Is(err, backends.ErrLeaseExists) {
+		if _, err := be.LeaseGrant(ctx, 9, 60); !errors.Is(err, backends.ErrLeaseExists) {
 			t.Fatalf("grant twice: %v", err)
 		}
 		for _, k := range []string{"x", "y", "z"} {
@@ -156,14 +164,14 @@ func Run(t *testing.T, open Opener) {
 		if err != nil || len(info.Keys) != 3 || info.GrantedTTL != 60 {
 			t.Fatalf("LeaseInfo = %+v, %v", info, err)
 		}
-		if err := be.LeaseRevoke(ctx, 9); err != nil {
+		if _, err := be.LeaseRevoke(ctx, 9); err != nil {
 			t.Fatal(err)
 		}
 		cur, _, _ := be.Revisions(ctx)
 		if cur != 5 {
 			t.Fatalf("revision after revoke = %d, want 5 (one revision for all keys)", cur)
 		}
-		if err := be.LeaseRevoke(ctx, 9); !errors.Is(err, backends.ErrLeaseNotFound) {
+		if _, err := be.LeaseRevoke(ctx, 9); !errors.Is(err, backends.ErrLeaseNotFound) {
 			t.Fatalf("revoke twice: %v", err)
 		}
 	})
@@ -220,7 +228,7 @@ func Run(t *testing.T, open Opener) {
 		if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("events:\n got %q\nwant %q", got, want)
 		}
-		if err := be.Compact(ctx, 5); err != nil {
+		if _, err := be.Compact(ctx, 5); err != nil {
 			t.Fatal(err)
 		}
 		if got := state(5); got != "" {
@@ -282,6 +290,7 @@ func Run(t *testing.T, open Opener) {
 		t.Parallel()
 		runAuthSerialised(t, open(t))
 	})
+	runReliability(t, open)
 }
 
 // runLinearizableGets is the conformance case ConcurrentGetsAreLinearizable:

@@ -7,22 +7,27 @@
 package mysql
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"database/sql/driver"
 	"embed"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	gomysql "github.com/go-sql-driver/mysql"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/kvsql/kvsql/backends"
+	"github.com/kvsql/kvsql/internal/dbnet"
 )
 
 //go:embed schema/*.sql
@@ -33,37 +38,59 @@ const MaxKeyBytes = 2048
 
 // Config configures Open.
 type Config struct {
-	// DSN is a go-sql-driver/mysql DSN: user:pass@tcp(host:3306)/db.
+	// DSN is a kvsql endpoint: [mysql://]user:pass@tcp(host:3306)/db with
+	// the driver's parameters and kvsql's TLS ones (see ParseEndpoint).
 	DSN string
 	// MaxOpenConns caps the connection pool (default 32).
 	MaxOpenConns int
-	Engine       backends.EngineConfig
+	// SessionTimeout is how long the server waits for a session of this
+	// instance that holds the write lock (a write transaction) or the
+	// leader lock and has gone silent — the instance froze or lost its
+	// network — before it ends the session, so that its locks pass on.
+	// 0 means backends.DefaultSessionTimeout. Whole seconds.
+	SessionTimeout time.Duration
+	Engine         backends.EngineConfig
 }
 
-// ParseEndpoint turns a kvsql endpoint (mysql://user:pass@tcp(host:port)/db)
-// into a driver config.
-func ParseEndpoint(endpoint string) (*gomysql.Config, error) {
-	dsn := strings.TrimPrefix(endpoint, "mysql://")
-	cfg, err := gomysql.ParseDSN(dsn)
-	if err != nil {
-		return nil, fmt.Errorf("mysql: parse endpoint (want mysql://user:pass@tcp(host:3306)/db): %w", err)
+// connCharset and connCollation are the character set every connection
+// uses, whatever the server's default. kvsql stores bytes, so the choice
+// matters only for how the server reads statement text: the write
+// connections send arguments escaped into the text (InterpolateParams), and
+// in a multibyte character set such as gbk or sjis a byte before the
+// escaping backslash can swallow it, so that a quote in a key ends the
+// string literal (SQL injection). utf8mb4 has no such sequence.
+const (
+	connCharset   = "utf8mb4"
+	connCollation = "utf8mb4_bin"
+)
+
+// setCharset makes every connection of dc use connCharset (the driver sends
+// SET NAMES after connecting, after any init_connect), and refuses session
+// variables in the endpoint that would change it again afterwards.
+func setCharset(dc *gomysql.Config) error {
+	for name := range dc.Params {
+		switch strings.ToLower(name) {
+		case "character_set_client", "character_set_connection", "character_set_results", "collation_connection", "names":
+			return fmt.Errorf("mysql: the endpoint sets %s; kvsql sets the connection character set itself (%s): remove it", name, connCharset)
+		}
 	}
-	if cfg.DBName == "" {
-		return nil, errors.New("mysql: the endpoint names no database (want mysql://user:pass@tcp(host:3306)/db)")
-	}
-	return cfg, nil
+	return dc.Apply(gomysql.Charset(connCharset, connCollation))
 }
 
 // Store is a backends.Engine on MySQL plus leader election and a member
 // registry for several instances sharing one database.
 type Store struct {
 	*backends.Engine
+	d      *dialect
 	db     *sql.DB
 	cfg    *gomysql.Config
 	leader string // GET_LOCK name, per database
+	log    *slog.Logger
 
 	leadMu   sync.Mutex // guards leadConn
 	leadConn *sql.Conn  // holds the leader lock while open
+	// sessionTimeout is Config.SessionTimeout in whole seconds.
+	sessionTimeout int
 }
 
 var _ backends.Backend = (*Store)(nil)
@@ -76,6 +103,17 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	dc.ClientFoundRows = true // UPDATE reports matched rows
 	dc.ParseTime = false
+	// Connections notice a dead server or network (dbnet) instead of
+	// hanging for the kernel's 15 minutes.
+	dc.DialFunc = dbnet.Dial
+	if dc.Timeout == 0 {
+		dc.Timeout = dbnet.ConnectTimeout
+	}
+	sessionSecs := max(1, int(cmp.Or(cfg.SessionTimeout, backends.DefaultSessionTimeout).Round(time.Second).Seconds()))
+	sessionTimeout := strconv.Itoa(sessionSecs)
+	if err := setCharset(dc); err != nil {
+		return nil, err
+	}
 	conn, err := gomysql.NewConnector(dc)
 	if err != nil {
 		return nil, fmt.Errorf("mysql: %w", err)
@@ -112,6 +150,27 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	// instead of assuming its 64 MiB default and having the server reset
 	// the connection.
 	wc.MaxAllowedPacket = 0
+	// A write transaction whose instance goes silent while it holds the
+	// write lock is ended by the server after the session timeout.
+	// MariaDB ends idle transactions (idle_transaction_timeout); MySQL has
+	// no such setting, so its write connections are closed after that
+	// long idle in or out of a transaction (wait_timeout), and the pool
+	// retires idle ones before the server does.
+	var version string
+	if err := db.QueryRowContext(ctx, `SELECT VERSION()`).Scan(&version); err != nil {
+		stmts.Close()
+		_ = db.Close()
+		return nil, fmt.Errorf("mysql: read the server version: %w", err)
+	}
+	mariaDB := strings.Contains(strings.ToLower(version), "mariadb")
+	if wc.Params == nil {
+		wc.Params = map[string]string{}
+	}
+	if mariaDB {
+		wc.Params["idle_transaction_timeout"] = sessionTimeout
+	} else {
+		wc.Params["wait_timeout"] = sessionTimeout
+	}
 	wconn, err := gomysql.NewConnector(wc)
 	if err != nil {
 		stmts.Close()
@@ -122,6 +181,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	wdb.SetMaxOpenConns(writerConns)
 	wdb.SetMaxIdleConns(writerConns)
 	wdb.SetConnMaxLifetime(time.Hour)
+	if !mariaDB {
+		wdb.SetConnMaxIdleTime(cmp.Or(cfg.SessionTimeout, backends.DefaultSessionTimeout) / 2)
+	}
 	var maxPacket int64
 	if err := db.QueryRowContext(ctx, `SELECT @@max_allowed_packet`).Scan(&maxPacket); err != nil {
 		stmts.Close()
@@ -131,7 +193,23 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	d := &dialect{db: db, wdb: wdb, stmts: stmts, inlineBytes: inlineBudget(maxPacket)}
 	cfg.Engine.MaxKeyBytes = MaxKeyBytes
-	return &Store{Engine: backends.NewEngine(d, cfg.Engine), db: db, cfg: dc, leader: leaderLock + "." + dc.DBName}, nil
+	if cfg.Engine.Database == "" {
+		cfg.Engine.Database = fmt.Sprintf("MySQL at %s/%s", dc.Addr, dc.DBName)
+	}
+	log := cfg.Engine.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Store{Engine: backends.NewEngine(d, cfg.Engine), d: d, db: db, cfg: dc, leader: leaderLock + "." + dc.DBName, log: log, sessionTimeout: sessionSecs}, nil
+}
+
+var _ backends.PoolReporter = (*Store)(nil)
+
+// PoolStats implements backends.PoolReporter: the pool of reads and
+// leases ("mysql") and the group-commit writer's ("mysql_writer").
+func (s *Store) PoolStats() []backends.PoolStats {
+	d := s.d
+	return []backends.PoolStats{backends.SQLPoolStats("mysql", d.db), backends.SQLPoolStats("mysql_writer", d.wdb)}
 }
 
 // DB returns the connection pool.
@@ -146,24 +224,27 @@ func (s *Store) Close() error {
 	err := s.Engine.Close()
 	s.leadMu.Lock()
 	if s.leadConn != nil {
-		_ = s.leadConn.Close()
+		discardConn(s.leadConn)
 		s.leadConn = nil
 	}
 	s.leadMu.Unlock()
 	return err
 }
 
-// TryLead reports whether this instance holds the leader lock (GET_LOCK on
-// a connection of its own), taking it if free. If this process dies its
-// session ends and the server releases the lock.
-func (s *Store) TryLead(ctx context.Context) (bool, error) {
+// TryLead reports whether this instance (member self) holds the leader
+// lock (GET_LOCK on a connection of its own), taking it if it is free and
+// no leader move to another instance is in progress. If this process dies
+// its session ends and the server releases the lock.
+func (s *Store) TryLead(ctx context.Context, self uint64) (bool, error) {
 	s.leadMu.Lock()
 	defer s.leadMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, backends.LeaderCheckTimeout)
+	defer cancel()
 	if s.leadConn != nil {
 		if err := s.leadConn.PingContext(ctx); err == nil {
 			return true, nil
 		}
-		_ = s.leadConn.Close()
+		discardConn(s.leadConn)
 		s.leadConn = nil
 	}
 	c, err := s.db.Conn(ctx)
@@ -171,29 +252,87 @@ func (s *Store) TryLead(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	var got sql.NullInt64
-	if err := c.QueryRowContext(ctx, qGetLock, s.leader, 0).Scan(&got); err != nil {
-		_ = c.Close()
+	if err := c.QueryRowContext(ctx, qTryLead, self, s.leader).Scan(&got); err != nil {
+		discardConn(c)
 		return false, err
 	}
 	if got.Int64 != 1 {
 		_ = c.Close()
 		return false, nil
 	}
+	// The lock lives as long as this session: if this instance goes
+	// silent (frozen, partitioned), the server ends the session after the
+	// session timeout and the lock passes on. TryLead's pings keep it
+	// busy while the instance runs.
+	if _, err := c.ExecContext(ctx, qSessionWaitTimeout, s.sessionTimeout); err != nil {
+		discardConn(c)
+		return false, err
+	}
 	s.leadConn = c
+	if _, err := c.ExecContext(ctx, qMoveDone, self); err != nil {
+		// The move expires on its own; the lock is held all the same.
+		s.log.Warn("ending the leader move failed", "err", err)
+	}
 	return true, nil
 }
 
-// Heartbeat records this instance as alive, and as the leader if m.Leader
-// (clearing any other instance's stale leader mark).
-func (s *Store) Heartbeat(ctx context.Context, m backends.Member) error {
-	if _, err := s.db.ExecContext(ctx, qHeartbeat, m.ID, m.Name, strings.Join(m.ClientURLs, ","), m.Leader); err != nil {
-		return err
-	}
-	if !m.Leader {
+// Resign gives up the leader lock if this instance holds it: the session
+// holding it is closed, not returned to the pool.
+func (s *Store) Resign(ctx context.Context) error {
+	s.leadMu.Lock()
+	defer s.leadMu.Unlock()
+	if s.leadConn == nil {
 		return nil
 	}
-	_, err := s.db.ExecContext(ctx, qUnmarkLeaders, m.ID)
+	_, err := s.leadConn.ExecContext(ctx, qReleaseLck, s.leader)
+	discardConn(s.leadConn)
+	s.leadConn = nil
 	return err
+}
+
+// MoveLeader records that only member target may take the leader lock for
+// the next ttl, so that when the leader resigns no other instance takes it.
+func (s *Store) MoveLeader(ctx context.Context, target uint64, ttl time.Duration) error {
+	_, err := s.db.ExecContext(ctx, qMoveLeader, target, ttl.Milliseconds())
+	return err
+}
+
+// discardConn closes c's session instead of returning it to the pool (a
+// named lock dies with its session).
+func discardConn(c *sql.Conn) {
+	_ = c.Raw(func(any) error { return driver.ErrBadConn })
+	_ = c.Close()
+}
+
+// Heartbeat records this instance as alive, and as the leader if m.Leader
+// (clearing any other instance's stale leader mark). The leader's marks
+// are written on the session that holds the leader lock: an instance that
+// lost the lock while it was frozen cannot mark itself leader again on the
+// strength of what it held before (its session was ended).
+func (s *Store) Heartbeat(ctx context.Context, m backends.Member) error {
+	if !m.Leader {
+		_, err := s.db.ExecContext(ctx, qHeartbeat, m.ID, m.Name, strings.Join(m.ClientURLs, ","), false)
+		return err
+	}
+	s.leadMu.Lock()
+	defer s.leadMu.Unlock()
+	if s.leadConn == nil {
+		return backends.ErrNotLeader
+	}
+	for _, st := range []struct {
+		q    string
+		args []any
+	}{
+		{qHeartbeat, []any{m.ID, m.Name, strings.Join(m.ClientURLs, ","), true}},
+		{qUnmarkLeaders, []any{m.ID}},
+	} {
+		if _, err := s.leadConn.ExecContext(ctx, st.q, st.args...); err != nil {
+			discardConn(s.leadConn)
+			s.leadConn = nil
+			return fmt.Errorf("%w: %w", backends.ErrNotLeader, err)
+		}
+	}
+	return nil
 }
 
 // Members lists instances that sent a heartbeat within maxAge.
@@ -241,18 +380,20 @@ func migrate(ctx context.Context, db *sql.DB, lock string) error {
 	if _, err := c.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS kv_schema (version INT NOT NULL) ENGINE=InnoDB`); err != nil {
 		return err
 	}
-	var have int
-	if err := c.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM kv_schema`).Scan(&have); err != nil {
+	rows, err := c.QueryContext(ctx, `SELECT version FROM kv_schema`)
+	if err != nil {
+		return err
+	}
+	applied, err := backends.ScanVersions(rows)
+	_ = rows.Close()
+	if err != nil {
 		return err
 	}
 	ms, err := backends.Migrations(schemaFS, "schema")
 	if err != nil {
 		return err
 	}
-	for _, m := range ms {
-		if m.Version <= have {
-			continue
-		}
+	for _, m := range backends.Pending(ms, applied) {
 		for _, stmt := range splitStatements(m.SQL) {
 			if _, err := c.ExecContext(ctx, stmt); err != nil && !alreadyApplied(err) {
 				return fmt.Errorf("migration %s: %w", m.Name, err)
@@ -319,7 +460,7 @@ func (d *dialect) BeginRead(ctx context.Context) (backends.Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &txn{tx: tx, st: backends.StmtTx{Tx: tx, Prepared: d.stmts}}, nil
+	return &txn{tx: tx, st: &backends.StmtTx{Tx: tx, Prepared: d.stmts}}, nil
 }
 
 func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
@@ -454,36 +595,103 @@ func (d *dialect) GetLatestMany(ctx context.Context, keys [][]byte, keysOnly boo
 	return backends.ScanLatest(rows)
 }
 
+// BeginCompact implements backends.Dialect: a READ COMMITTED transaction
+// on the read pool (prepared statements) that does not touch kv_meta. READ
+// COMMITTED keeps InnoDB from taking gap locks on the key index, where
+// writers insert.
+func (d *dialect) BeginCompact(ctx context.Context) (backends.CompactTx, error) {
+	tx, err := d.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		return nil, err
+	}
+	return &compactTx{tx: tx, st: backends.StmtTx{Tx: tx, Prepared: d.stmts}}, nil
+}
+
+// refusedErrors are the server errors that refuse a write for what it
+// writes; the statement fails, and kvsql's multi-statement writes stop
+// before their COMMIT.
+var refusedErrors = map[uint16]bool{
+	1048: true, // ER_BAD_NULL_ERROR
+	1062: true, // ER_DUP_ENTRY
+	1153: true, // ER_NET_PACKET_TOO_LARGE
+	1264: true, // ER_WARN_DATA_OUT_OF_RANGE
+	1366: true, // ER_TRUNCATED_WRONG_VALUE_FOR_FIELD
+	1406: true, // ER_DATA_TOO_LONG
+	1644: true, // ER_SIGNAL_EXCEPTION (a trigger's SIGNAL)
+	3819: true, // ER_CHECK_CONSTRAINT_VIOLATED (MySQL)
+	4025: true, // ER_CONSTRAINT_FAILED (MariaDB)
+}
+
+// RefusedWrite implements backends.Dialect.
+func (d *dialect) RefusedWrite(err error) bool {
+	var me *gomysql.MySQLError
+	if errors.As(err, &me) {
+		return refusedErrors[me.Number]
+	}
+	// The driver refuses a packet over max_allowed_packet before sending it.
+	return errors.Is(err, gomysql.ErrPktTooLarge)
+}
+
+// Size implements backends.Dialect (see qSize).
 func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
 	var size, inUse int64
 	err := d.db.QueryRowContext(ctx, qSize).Scan(&size, &inUse)
 	return size, inUse, err
 }
 
+// Defragment implements backends.Dialect (see qOptimize). OPTIMIZE TABLE
+// reports a failure as a result row, not as an error.
 func (d *dialect) Defragment(ctx context.Context) error {
-	rows, err := d.db.QueryContext(ctx, `OPTIMIZE TABLE kv_log, kv_current, kv_lease`)
+	rows, err := d.db.QueryContext(ctx, qOptimize)
 	if err != nil {
 		return err
 	}
-	return rows.Close()
+	defer rows.Close()
+	var errs []error
+	for rows.Next() {
+		var table, op, kind, text string
+		if err := rows.Scan(&table, &op, &kind, &text); err != nil {
+			return err
+		}
+		if strings.EqualFold(kind, "error") {
+			errs = append(errs, fmt.Errorf("optimize %s: %s", table, text))
+		}
+	}
+	return errors.Join(append(errs, rows.Err())...)
+}
+
+var _ backends.ErrorClasser = (*dialect)(nil)
+
+// ErrorClass implements backends.ErrorClasser: the server's error number
+// ("mysql error 1205" lock wait timeout, 1213 deadlock, 1040 too many
+// connections, ...), or "connection" for the driver's broken connection.
+func (d *dialect) ErrorClass(err error) string {
+	var me *gomysql.MySQLError
+	switch {
+	case errors.As(err, &me):
+		return fmt.Sprintf("mysql error %d", me.Number)
+	case errors.Is(err, gomysql.ErrInvalidConn):
+		return "connection"
+	}
+	return ""
 }
 
 var _ backends.ChangesReader = (*dialect)(nil)
 
 // ReadChanges implements backends.ChangesReader: one statement.
-func (d *dialect) ReadChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error) {
+func (d *dialect) ReadChanges(ctx context.Context, after, upTo int64, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error) {
 	rows, err := d.stmts.Stmt(qChangesUpToCurrent).QueryContext(ctx, after, upTo)
 	if err != nil {
 		return 0, 0, nil, err
 	}
 	defer rows.Close()
-	return backends.ScanChanges(rows)
+	return backends.ScanChanges(rows, maxBytes)
 }
 
 // TailChanges implements backends.ChangesReader on a connection of the
 // read pool kept for it, with the statement prepared on it once. After an
 // error both are released and taken again on the next call.
-func (d *dialect) TailChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error) {
+func (d *dialect) TailChanges(ctx context.Context, after, upTo int64, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error) {
 	d.tailMu.Lock()
 	defer d.tailMu.Unlock()
 	if d.tail == nil {
@@ -500,7 +708,7 @@ func (d *dialect) TailChanges(ctx context.Context, after, upTo int64) (cur, comp
 	}
 	rows, err := d.tailStmt.QueryContext(ctx, after, upTo)
 	if err == nil {
-		cur, compact, evs, err = backends.ScanChanges(rows)
+		cur, compact, evs, err = backends.ScanChanges(rows, maxBytes)
 		if cerr := rows.Close(); err == nil {
 			err = cerr
 		}
@@ -838,21 +1046,22 @@ func nonNil(b []byte) []byte {
 	return b
 }
 
-func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error) {
+func (t *txn) Changes(ctx context.Context, after, upTo int64, maxBytes int) ([]*mvccpb.Event, error) {
 	rows, err := t.st.Query(ctx, qChanges, after, upTo)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	return backends.ScanEvents(rows)
+	return backends.ScanEvents(rows, maxBytes)
 }
 
-func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error) {
-	res, err := t.st.Exec(ctx, qDeleteHistory, from, to, compact, compact)
+func (t *txn) History(ctx context.Context, afterRev, afterSub int64, limit int) ([]backends.LogRow, error) {
+	rows, err := t.st.Query(ctx, qHistory, afterRev, afterRev, afterSub, limit)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	return res.RowsAffected()
+	defer rows.Close()
+	return backends.ScanLogRows(rows)
 }
 
 func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {
@@ -912,6 +1121,32 @@ func (t *txn) ExpiredLeases(ctx context.Context, limit int) ([]int64, error) {
 	return t.queryIDs(ctx, qLeaseExpired, limit)
 }
 
+func (t *txn) AlarmList(ctx context.Context) ([]*pb.AlarmMember, error) {
+	rows, err := t.st.Query(ctx, qAlarms)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanAlarms(rows)
+}
+
+func (t *txn) AlarmInsert(ctx context.Context, member uint64, alarm int32) (bool, error) {
+	return changed(t.st.Exec(ctx, qAlarmInsert, member, alarm))
+}
+
+func (t *txn) AlarmDelete(ctx context.Context, member uint64, alarm int32) (bool, error) {
+	return changed(t.st.Exec(ctx, qAlarmDelete, member, alarm))
+}
+
+// changed reports whether a statement changed a row.
+func changed(res sql.Result, err error) (bool, error) {
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
 func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, error) {
 	rows, err := t.st.Query(ctx, q, args...)
 	if err != nil {
@@ -919,4 +1154,59 @@ func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, err
 	}
 	defer rows.Close()
 	return backends.ScanIDs(rows)
+}
+
+// compactTx implements backends.CompactTx.
+type compactTx struct {
+	tx *sql.Tx
+	st backends.StmtTx
+}
+
+func (c *compactTx) CleanedTo(ctx context.Context) (int64, error) {
+	var rev int64
+	err := c.st.QueryRow(ctx, qCleanedTo, nil, &rev)
+	return rev, err
+}
+
+func (c *compactTx) SetCleanedTo(ctx context.Context, rev int64) error {
+	_, err := c.st.Exec(ctx, qSetCleanedTo, rev)
+	return err
+}
+
+func (c *compactTx) StepEnd(ctx context.Context, from, upTo int64, limit int) (int64, error) {
+	var rev int64
+	err := c.st.QueryRow(ctx, qStepEnd, []any{from, upTo, limit}, &rev)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return rev, err
+}
+
+func (c *compactTx) DeleteSuperseded(ctx context.Context, compact, from, to int64) (int64, error) {
+	older, err := c.st.Exec(ctx, qDeleteSuperseded, from, to, compact, compact)
+	if err != nil {
+		return 0, err
+	}
+	tombs, err := c.st.Exec(ctx, qDeleteTombstones, from, to, compact)
+	if err != nil {
+		return 0, err
+	}
+	n, err := older.RowsAffected()
+	if err != nil {
+		return 0, err
+	}
+	m, err := tombs.RowsAffected()
+	return n + m, err
+}
+
+func (c *compactTx) Commit() error   { return c.tx.Commit() }
+func (c *compactTx) Rollback() error { return c.tx.Rollback() }
+
+func (t *txn) LeaseRows(ctx context.Context, afterID int64, limit int) ([]backends.Lease, error) {
+	rows, err := t.st.Query(ctx, qLeaseRows, afterID, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanLeases(rows)
 }

@@ -71,13 +71,22 @@ const (
 		LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.k = l.k AND p.rev = l.prev_rev AND p.deleted = 0
 		WHERE m.id = 1 ORDER BY l.rev, l.sub`
 
-	// qDeleteHistory takes (from, to, compact, compact). MySQL cannot
-	// delete from a table it reads in a subquery, so the rows to delete are
-	// selected through a derived table.
-	qDeleteHistory = `DELETE o FROM kv_log o JOIN (
-			SELECT l.rev, l.sub FROM kv_log l WHERE l.rev >= ? AND l.rev < ? AND l.rev < ? AND (l.deleted = 1 OR EXISTS
-				(SELECT 1 FROM kv_log n WHERE n.k = l.k AND (n.rev, n.sub) > (l.rev, l.sub) AND n.rev <= ?))
-		) d ON o.rev = d.rev AND o.sub = d.sub`
+	// qHistory pages through kv_log in (rev, sub) order; it takes
+	// (afterRev, afterRev, afterSub, limit).
+	qHistory = `SELECT rev, sub, k, deleted, create_rev, prev_rev, version, lease, v FROM kv_log
+		WHERE rev >= ? AND (rev > ? OR sub > ?) ORDER BY rev, sub LIMIT ?`
+
+	// Compaction's cleanup (backends.CompactTx). qDeleteSuperseded takes
+	// (from, to, compact, compact): for each row n of the step, the older
+	// rows of its key below compact go, found through kv_log_key_rev.
+	// qDeleteTombstones takes (from, to, compact).
+	qCleanedTo        = `SELECT cleaned_rev FROM kv_compact WHERE id = 1 FOR UPDATE`
+	qSetCleanedTo     = `UPDATE kv_compact SET cleaned_rev = ? WHERE id = 1`
+	qStepEnd          = `SELECT rev FROM kv_log WHERE rev >= ? AND rev <= ? ORDER BY rev, sub LIMIT ?, 1`
+	qDeleteSuperseded = `DELETE o FROM kv_log n JOIN kv_log o
+			ON o.k = n.k AND o.rev <= n.rev AND (o.rev < n.rev OR o.sub < n.sub)
+		WHERE n.rev >= ? AND n.rev < ? AND n.rev <= ? AND o.rev < ?`
+	qDeleteTombstones = `DELETE FROM kv_log WHERE rev >= ? AND rev < ? AND rev < ? AND deleted = 1`
 
 	qLeaseInsert  = `INSERT IGNORE INTO kv_lease (id, ttl, expiry_ms) VALUES (?, ?, ` + nowMS + ` + ? * 1000)`
 	qLeaseGet     = `SELECT ttl, expiry_ms - ` + nowMS + ` FROM kv_lease WHERE id = ?`
@@ -88,13 +97,35 @@ const (
 	qLeaseKeys    = `SELECT k, create_rev, mod_rev, version, lease, v FROM kv_current WHERE lease = ? ORDER BY k`
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
 	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry_ms <= ` + nowMS + ` ORDER BY expiry_ms LIMIT ?`
+	qLeaseRows    = `SELECT id, ttl, expiry_ms - ` + nowMS + ` FROM kv_lease WHERE id > ? ORDER BY id LIMIT ?`
 
-	// InnoDB's data_free (free space in the tablespace) can exceed a
-	// table's data and indexes; the columns are unsigned, so subtract as
-	// signed and floor each table at 0.
-	qSize = `SELECT COALESCE(SUM(data_length + index_length), 0),
-		COALESCE(SUM(GREATEST(CAST(data_length + index_length AS SIGNED) - CAST(data_free AS SIGNED), 0)), 0)
-		FROM information_schema.tables WHERE table_schema = DATABASE()`
+	qAlarms      = `SELECT member_id, alarm FROM kv_alarm ORDER BY member_id, alarm`
+	qAlarmInsert = `INSERT IGNORE INTO kv_alarm (member_id, alarm) VALUES (?, ?)`
+	qAlarmDelete = `DELETE FROM kv_alarm WHERE member_id = ? AND alarm = ?`
+
+	// qSize measures kvsql's tables (kv_*) from InnoDB's table statistics:
+	// allocated is data, indexes and the free space of each table's
+	// tablespace (data_free, which can exceed the data itself), in use is
+	// data and indexes. InnoDB refreshes data_length and index_length
+	// when it recalculates a table's statistics (after about a tenth of
+	// its rows changed, and at OPTIMIZE or ANALYZE TABLE).
+	qSize = `SELECT COALESCE(SUM(data_length + index_length + data_free), 0), COALESCE(SUM(data_length + index_length), 0)
+		FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name LIKE 'kv\\_%'`
+
+	// qOptimize rebuilds kvsql's growing tables, which gives their free
+	// space back to the file system (InnoDB recreates the table, online,
+	// and analyzes it).
+	qOptimize = `OPTIMIZE TABLE kv_log, kv_current, kv_lease`
+
+	// qTryLead takes the leader lock if it is free, unless a leader move
+	// to another instance (the second argument is this one) is in
+	// progress; IF evaluates GET_LOCK only when no such move is.
+	qTryLead = `SELECT IF(EXISTS (SELECT 1 FROM kv_leader_move WHERE target <> ? AND until_ms > ` + nowMS + `), 0, GET_LOCK(?, 0))`
+	// qMoveDone ends a leader move once its target holds the lock.
+	qMoveDone = `DELETE FROM kv_leader_move WHERE target = ?`
+	// qMoveLeader records a leader move to a target for some milliseconds.
+	qMoveLeader = `INSERT INTO kv_leader_move (id, target, until_ms) VALUES (1, ?, ` + nowMS + ` + ?)
+		ON DUPLICATE KEY UPDATE target = VALUES(target), until_ms = VALUES(until_ms)`
 
 	qHeartbeat = `INSERT INTO kv_member (id, name, client_urls, heartbeat_ms, leader) VALUES (?, ?, ?, ` + nowMS + `, ?)
 		ON DUPLICATE KEY UPDATE name = VALUES(name), client_urls = VALUES(client_urls), heartbeat_ms = VALUES(heartbeat_ms), leader = VALUES(leader)`
@@ -130,7 +161,10 @@ const (
 	leaderLock  = "kvsql_leader"
 	migrateLock = "kvsql_migrate"
 	qGetLock    = `SELECT GET_LOCK(?, ?)`
-	qReleaseLck = `SELECT RELEASE_LOCK(?)`
+	// qSessionWaitTimeout ends the leader lock's session when it has been
+	// idle for the session timeout (its instance froze or lost its network).
+	qSessionWaitTimeout = `SET SESSION wait_timeout = ?`
+	qReleaseLck         = `SELECT RELEASE_LOCK(?)`
 )
 
 // qGetLatestMany returns qGetLatest for n keys, (keysOnly, key...): one row
@@ -149,9 +183,10 @@ var statements = append([]string{
 	qRevisions, qSetRevision, qSetCompact, qGetLatest,
 	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
-	qChanges, qChangesUpToCurrent, qDeleteHistory,
-	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseTTL, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
-	qAuthMeta, qTokenUser,
+	qChanges, qChangesUpToCurrent, qHistory,
+	qCleanedTo, qSetCleanedTo, qStepEnd, qDeleteSuperseded, qDeleteTombstones,
+	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseTTL, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired, qLeaseRows,
+	qAlarms, qAuthMeta, qTokenUser,
 }, getManyStatements()...)
 
 func getManyStatements() []string {

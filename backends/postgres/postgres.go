@@ -7,6 +7,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"embed"
 	"errors"
@@ -15,27 +16,44 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/kvsql/kvsql/backends"
+	"github.com/kvsql/kvsql/internal/dbnet"
 )
 
 //go:embed schema/*.sql
 var schemaFS embed.FS
 
+// MaxKeyBytes is the longest key this dialect stores. A btree index entry
+// holds at most about 2700 bytes (a third of a page), and kv_log's key index
+// holds the key with its revision; a key close to that limit would fail in
+// the database, inside a group commit. Keys are refused above 2048 bytes,
+// MySQL's limit too, before they reach the database.
+const MaxKeyBytes = 2048
+
 // Config configures Open.
 type Config struct {
 	// URL is a libpq-style connection URL or DSN, parsed by
-	// pgxpool.ParseConfig (pool_max_conns, sslmode, ... are honoured).
+	// pgxpool.ParseConfig (pool_max_conns, sslmode, sslrootcert, ... are
+	// honoured). Open's errors never contain it.
 	URL string
 	// StatementTimeout, if set, bounds every statement on the server.
 	StatementTimeout time.Duration
-	Engine           backends.EngineConfig
+	// SessionTimeout is how long the server waits for a session of this
+	// instance that holds the write lock (a write transaction) or the
+	// leader lock and has gone silent — the instance froze or lost its
+	// network — before it ends the session, so that its locks pass on.
+	// 0 means backends.DefaultSessionTimeout.
+	SessionTimeout time.Duration
+	Engine         backends.EngineConfig
 }
 
 // Store is a backends.Engine on PostgreSQL plus what several instances
@@ -47,6 +65,12 @@ type Store struct {
 
 	leadMu   sync.Mutex // guards leadConn
 	leadConn *pgx.Conn  // holds the leader advisory lock while open
+	// sessionTimeout is Config.SessionTimeout in milliseconds, as a
+	// setting's text.
+	sessionTimeout string
+	// oldServer is set once a server without idle_session_timeout (before
+	// PostgreSQL 14) was seen, so that it is reported once.
+	oldServer atomic.Bool
 }
 
 var _ backends.Backend = (*Store)(nil)
@@ -55,11 +79,18 @@ var _ backends.Backend = (*Store)(nil)
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	pcfg, err := pgxpool.ParseConfig(cfg.URL)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: parse endpoint: %w", err)
+		return nil, parseError(err)
 	}
 	if cfg.StatementTimeout > 0 {
 		pcfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(cfg.StatementTimeout.Milliseconds(), 10)
 	}
+	// Connections notice a dead server or network (dbnet) instead of
+	// hanging for the kernel's 15 minutes.
+	pcfg.ConnConfig.DialFunc = dbnet.Dial
+	if pcfg.ConnConfig.ConnectTimeout == 0 {
+		pcfg.ConnConfig.ConnectTimeout = dbnet.ConnectTimeout
+	}
+	sessionTimeout := cmp.Or(cfg.SessionTimeout, backends.DefaultSessionTimeout)
 	if cfg.Engine.GetsInFlight == 0 {
 		// Half the pool at most, so that the writer and other reads
 		// find a connection without waiting behind Gets, and fewer
@@ -82,8 +113,23 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &dialect{pool: pool}
-	return &Store{Engine: backends.NewEngine(d, cfg.Engine), pool: pool, log: log}, nil
+	timeout := strconv.FormatInt(sessionTimeout.Milliseconds(), 10)
+	d := &dialect{pool: pool, sessionTimeout: timeout}
+	cfg.Engine.MaxKeyBytes = MaxKeyBytes
+	if cfg.Engine.Database == "" {
+		cfg.Engine.Database = fmt.Sprintf("PostgreSQL at %s:%d/%s", pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, pcfg.ConnConfig.Database)
+	}
+	return &Store{Engine: backends.NewEngine(d, cfg.Engine), pool: pool, log: log, sessionTimeout: timeout}, nil
+}
+
+var _ backends.PoolReporter = (*Store)(nil)
+
+// PoolStats implements backends.PoolReporter: the pgxpool (the LISTEN,
+// tailer and leader connections are hijacked from it and not counted).
+func (s *Store) PoolStats() []backends.PoolStats {
+	st := s.pool.Stat()
+	return []backends.PoolStats{{Name: "postgres", MaxOpen: int(st.MaxConns()), Open: int(st.TotalConns()),
+		InUse: int(st.AcquiredConns()), Idle: int(st.IdleConns()), WaitCount: st.EmptyAcquireCount(), WaitDuration: st.EmptyAcquireWaitTime()}}
 }
 
 // Pool returns the connection pool (notify/pgnotify takes its listener
@@ -102,13 +148,16 @@ func (s *Store) Close() error {
 	return err
 }
 
-// TryLead reports whether this instance holds the leader lock, taking it if
-// it is free. The lock is a session advisory lock on a connection of its
-// own: if this process dies, PostgreSQL drops the session and the lock, and
-// another instance takes over on its next try.
-func (s *Store) TryLead(ctx context.Context) (bool, error) {
+// TryLead reports whether this instance (member self) holds the leader
+// lock, taking it if it is free and no leader move to another instance is
+// in progress. The lock is a session advisory lock on a connection of its
+// own: if this process dies, PostgreSQL drops the session and the lock,
+// and another instance takes over on its next try.
+func (s *Store) TryLead(ctx context.Context, self uint64) (bool, error) {
 	s.leadMu.Lock()
 	defer s.leadMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, backends.LeaderCheckTimeout)
+	defer cancel()
 	if s.leadConn != nil {
 		if err := s.leadConn.Ping(ctx); err == nil {
 			return true, nil
@@ -122,7 +171,7 @@ func (s *Store) TryLead(ctx context.Context) (bool, error) {
 	}
 	conn := c.Hijack()
 	var ok bool
-	if err := conn.QueryRow(ctx, qTryLead, int64(leaderLockKey)).Scan(&ok); err != nil {
+	if err := conn.QueryRow(ctx, qTryLead, int64(leaderLockKey), int64(self)).Scan(&ok); err != nil {
 		_ = conn.Close(context.Background())
 		return false, err
 	}
@@ -130,24 +179,75 @@ func (s *Store) TryLead(ctx context.Context) (bool, error) {
 		_ = conn.Close(context.Background())
 		return false, nil
 	}
+	// The lock lives as long as this session: if this instance goes
+	// silent (frozen, partitioned), the server ends the session after the
+	// session timeout and the lock passes on. TryLead's pings keep it
+	// busy while the instance runs.
+	if _, err := conn.Exec(ctx, qIdleSessionTimeout, s.sessionTimeout); err != nil {
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "42704" { // undefined_object: before PostgreSQL 14
+			_ = conn.Close(context.Background())
+			return false, err
+		}
+		if !s.oldServer.Swap(true) {
+			s.log.Warn("this PostgreSQL has no idle_session_timeout (it came in version 14): if the instance holding the leader lock freezes, the lock stays with it until its connection breaks")
+		}
+	}
 	s.leadConn = conn
+	if _, err := conn.Exec(ctx, qMoveDone, int64(self)); err != nil {
+		// The move expires on its own; the lock is held all the same.
+		s.log.Warn("ending the leader move failed", "err", err)
+	}
 	return true, nil
+}
+
+// Resign gives up the leader lock (by ending its session) if this
+// instance holds it.
+func (s *Store) Resign(ctx context.Context) error {
+	s.leadMu.Lock()
+	defer s.leadMu.Unlock()
+	if s.leadConn == nil {
+		return nil
+	}
+	err := s.leadConn.Close(ctx)
+	s.leadConn = nil
+	return err
+}
+
+// MoveLeader records that only member target may take the leader lock for
+// the next ttl, so that when the leader resigns no other instance takes it.
+func (s *Store) MoveLeader(ctx context.Context, target uint64, ttl time.Duration) error {
+	_, err := s.pool.Exec(ctx, qMoveLeader, int64(target), ttl.Milliseconds())
+	return err
 }
 
 // Member is one live instance.
 type Member = backends.Member
 
 // Heartbeat records this instance as alive, and as the leader if m.Leader
-// (clearing any other instance's stale leader mark).
+// (clearing any other instance's stale leader mark). The leader's marks
+// are written on the session that holds the leader lock: an instance that
+// lost the lock while it was frozen cannot mark itself leader again on the
+// strength of what it held before (its session was ended).
 func (s *Store) Heartbeat(ctx context.Context, m backends.Member) error {
-	if _, err := s.pool.Exec(ctx, qHeartbeat, int64(m.ID), m.Name, strings.Join(m.ClientURLs, ","), m.Leader); err != nil {
+	if !m.Leader {
+		_, err := s.pool.Exec(ctx, qHeartbeat, int64(m.ID), m.Name, strings.Join(m.ClientURLs, ","), false)
 		return err
 	}
-	if !m.Leader {
-		return nil
+	s.leadMu.Lock()
+	defer s.leadMu.Unlock()
+	if s.leadConn == nil {
+		return backends.ErrNotLeader
 	}
-	_, err := s.pool.Exec(ctx, qUnmarkLeaders, int64(m.ID))
-	return err
+	b := &pgx.Batch{}
+	b.Queue(qHeartbeat, int64(m.ID), m.Name, strings.Join(m.ClientURLs, ","), true)
+	b.Queue(qUnmarkLeaders, int64(m.ID))
+	if err := s.leadConn.SendBatch(ctx, b).Close(); err != nil {
+		_ = s.leadConn.Close(context.Background())
+		s.leadConn = nil
+		return fmt.Errorf("%w: %w", backends.ErrNotLeader, err)
+	}
+	return nil
 }
 
 // Members lists instances that sent a heartbeat within maxAge.
@@ -195,18 +295,20 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS kv_schema (version integer NOT NULL)`); err != nil {
 		return err
 	}
-	var have int
-	if err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(version), 0) FROM kv_schema`).Scan(&have); err != nil {
+	rows, err := tx.Query(ctx, `SELECT version FROM kv_schema`)
+	if err != nil {
+		return err
+	}
+	applied, err := backends.ScanVersions(rows)
+	rows.Close()
+	if err != nil {
 		return err
 	}
 	ms, err := backends.Migrations(schemaFS, "schema")
 	if err != nil {
 		return err
 	}
-	for _, m := range ms {
-		if m.Version <= have {
-			continue
-		}
+	for _, m := range backends.Pending(ms, applied) {
 		if _, err := tx.Exec(ctx, m.SQL); err != nil {
 			return fmt.Errorf("migration %s: %w", m.Name, err)
 		}
@@ -219,6 +321,9 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 
 type dialect struct {
 	pool *pgxpool.Pool
+	// sessionTimeout is idle_in_transaction_session_timeout for write
+	// transactions (milliseconds, as a setting's text).
+	sessionTimeout string
 
 	tailMu sync.Mutex // guards tail
 	tail   *pgx.Conn  // TailChanges' own connection; nil until first used
@@ -255,6 +360,10 @@ func (d *dialect) BeginBatch(ctx context.Context, keys [][]byte) (backends.Tx, [
 	t := &txn{q: c, conn: c, locked: true}
 	b := &pgx.Batch{}
 	b.Queue(qBeginWrite)
+	// A transaction holding the write lock whose instance goes silent is
+	// ended by the server after the session timeout (before the lock, so
+	// that a wait for it counts as well).
+	b.Queue(qIdleTxTimeout, d.sessionTimeout)
 	b.Queue(qLockMeta).QueryRow(func(r pgx.Row) error { return r.Scan(&t.lockedRev, &t.lockedCompact) })
 	var kvs []*mvccpb.KeyValue
 	if len(keys) > 0 {
@@ -274,19 +383,19 @@ func (d *dialect) BeginBatch(ctx context.Context, keys [][]byte) (backends.Tx, [
 var _ backends.ChangesReader = (*dialect)(nil)
 
 // ReadChanges implements backends.ChangesReader: one statement.
-func (d *dialect) ReadChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error) {
+func (d *dialect) ReadChanges(ctx context.Context, after, upTo int64, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error) {
 	rows, err := d.pool.Query(ctx, qChangesUpToCurrent, after, upTo)
 	if err != nil {
 		return 0, 0, nil, err
 	}
 	defer rows.Close()
-	return backends.ScanChanges(rows)
+	return backends.ScanChanges(rows, maxBytes)
 }
 
 // TailChanges implements backends.ChangesReader on a connection taken from
 // the pool once and kept (hijacked: the pool never hands it out). After an
 // error it is closed and replaced on the next call.
-func (d *dialect) TailChanges(ctx context.Context, after, upTo int64) (cur, compact int64, evs []*mvccpb.Event, err error) {
+func (d *dialect) TailChanges(ctx context.Context, after, upTo int64, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error) {
 	d.tailMu.Lock()
 	defer d.tailMu.Unlock()
 	if d.tail == nil {
@@ -298,8 +407,11 @@ func (d *dialect) TailChanges(ctx context.Context, after, upTo int64) (cur, comp
 	}
 	rows, err := d.tail.Query(ctx, qChangesUpToCurrent, after, upTo)
 	if err == nil {
-		cur, compact, evs, err = backends.ScanChanges(rows)
+		cur, compact, evs, err = backends.ScanChanges(rows, maxBytes)
 		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
 	}
 	if err != nil {
 		_ = d.tail.Close(context.Background())
@@ -333,22 +445,60 @@ func (d *dialect) GetLatestMany(ctx context.Context, keys [][]byte, keysOnly boo
 	return backends.ScanLatest(rows)
 }
 
-func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
-	var n int64
-	if err := d.pool.QueryRow(ctx, qSize).Scan(&n); err != nil {
-		return 0, 0, err
+// BeginCompact implements backends.Dialect: a READ COMMITTED transaction
+// that does not touch kv_meta.
+func (d *dialect) BeginCompact(ctx context.Context) (backends.CompactTx, error) {
+	tx, err := d.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if err != nil {
+		return nil, err
 	}
-	return n, n, nil
+	return &compactTx{tx: tx}, nil
 }
 
-// Defragment runs VACUUM on kvsql's tables (VACUUM FULL would lock them).
+// RefusedWrite implements backends.Dialect: a data exception (class 22), an
+// integrity constraint (23) or a program limit such as an index row too
+// large (54). The server then aborts the transaction.
+func (d *dialect) RefusedWrite(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || len(pe.Code) < 2 {
+		return false
+	}
+	switch pe.Code[:2] {
+	case "22", "23", "54":
+		return true
+	}
+	return false
+}
+
+// Size implements backends.Dialect (see qSize).
+func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
+	var total, inUse int64
+	if err := d.pool.QueryRow(ctx, qSize).Scan(&total, &inUse); err != nil {
+		return 0, 0, err
+	}
+	return total, inUse, nil
+}
+
+// Defragment runs VACUUM (ANALYZE) on kvsql's tables (see qVacuum; VACUUM
+// FULL would lock them).
 func (d *dialect) Defragment(ctx context.Context) error {
-	for _, t := range []string{"kv_log", "kv_current", "kv_lease", "kv_meta"} {
-		if _, err := d.pool.Exec(ctx, "VACUUM "+t); err != nil {
-			return fmt.Errorf("vacuum %s: %w", t, err)
-		}
+	if _, err := d.pool.Exec(ctx, qVacuum); err != nil {
+		return fmt.Errorf("vacuum: %w", err)
 	}
 	return nil
+}
+
+var _ backends.ErrorClasser = (*dialect)(nil)
+
+// ErrorClass implements backends.ErrorClasser: the SQLSTATE class of a
+// server error ("sqlstate 08" connection exception, "40" transaction
+// rollback, "53" insufficient resources, "57" operator intervention, ...).
+func (d *dialect) ErrorClass(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && len(pe.Code) >= 2 {
+		return "sqlstate " + pe.Code[:2]
+	}
+	return ""
 }
 
 func (d *dialect) Close() error {
@@ -564,21 +714,22 @@ func (t *txn) Current(ctx context.Context, keys [][]byte) ([]*mvccpb.KeyValue, e
 	return t.queryKVs(ctx, qCurrentMany, keys)
 }
 
-func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error) {
+func (t *txn) Changes(ctx context.Context, after, upTo int64, maxBytes int) ([]*mvccpb.Event, error) {
 	rows, err := t.q.Query(ctx, qChanges, after, upTo)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	return backends.ScanEvents(rows)
+	return backends.ScanEvents(rows, maxBytes)
 }
 
-func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error) {
-	tag, err := t.q.Exec(ctx, qDeleteHistory, compact, from, to)
+func (t *txn) History(ctx context.Context, afterRev, afterSub int64, limit int) ([]backends.LogRow, error) {
+	rows, err := t.q.Query(ctx, qHistory, afterRev, afterSub, limit)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	return tag.RowsAffected(), nil
+	defer rows.Close()
+	return backends.ScanLogRows(rows)
 }
 
 func (t *txn) LeaseInsert(ctx context.Context, id, ttl int64) (bool, error) {
@@ -628,6 +779,25 @@ func (t *txn) ExpiredLeases(ctx context.Context, limit int) ([]int64, error) {
 	return t.queryIDs(ctx, qLeaseExpired, limit)
 }
 
+func (t *txn) AlarmList(ctx context.Context) ([]*pb.AlarmMember, error) {
+	rows, err := t.q.Query(ctx, qAlarms)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanAlarms(rows)
+}
+
+func (t *txn) AlarmInsert(ctx context.Context, member uint64, alarm int32) (bool, error) {
+	tag, err := t.q.Exec(ctx, qAlarmInsert, int64(member), alarm)
+	return tag.RowsAffected() > 0, err
+}
+
+func (t *txn) AlarmDelete(ctx context.Context, member uint64, alarm int32) (bool, error) {
+	tag, err := t.q.Exec(ctx, qAlarmDelete, int64(member), alarm)
+	return tag.RowsAffected() > 0, err
+}
+
 func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, error) {
 	rows, err := t.q.Query(ctx, q, args...)
 	if err != nil {
@@ -635,4 +805,51 @@ func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, err
 	}
 	defer rows.Close()
 	return backends.ScanIDs(rows)
+}
+
+// compactTx implements backends.CompactTx.
+type compactTx struct{ tx pgx.Tx }
+
+func (c *compactTx) CleanedTo(ctx context.Context) (int64, error) {
+	var rev int64
+	err := c.tx.QueryRow(ctx, qCleanedTo).Scan(&rev)
+	return rev, err
+}
+
+func (c *compactTx) SetCleanedTo(ctx context.Context, rev int64) error {
+	_, err := c.tx.Exec(ctx, qSetCleanedTo, rev)
+	return err
+}
+
+func (c *compactTx) StepEnd(ctx context.Context, from, upTo int64, limit int) (int64, error) {
+	var rev int64
+	err := c.tx.QueryRow(ctx, qStepEnd, from, upTo, limit).Scan(&rev)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	return rev, err
+}
+
+func (c *compactTx) DeleteSuperseded(ctx context.Context, compact, from, to int64) (int64, error) {
+	older, err := c.tx.Exec(ctx, qDeleteSuperseded, compact, from, to)
+	if err != nil {
+		return 0, err
+	}
+	tombs, err := c.tx.Exec(ctx, qDeleteTombstones, compact, from, to)
+	if err != nil {
+		return 0, err
+	}
+	return older.RowsAffected() + tombs.RowsAffected(), nil
+}
+
+func (c *compactTx) Commit() error   { return c.tx.Commit(context.Background()) }
+func (c *compactTx) Rollback() error { return c.tx.Rollback(context.Background()) }
+
+func (t *txn) LeaseRows(ctx context.Context, afterID int64, limit int) ([]backends.Lease, error) {
+	rows, err := t.q.Query(ctx, qLeaseRows, afterID, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanLeases(rows)
 }

@@ -10,10 +10,14 @@ const (
 	// committed revision.
 	NotifyChannel = "kvsql_commits"
 
-	qRevisions   = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1`
-	qBeginWrite  = `BEGIN ISOLATION LEVEL READ COMMITTED`
-	qLockMeta    = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1 FOR UPDATE`
-	qSetRevision = `WITH u AS (UPDATE kv_meta SET rev = $1 WHERE id = 1)
+	qRevisions  = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1`
+	qBeginWrite = `BEGIN ISOLATION LEVEL READ COMMITTED`
+	qLockMeta   = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1 FOR UPDATE`
+	// The session timeouts (Config.SessionTimeout), in milliseconds: for
+	// the write transaction only, and for the leader lock's session.
+	qIdleTxTimeout      = `SELECT set_config('idle_in_transaction_session_timeout', $1, true)`
+	qIdleSessionTimeout = `SELECT set_config('idle_session_timeout', $1, false)`
+	qSetRevision        = `WITH u AS (UPDATE kv_meta SET rev = $1 WHERE id = 1)
 		SELECT pg_notify('` + NotifyChannel + `', $1::text)`
 	qSetCompact = `UPDATE kv_meta SET compact_rev = $1 WHERE id = 1`
 
@@ -87,8 +91,27 @@ const (
 		` + prevJoin + `
 		WHERE m.id = 1 ORDER BY l.rev, l.sub`
 
-	qDeleteHistory = `DELETE FROM kv_log o WHERE o.rev >= $2 AND o.rev < $3 AND o.rev < $1 AND (o.deleted OR EXISTS
-		(SELECT 1 FROM kv_log n WHERE n.key = o.key AND (n.rev, n.sub) > (o.rev, o.sub) AND n.rev <= $1))`
+	// qHistory pages through kv_log in (rev, sub) order after ($1, $2).
+	qHistory = `SELECT rev, sub, key, deleted, create_rev, prev_rev, version, lease, value FROM kv_log
+		WHERE rev >= $1 AND (rev > $1 OR sub > $2) ORDER BY rev, sub LIMIT $3`
+
+	// Compaction's cleanup (backends.CompactTx). qDeleteSuperseded takes
+	// (compact, from, to): for each row n of the step, the older rows of
+	// its key below compact go, found through kv_log_key_rev.
+	qCleanedTo    = `SELECT cleaned_rev FROM kv_compact WHERE id = 1 FOR UPDATE`
+	qSetCleanedTo = `UPDATE kv_compact SET cleaned_rev = $1 WHERE id = 1`
+	qStepEnd      = `SELECT rev FROM kv_log WHERE rev >= $1 AND rev <= $2 ORDER BY rev, sub OFFSET $3 LIMIT 1`
+	// The rows are found with one index lookup per row of the step (a
+	// LATERAL subquery with OFFSET 0 is never flattened into a join) and
+	// deleted by their physical address: the planner cannot know that
+	// earlier steps left each key at most a version or two below the step,
+	// and would otherwise hash-join all of kv_log.
+	qDeleteSuperseded = `DELETE FROM kv_log WHERE ctid = ANY(ARRAY(
+		SELECT o.ctid FROM kv_log n CROSS JOIN LATERAL (
+			SELECT q.ctid FROM kv_log q
+			WHERE q.key = n.key AND (q.rev, q.sub) < (n.rev, n.sub) AND q.rev < $1 OFFSET 0) o
+		WHERE n.rev >= $2 AND n.rev < $3 AND n.rev <= $1))`
+	qDeleteTombstones = `DELETE FROM kv_log WHERE rev >= $2 AND rev < $3 AND rev < $1 AND deleted`
 
 	qLeaseInsert = `INSERT INTO kv_lease (id, ttl, expiry) VALUES ($1, $2::bigint, clock_timestamp() + $2::bigint * interval '1 second')
 		ON CONFLICT (id) DO NOTHING`
@@ -101,8 +124,53 @@ const (
 	qLeaseKeys    = `SELECT key, create_rev, mod_rev, version, lease, value FROM kv_current WHERE lease = $1 ORDER BY key`
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
 	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry <= clock_timestamp() ORDER BY expiry LIMIT $1`
+	qLeaseRows    = `SELECT id, ttl, (EXTRACT(EPOCH FROM (expiry - clock_timestamp())) * 1000)::bigint FROM kv_lease
+		WHERE id > $1 ORDER BY id LIMIT $2`
 
-	qSize = `SELECT pg_database_size(current_database())`
+	qAlarms      = `SELECT member_id, alarm FROM kv_alarm ORDER BY member_id, alarm`
+	qAlarmInsert = `INSERT INTO kv_alarm (member_id, alarm) VALUES ($1, $2) ON CONFLICT DO NOTHING`
+	qAlarmDelete = `DELETE FROM kv_alarm WHERE member_id = $1 AND alarm = $2`
+
+	// qSize measures kvsql's tables (kv_*): their total allocated size
+	// (heap, TOAST, indexes, free-space and visibility maps), and an
+	// estimate of the part in use, from the statistics PostgreSQL keeps
+	// anyway (no extension, no table scan):
+	//   - heap: live rows (pg_stat_all_tables.n_live_tup, current within a
+	//     second of each commit) times their average stored width
+	//     (pg_stats.avg_width summed over the columns, from the last
+	//     ANALYZE, plus 28 bytes of tuple header and line pointer); before
+	//     a table's first ANALYZE, its size times the live share of its
+	//     rows (n_live_tup against n_dead_tup);
+	//   - TOAST: live chunks times the largest chunk's 2032 bytes;
+	//   - indexes and maps: their size times the heap's in-use share.
+	// Each part is at most its allocated size.
+	qSize = `WITH t AS (
+			SELECT pg_total_relation_size(c.oid) AS total,
+				pg_relation_size(c.oid) AS heap,
+				COALESCE(pg_relation_size(NULLIF(c.reltoastrelid, 0)), 0) AS toast,
+				COALESCE(s.n_live_tup, 0) AS live, COALESCE(s.n_dead_tup, 0) AS dead,
+				COALESCE(ts.n_live_tup, 0) AS toast_live,
+				(SELECT sum(p.avg_width) FROM pg_stats p WHERE p.schemaname = n.nspname AND p.tablename = c.relname) AS width
+			FROM pg_class c
+			JOIN pg_namespace n ON n.oid = c.relnamespace
+			LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
+			LEFT JOIN pg_stat_all_tables ts ON ts.relid = c.reltoastrelid
+			WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname LIKE 'kv\_%'
+		), u AS (
+			SELECT total, heap, toast,
+				LEAST(heap, CASE WHEN width IS NOT NULL THEN live * (width + 28) ELSE heap * live / GREATEST(live + dead, 1) END) AS heap_used,
+				LEAST(toast, toast_live * 2032) AS toast_used
+			FROM t
+		)
+		SELECT COALESCE(sum(total), 0)::bigint,
+			COALESCE(sum(heap_used + toast_used + (total - heap - toast) * CASE WHEN heap > 0 THEN heap_used::float8 / heap ELSE 1 END), 0)::bigint
+		FROM u`
+
+	// qVacuum makes the space of dead rows reusable and refreshes the
+	// planner statistics qSize reads; unlike VACUUM FULL it takes no lock
+	// that blocks reads or writes, and it gives space back to the file
+	// system only from the end of a table.
+	qVacuum = `VACUUM (ANALYZE) kv_log, kv_current, kv_lease, kv_meta, kv_member, kv_alarm, kv_leader_move`
 
 	qHeartbeat = `INSERT INTO kv_member (id, name, client_urls, heartbeat, leader) VALUES ($1, $2, $3, clock_timestamp(), $4)
 		ON CONFLICT (id) DO UPDATE SET name = excluded.name, client_urls = excluded.client_urls, heartbeat = excluded.heartbeat, leader = excluded.leader`
@@ -135,7 +203,16 @@ const (
 	// leaderLockKey is the advisory lock that elects the instance doing
 	// lease expiry ("kvsql" in ASCII).
 	leaderLockKey = 0x6b7673716c
-	qTryLead      = `SELECT pg_try_advisory_lock($1)`
+	// qTryLead takes the leader lock if it is free, unless a leader move
+	// to another instance ($2 is this one) is in progress. CASE evaluates
+	// the lock only when no such move is.
+	qTryLead = `SELECT CASE WHEN EXISTS (SELECT 1 FROM kv_leader_move WHERE target <> $2 AND until > clock_timestamp())
+		THEN false ELSE pg_try_advisory_lock($1) END`
+	// qMoveDone ends a leader move once its target ($1) holds the lock.
+	qMoveDone = `DELETE FROM kv_leader_move WHERE target = $1`
+	// qMoveLeader records a leader move to $1 for $2 milliseconds.
+	qMoveLeader = `INSERT INTO kv_leader_move (id, target, until) VALUES (1, $1, clock_timestamp() + $2 * interval '1 millisecond')
+		ON CONFLICT (id) DO UPDATE SET target = excluded.target, until = excluded.until`
 
 	// migrateLockKey serialises schema migrations of instances starting at once.
 	migrateLockKey = 0x6b7673716d

@@ -2,7 +2,11 @@
 
 package sqlite
 
-import _ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+import (
+	"errors"
+
+	"modernc.org/sqlite" // registers the "sqlite" database/sql driver
+)
 
 // driverName is modernc.org/sqlite: SQLite translated to Go, so kvsql builds
 // with CGO_ENABLED=0 into a static binary. This is the default; build with
@@ -16,3 +20,17 @@ func dsn(path, txlock string) string {
 	return "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
 		"&_pragma=busy_timeout(10000)&_pragma=foreign_keys(OFF)&_txlock=" + txlock
 }
+
+// errCode returns the SQLite result code of a driver error (primary code in
+// the low byte, as extended codes carry it), if err is one.
+func errCode(err error) (int, bool) {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		return se.Code(), true
+	}
+	return 0, false
+}
+
+// plainDSN opens path as it is (no journal mode or sync change), for
+// reading another program's database.
+func plainDSN(path string) string { return "file:" + path + "?_pragma=busy_timeout(10000)" }

@@ -41,8 +41,20 @@ const (
 		FROM kv_log l LEFT JOIN kv_log p ON l.prev_rev <> 0 AND p.key = l.key AND p.rev = l.prev_rev AND p.deleted = 0
 		WHERE l.rev > ?1 AND l.rev <= ?2 ORDER BY l.rev, l.sub`
 
-	qDeleteHistory = `DELETE FROM kv_log WHERE rev >= ?2 AND rev < ?3 AND rev < ?1 AND (deleted = 1 OR EXISTS
-		(SELECT 1 FROM kv_log n WHERE n.key = kv_log.key AND (n.rev, n.sub) > (kv_log.rev, kv_log.sub) AND n.rev <= ?1))`
+	// qHistory pages through kv_log in (rev, sub) order after (?1, ?2).
+	qHistory = `SELECT rev, sub, key, deleted, create_rev, prev_rev, version, lease, value FROM kv_log
+		WHERE rev >= ?1 AND (rev > ?1 OR sub > ?2) ORDER BY rev, sub LIMIT ?3`
+
+	// Compaction's cleanup (backends.CompactTx). qDeleteSuperseded takes
+	// (compact, from, to): for each row n of the step, the older rows of
+	// its key below compact go, found through kv_log_key_rev.
+	qCleanedTo        = `SELECT cleaned_rev FROM kv_compact WHERE id = 1`
+	qSetCleanedTo     = `UPDATE kv_compact SET cleaned_rev = ?1 WHERE id = 1`
+	qStepEnd          = `SELECT rev FROM kv_log WHERE rev >= ?1 AND rev <= ?2 ORDER BY rev, sub LIMIT 1 OFFSET ?3`
+	qDeleteSuperseded = `DELETE FROM kv_log WHERE rowid IN (SELECT o.rowid FROM kv_log n JOIN kv_log o
+			ON o.key = n.key AND o.rev <= n.rev AND (o.rev < n.rev OR o.sub < n.sub)
+		WHERE n.rev >= ?2 AND n.rev < ?3 AND n.rev <= ?1 AND o.rev < ?1)`
+	qDeleteTombstones = `DELETE FROM kv_log WHERE rev >= ?2 AND rev < ?3 AND rev < ?1 AND deleted = 1`
 
 	qLeaseInsert = `INSERT INTO kv_lease (id, ttl, expiry_ms) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING`
 	qLeaseGet    = `SELECT ttl, expiry_ms FROM kv_lease WHERE id = ?1`
@@ -53,6 +65,11 @@ const (
 	qLeaseKeys    = `SELECT key, create_rev, mod_rev, version, lease, value FROM kv_current WHERE lease = ?1 ORDER BY key`
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
 	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry_ms <= ?1 ORDER BY expiry_ms LIMIT ?2`
+	qLeaseRows    = `SELECT id, ttl, expiry_ms - ?3 FROM kv_lease WHERE id > ?1 ORDER BY id LIMIT ?2`
+
+	qAlarms      = `SELECT member_id, alarm FROM kv_alarm ORDER BY member_id, alarm`
+	qAlarmInsert = `INSERT INTO kv_alarm (member_id, alarm) VALUES (?1, ?2) ON CONFLICT DO NOTHING`
+	qAlarmDelete = `DELETE FROM kv_alarm WHERE member_id = ?1 AND alarm = ?2`
 
 	// Auth state (see auth.go); expiry_ms is Unix milliseconds.
 	qAuthMeta     = `SELECT enabled, revision FROM auth_meta WHERE id = 1`
@@ -82,8 +99,10 @@ var statements = []string{
 	qRevisions, qSetRevision, qSetCompact,
 	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
-	qInsertLog, qUpsertCurrent, qDeleteCurrent, qChanges, qDeleteHistory,
-	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseExtend, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired,
+	qInsertLog, qUpsertCurrent, qDeleteCurrent, qChanges, qHistory,
+	qCleanedTo, qSetCleanedTo, qStepEnd, qDeleteSuperseded, qDeleteTombstones,
+	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseExtend, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired, qLeaseRows,
+	qAlarms, qAlarmInsert, qAlarmDelete,
 	qAuthMeta, qTokenUser,
 }
 

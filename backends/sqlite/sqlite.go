@@ -14,9 +14,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/kvsql/kvsql/backends"
@@ -24,6 +24,10 @@ import (
 
 // DefaultFile is the database file name inside the data directory.
 const DefaultFile = "state.db"
+
+// DriverName is the database/sql driver the dialect opens files with
+// (tests open the same file with it).
+const DriverName = driverName
 
 // defaultReaders is the size of the read connection pool.
 const defaultReaders = 8
@@ -47,6 +51,9 @@ func Open(ctx context.Context, cfg Config) (*backends.Engine, error) {
 	d, err := openDialect(ctx, cfg)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Engine.Database == "" {
+		cfg.Engine.Database = "SQLite at " + cfg.Path
 	}
 	return backends.NewEngine(d, cfg.Engine), nil
 }
@@ -110,19 +117,49 @@ func openDialect(ctx context.Context, cfg Config) (*dialect, error) {
 
 // migrate applies schema/NNN_*.sql files above PRAGMA user_version, in order,
 // each in one transaction.
-func migrate(ctx context.Context, db *sql.DB) error {
-	var have int
-	if err := db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&have); err != nil {
-		return err
+// appliedMigrations returns the versions recorded in kv_schema. Databases
+// from before kv_schema recorded the highest version in PRAGMA user_version
+// and had every migration up to it applied: kv_schema then starts with
+// those.
+func appliedMigrations(ctx context.Context, db *sql.DB, ms []backends.Migration) (map[int]bool, error) {
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS kv_schema (version INTEGER NOT NULL)`); err != nil {
+		return nil, err
 	}
+	rows, err := db.QueryContext(ctx, `SELECT version FROM kv_schema`)
+	if err != nil {
+		return nil, err
+	}
+	applied, err := backends.ScanVersions(rows)
+	_ = rows.Close()
+	if err != nil || len(applied) > 0 {
+		return applied, err
+	}
+	var old int
+	if err := db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&old); err != nil {
+		return nil, err
+	}
+	for _, m := range ms {
+		if m.Version > old {
+			break
+		}
+		if _, err := db.ExecContext(ctx, `INSERT INTO kv_schema (version) VALUES (?)`, m.Version); err != nil {
+			return nil, err
+		}
+		applied[m.Version] = true
+	}
+	return applied, nil
+}
+
+func migrate(ctx context.Context, db *sql.DB) error {
 	ms, err := backends.Migrations(schemaFS, "schema")
 	if err != nil {
 		return err
 	}
-	for _, m := range ms {
-		if m.Version <= have {
-			continue
-		}
+	applied, err := appliedMigrations(ctx, db, ms)
+	if err != nil {
+		return err
+	}
+	for _, m := range backends.Pending(ms, applied) {
 		tx, err := db.BeginTx(ctx, nil)
 		if err != nil {
 			return err
@@ -131,7 +168,7 @@ func migrate(ctx context.Context, db *sql.DB) error {
 			_ = tx.Rollback()
 			return fmt.Errorf("migration %s: %w", m.Name, err)
 		}
-		if _, err := tx.ExecContext(ctx, `PRAGMA user_version = `+strconv.Itoa(m.Version)); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO kv_schema (version) VALUES (?)`, m.Version); err != nil {
 			_ = tx.Rollback()
 			return fmt.Errorf("migration %s: %w", m.Name, err)
 		}
@@ -158,6 +195,37 @@ func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
 	return &txn{tx: tx, st: backends.StmtTx{Tx: tx, Prepared: d.wStmts}}, nil
 }
 
+// BeginCompact implements backends.Dialect. SQLite has one writer: the
+// cleanup's steps take turns with group commits on it, each bounded.
+func (d *dialect) BeginCompact(ctx context.Context) (backends.CompactTx, error) {
+	tx, err := d.w.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &txn{tx: tx, st: backends.StmtTx{Tx: tx, Prepared: d.wStmts}}, nil
+}
+
+// SQLite primary result codes for a write refused for its content.
+const (
+	codeTooBig     = 18 // SQLITE_TOOBIG: a string or blob over the length limit
+	codeConstraint = 19 // SQLITE_CONSTRAINT (and its extended codes)
+	codeMismatch   = 20 // SQLITE_MISMATCH
+)
+
+// RefusedWrite implements backends.Dialect. An error from a statement
+// leaves the transaction uncommitted (kvsql rolls it back).
+func (d *dialect) RefusedWrite(err error) bool {
+	code, ok := errCode(err)
+	if !ok {
+		return false
+	}
+	switch code & 0xff {
+	case codeTooBig, codeConstraint, codeMismatch:
+		return true
+	}
+	return false
+}
+
 func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
 	var pages, size, free int64
 	for _, q := range []struct {
@@ -171,9 +239,36 @@ func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
 	return pages * size, (pages - free) * size, nil
 }
 
+// Defragment rewrites the database file without its free pages (VACUUM,
+// on the writer's connection, so writes wait for it), then checkpoints
+// the WAL into the file and truncates the WAL, so that the space goes
+// back to the file system.
 func (d *dialect) Defragment(ctx context.Context) error {
-	_, err := d.w.ExecContext(ctx, `VACUUM`)
-	return err
+	if _, err := d.w.ExecContext(ctx, `VACUUM`); err != nil {
+		return fmt.Errorf("vacuum: %w", err)
+	}
+	if _, err := d.w.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	return nil
+}
+
+var _ backends.ErrorClasser = (*dialect)(nil)
+
+// ErrorClass implements backends.ErrorClasser: SQLite's primary result
+// code (SQLITE_BUSY is 5, SQLITE_FULL 13, ...), where the driver reports one.
+func (d *dialect) ErrorClass(err error) string {
+	var coded interface{ Code() int }
+	if errors.As(err, &coded) {
+		return fmt.Sprintf("sqlite code %d", coded.Code()&0xff)
+	}
+	return ""
+}
+
+// PoolStats implements backends.PoolReporter: the one writer connection
+// and the WAL readers.
+func (d *dialect) PoolStats() []backends.PoolStats {
+	return []backends.PoolStats{backends.SQLPoolStats("sqlite_writer", d.w), backends.SQLPoolStats("sqlite_readers", d.r)}
 }
 
 func (d *dialect) Close() error {
@@ -251,21 +346,22 @@ func (t *txn) Write(ctx context.Context, rows []backends.LogRow) error {
 	return nil
 }
 
-func (t *txn) Changes(ctx context.Context, after, upTo int64) ([]*mvccpb.Event, error) {
+func (t *txn) Changes(ctx context.Context, after, upTo int64, maxBytes int) ([]*mvccpb.Event, error) {
 	rows, err := t.st.Query(ctx, qChanges, after, upTo)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	return backends.ScanEvents(rows)
+	return backends.ScanEvents(rows, maxBytes)
 }
 
-func (t *txn) DeleteHistory(ctx context.Context, compact, from, to int64) (int64, error) {
-	res, err := t.st.Exec(ctx, qDeleteHistory, compact, from, to)
+func (t *txn) History(ctx context.Context, afterRev, afterSub int64, limit int) ([]backends.LogRow, error) {
+	rows, err := t.st.Query(ctx, qHistory, afterRev, afterSub, limit)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	return res.RowsAffected()
+	defer rows.Close()
+	return backends.ScanLogRows(rows)
 }
 
 func nowMillis() int64 { return time.Now().UnixMilli() }
@@ -325,6 +421,32 @@ func (t *txn) ExpiredLeases(ctx context.Context, limit int) ([]int64, error) {
 	return t.queryIDs(ctx, qLeaseExpired, nowMillis(), limit)
 }
 
+func (t *txn) AlarmList(ctx context.Context) ([]*pb.AlarmMember, error) {
+	rows, err := t.st.Query(ctx, qAlarms)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanAlarms(rows)
+}
+
+func (t *txn) AlarmInsert(ctx context.Context, member uint64, alarm int32) (bool, error) {
+	return t.changed(t.st.Exec(ctx, qAlarmInsert, int64(member), alarm))
+}
+
+func (t *txn) AlarmDelete(ctx context.Context, member uint64, alarm int32) (bool, error) {
+	return t.changed(t.st.Exec(ctx, qAlarmDelete, int64(member), alarm))
+}
+
+// changed reports whether a statement changed a row.
+func (t *txn) changed(res sql.Result, err error) (bool, error) {
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
 func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, error) {
 	rows, err := t.st.Query(ctx, q, args...)
 	if err != nil {
@@ -332,4 +454,63 @@ func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, err
 	}
 	defer rows.Close()
 	return backends.ScanIDs(rows)
+}
+
+// The cleanup's statements (backends.CompactTx) run on the writer's txn.
+
+func (t *txn) CleanedTo(ctx context.Context) (int64, error) {
+	var rev int64
+	err := t.st.QueryRow(ctx, qCleanedTo, nil, &rev)
+	return rev, err
+}
+
+func (t *txn) SetCleanedTo(ctx context.Context, rev int64) error {
+	_, err := t.st.Exec(ctx, qSetCleanedTo, rev)
+	return err
+}
+
+func (t *txn) StepEnd(ctx context.Context, from, upTo int64, limit int) (int64, error) {
+	var rev int64
+	err := t.st.QueryRow(ctx, qStepEnd, []any{from, upTo, limit}, &rev)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return rev, err
+}
+
+func (t *txn) DeleteSuperseded(ctx context.Context, compact, from, to int64) (int64, error) {
+	var n int64
+	for _, q := range []string{qDeleteSuperseded, qDeleteTombstones} {
+		res, err := t.st.Exec(ctx, q, compact, from, to)
+		if err != nil {
+			return 0, err
+		}
+		m, err := res.RowsAffected()
+		if err != nil {
+			return 0, err
+		}
+		n += m
+	}
+	return n, nil
+}
+
+// OpenDB opens the SQLite database file at path with kvsql's SQLite driver
+// as a plain database/sql handle, for reading another program's database
+// (kvsql migrate reads kine's state.db). It creates nothing and runs no
+// migration.
+func OpenDB(path string) (*sql.DB, error) {
+	db, err := sql.Open(driverName, plainDSN(path))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	return db, nil
+}
+
+func (t *txn) LeaseRows(ctx context.Context, afterID int64, limit int) ([]backends.Lease, error) {
+	rows, err := t.st.Query(ctx, qLeaseRows, afterID, limit, nowMillis())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return backends.ScanLeases(rows)
 }

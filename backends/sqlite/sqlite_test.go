@@ -23,6 +23,16 @@ func open(tb testing.TB) backends.Backend {
 	return be
 }
 
-func TestConformance(t *testing.T) { backendtest.Run(t, open) }
+func TestConformance(t *testing.T) {
+	backendtest.Run(t, open)
+	backendtest.RunTuned(t, func(tb testing.TB, cfg backends.EngineConfig) backends.Backend {
+		be, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(tb.TempDir(), "state.db"), Engine: cfg})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { _ = be.Close() })
+		return be
+	})
+}
 
 func BenchmarkSQLite(b *testing.B) { backendtest.Bench(b, open) }

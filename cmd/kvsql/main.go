@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -28,8 +27,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/kvsql/kvsql/backends"
 	"github.com/kvsql/kvsql/backends/mysql"
@@ -51,33 +48,41 @@ var Version = "0.1.0-dev"
 const shutdownGrace = 5 * time.Second
 
 type config struct {
-	listenURLs    string
-	advertiseURLs string
-	name          string
-	dataDir       string
-	endpoint      string
-	maxReqBytes   int
-	maxTxnOps     int
-	progressEvery time.Duration
-	notifyMode    string
-	pollInterval  time.Duration
-	safetyPoll    time.Duration
-	stmtTimeout   time.Duration
-	serverID      uint
-	metricsURLs   string
-	enablePprof   bool
-	certFile      string
-	keyFile       string
-	caFile        string
-	clientCert    bool
-	forward       bool
-	authToken     string
-	authTokenTTL  uint
-	bcryptCost    uint
-	authRefresh   time.Duration
-	logLevel      string
-	logFormat     string
-	version       bool
+	listenURLs     string
+	listenHTTPURLs string
+	advertiseURLs  string
+	name           string
+	dataDir        string
+	endpoint       string
+	maxReqBytes    int
+	maxTxnOps      int
+	progressEvery  time.Duration
+	notifyMode     string
+	pollInterval   time.Duration
+	safetyPoll     time.Duration
+	stmtTimeout    time.Duration
+	sessionTimeout time.Duration
+	serverID       uint
+	metricsURLs    string
+	enablePprof    bool
+	certFile       string
+	keyFile        string
+	caFile         string
+	clientCert     bool
+	crlFile        string
+	allowedCN      string
+	allowedHost    string
+	autoTLS        bool
+	forward        bool
+	authToken      string
+	authTokenTTL   uint
+	bcryptCost     uint
+	authRefresh    time.Duration
+	quotaBytes     int64
+	warnApply      time.Duration
+	logLevel       string
+	logFormat      string
+	version        bool
 }
 
 func main() {
@@ -113,7 +118,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("kvsql", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&c.listenURLs, "listen-client-urls", "http://127.0.0.1:2379", "comma-separated URLs to serve clients on (http:// plain, https:// TLS)")
+	fs.StringVar(&c.listenURLs, "listen-client-urls", "http://127.0.0.1:2379", "comma-separated URLs to serve clients on (http:// plain, https:// TLS): etcd's gRPC API and, on the same port, HTTP (/health, /livez, /readyz, /version, /metrics and the JSON gateway under /v3/)")
+	fs.StringVar(&c.listenHTTPURLs, "listen-client-http-urls", "", "comma-separated URLs to serve the HTTP endpoints on instead of --listen-client-urls, which then serve only gRPC (as etcd's flag: gRPC over TLS is faster on a listener of its own)")
 	fs.StringVar(&c.advertiseURLs, "advertise-client-urls", "", "comma-separated client URLs to report in MemberList (default: --listen-client-urls)")
 	fs.StringVar(&c.name, "name", "default", "this member's name")
 	fs.StringVar(&c.metricsURLs, "listen-metrics-urls", "", "comma-separated http:// URLs to serve Prometheus metrics on, at /metrics (default: none)")
@@ -125,14 +131,21 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.pollInterval, "notify-poll-interval", 100*time.Millisecond, "with --notify=poll: how often to read the log")
 	fs.DurationVar(&c.safetyPoll, "watch-safety-poll", kvserver.DefaultSafetyPoll, "how often watches re-read the log even without a notification (a safety net; never needed for correctness after a reconnect)")
 	fs.DurationVar(&c.stmtTimeout, "db-statement-timeout", 0, "PostgreSQL: statement_timeout for kvsql's statements (0: the server's default)")
+	fs.DurationVar(&c.sessionTimeout, "db-session-timeout", backends.DefaultSessionTimeout, "PostgreSQL/MySQL: how long the database waits for this instance's session that holds the write lock or the leader lock and went silent (the instance froze or lost its network) before ending it, so that the other instances take over (whole seconds on MySQL)")
 	fs.IntVar(&c.maxReqBytes, "max-request-bytes", kvserver.DefaultMaxRequestBytes, "maximum client request size in bytes")
 	fs.IntVar(&c.maxTxnOps, "max-txn-ops", kvserver.DefaultMaxTxnOps, "maximum operations per txn branch")
 	fs.DurationVar(&c.progressEvery, "watch-progress-notify-interval", kvserver.DefaultProgressNotifyInterval, "how often watches with progress_notify get a progress notification")
-	fs.StringVar(&c.certFile, "cert-file", "", "TLS certificate for https:// listeners")
-	fs.StringVar(&c.keyFile, "key-file", "", "TLS key for https:// listeners")
-	fs.StringVar(&c.caFile, "trusted-ca-file", "", "CA bundle to verify client certificates")
-	fs.BoolVar(&c.clientCert, "client-cert-auth", false, "require a client certificate signed by --trusted-ca-file; with auth enabled, a request without a token authenticates as the user named by the certificate's common name")
+	fs.StringVar(&c.certFile, "cert-file", "", "TLS certificate for https:// client URLs, read again at every new connection (replace the file to rotate it)")
+	fs.StringVar(&c.keyFile, "key-file", "", "TLS key for --cert-file")
+	fs.StringVar(&c.caFile, "trusted-ca-file", "", "CA bundle that signs client certificates; as in etcd, setting it makes https:// client URLs require a client certificate signed by it")
+	fs.BoolVar(&c.clientCert, "client-cert-auth", false, "require a client certificate signed by --trusted-ca-file on every client URL (all must be https://); with auth enabled, a request without a token authenticates as the user named by the certificate's common name")
+	fs.StringVar(&c.crlFile, "client-crl-file", "", "DER-encoded certificate revocation list (X.509 CRL); a client certificate it lists is refused; read again at every new connection")
+	fs.StringVar(&c.allowedCN, "client-cert-allowed-cn", "", "comma-separated common names a client certificate must have one of")
+	fs.StringVar(&c.allowedHost, "client-cert-allowed-hostname", "", "comma-separated hostnames or IPs a client certificate must be valid for one of")
+	fs.BoolVar(&c.autoTLS, "auto-tls", false, "serve https:// client URLs with a generated self-signed certificate (in <data-dir>/fixtures/client; clients cannot verify it)")
 	fs.BoolVar(&c.forward, "forward-writes", true, "PostgreSQL/MySQL with several instances: send writes to the instance holding the leader lock (at its first advertised client URL) so that every instance's writes share one group commit and fsync; without a ready connection to it, an instance writes directly. An https:// leader is verified with --trusted-ca-file (default: the system's roots) and shown --cert-file/--key-file as client certificate")
+	fs.Int64Var(&c.quotaBytes, "quota-backend-bytes", 0, "refuse writes with etcd's \"database space exceeded\" and raise the NOSPACE alarm when the size in use of kvsql's tables would reach this many bytes (0: etcd's default, 2 GiB; negative: no quota)")
+	fs.DurationVar(&c.warnApply, "warning-apply-duration", kvserver.DefaultWarningApplyDuration, "log requests that take longer than this (etcd's \"apply request took too long\")")
 	fs.StringVar(&c.authToken, "auth-token", kvserver.DefaultAuthToken, "the tokens Authenticate hands out, as etcd's flag: simple (random, kept in the database so every instance accepts them) or jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256|RS384|RS512|PS256|...|ES256|...|EdDSA|HS256|...[,ttl=5m] (signed; every instance needs the same keys)")
 	fs.UintVar(&c.authTokenTTL, "auth-token-ttl", uint(kvserver.DefaultAuthTokenTTL/time.Second), "seconds a simple token stays valid after its last use")
 	fs.UintVar(&c.bcryptCost, "bcrypt-cost", uint(bcrypt.DefaultCost), "bcrypt cost of stored password hashes (4..31)")
@@ -141,20 +154,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&c.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "kvsql %s: the etcd v3 API (etcd %s) on a SQL database.\n\nUsage: kvsql [flags]\n\nEvery flag also reads the environment variable KVSQL_<FLAG> (for --data-dir: KVSQL_DATA_DIR); a flag given on the command line wins.\n\nFlags:\n", Version, kvserver.EtcdVersion)
+		fmt.Fprintf(stderr, "kvsql %s: the etcd v3 API (etcd %s) on a SQL database.\n\nUsage: kvsql [flags]\n       kvsql snapshot save|restore FILE [flags]     (kvsql snapshot --help)\n       kvsql migrate --from kine+SCHEME://... [flags]  (kvsql migrate --help)\n\nEvery flag also reads the environment variable KVSQL_<FLAG> (for --data-dir: KVSQL_DATA_DIR); a flag given on the command line wins.\n\nFlags:\n", Version, kvserver.EtcdVersion)
 		fs.PrintDefaults()
 	}
-	// Environment first, so that command-line flags override it.
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		if v, ok := os.LookupEnv(envName(f.Name)); ok && envErr == nil {
-			if err := f.Value.Set(v); err != nil {
-				envErr = fmt.Errorf("%s=%q: %w", envName(f.Name), v, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return nil, envErr
+	if err := applyEnv(fs); err != nil {
+		return nil, err
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -174,6 +178,20 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	return c, nil
 }
 
+// applyEnv sets every flag of fs from its KVSQL_* environment variable, if
+// set; call it before fs.Parse, so that command-line flags override it.
+func applyEnv(fs *flag.FlagSet) error {
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v, ok := os.LookupEnv(envName(f.Name)); ok && envErr == nil {
+			if err := f.Value.Set(v); err != nil {
+				envErr = fmt.Errorf("%s=%q: %w", envName(f.Name), v, err)
+			}
+		}
+	})
+	return envErr
+}
+
 func newLogger(c *config, w io.Writer) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {
@@ -190,14 +208,21 @@ func newLogger(c *config, w io.Writer) (*slog.Logger, error) {
 }
 
 // openBackend picks the backend from the endpoint URL's scheme.
-func openBackend(ctx context.Context, c *config, log *slog.Logger, onBatch func(int, time.Duration, error)) (backends.Backend, notify.Source, error) {
+func openBackend(ctx context.Context, c *config, log *slog.Logger, obs backends.Observer) (backends.Backend, notify.Source, error) {
 	ep := c.endpoint
 	if ep == "" {
 		ep = "sqlite://" + filepath.Join(c.dataDir, sqlite.DefaultFile)
 	}
 	scheme, rest, ok := strings.Cut(ep, "://")
 	if !ok {
-		return nil, nil, fmt.Errorf("--endpoint %q: want a URL such as sqlite:///var/lib/kvsql/state.db", redact(ep))
+		hint := ""
+		if strings.Contains(ep, "=") {
+			hint = " (a key=value connection string is not accepted: write it as a postgres:// URL)"
+		}
+		return nil, nil, fmt.Errorf("--endpoint is not a URL%s: want sqlite://PATH, postgres://USER:PASS@HOST:PORT/DB or mysql://USER:PASS@tcp(HOST:PORT)/DB; the value is not shown, as it may hold a password", hint)
+	}
+	if !schemeRE.MatchString(scheme) {
+		return nil, nil, errors.New("--endpoint does not start with a scheme: want sqlite://, postgres:// or mysql://; the value is not shown, as it may hold a password")
 	}
 	switch scheme {
 	case "sqlite":
@@ -208,7 +233,7 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, onBatch func(
 		src := local.New()
 		be, err := sqlite.Open(ctx, sqlite.Config{
 			Path:   path,
-			Engine: backends.EngineConfig{Logger: log.With("component", "sqlite"), OnCommit: src.Publish, OnBatch: onBatch},
+			Engine: backends.EngineConfig{Logger: log.With("component", "sqlite"), OnCommit: src.Publish, Observer: obs},
 		})
 		if err != nil {
 			return nil, nil, err
@@ -221,19 +246,20 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, onBatch func(
 		st, err := postgres.Open(ctx, postgres.Config{
 			URL:              ep,
 			StatementTimeout: c.stmtTimeout,
-			Engine:           backends.EngineConfig{Logger: log.With("component", "postgres"), OnBatch: onBatch},
+			SessionTimeout:   c.sessionTimeout,
+			Engine:           backends.EngineConfig{Logger: log.With("component", "postgres"), Observer: obs},
 		})
 		if err != nil {
-			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, redact(ep))
+			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, describeEndpoint(ep))
 		}
 		if c.notifyMode == "poll" {
 			return st, poll.Source{Interval: c.pollInterval}, nil
 		}
 		return st, pgnotify.New(st.Pool(), postgres.NotifyChannel, log.With("component", "pgnotify")), nil
 	case "mysql":
-		st, err := mysql.Open(ctx, mysql.Config{DSN: ep, Engine: backends.EngineConfig{Logger: log.With("component", "mysql"), OnBatch: onBatch}})
+		st, err := mysql.Open(ctx, mysql.Config{DSN: ep, SessionTimeout: c.sessionTimeout, Engine: backends.EngineConfig{Logger: log.With("component", "mysql"), Observer: obs}})
 		if err != nil {
-			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, redactMySQL(ep))
+			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, describeEndpoint(ep))
 		}
 		if c.notifyMode == "poll" {
 			return st, poll.Source{Interval: c.pollInterval}, nil
@@ -247,123 +273,15 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, onBatch func(
 	return nil, nil, fmt.Errorf("--endpoint: unknown scheme %q; supported: sqlite://, postgres://, mysql://", scheme)
 }
 
-// redact hides a password in a URL-like string.
-func redact(s string) string {
-	if u, err := url.Parse(s); err == nil && u.User != nil {
-		if _, has := u.User.Password(); has {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-			return u.String()
-		}
-	}
-	return s
-}
-
-// redactMySQL hides the password of a mysql://user:pass@tcp(...)/db endpoint.
-func redactMySQL(s string) string {
-	rest := strings.TrimPrefix(s, "mysql://")
-	at := strings.LastIndex(rest, "@")
-	if at < 0 {
-		return s
-	}
-	user, _, hasPass := strings.Cut(rest[:at], ":")
-	if !hasPass {
-		return s
-	}
-	return "mysql://" + user + ":xxxxx" + rest[at:]
-}
-
-func tlsConfig(c *config) (*tls.Config, error) {
-	if c.certFile == "" || c.keyFile == "" {
-		return nil, errors.New("an https:// listener needs --cert-file and --key-file")
-	}
-	cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("load --cert-file/--key-file: %w", err)
-	}
-	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if tc.ClientCAs, err = trustedCAs(c); err != nil {
-		return nil, err
-	}
-	if c.clientCert {
-		if tc.ClientCAs == nil {
-			return nil, errors.New("--client-cert-auth needs --trusted-ca-file")
-		}
-		tc.ClientAuth = tls.RequireAndVerifyClientCert
-	}
-	return tc, nil
-}
-
-// trustedCAs loads --trusted-ca-file (nil if it is not set).
-func trustedCAs(c *config) (*x509.CertPool, error) {
-	if c.caFile == "" {
-		return nil, nil
-	}
-	pem, err := os.ReadFile(c.caFile)
-	if err != nil {
-		return nil, fmt.Errorf("read --trusted-ca-file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("--trusted-ca-file %s holds no PEM certificate", c.caFile)
-	}
-	return pool, nil
-}
-
-// forwardTLSConfig is the client side of TLS for writes forwarded to an
-// https:// leader: it trusts --trusted-ca-file (or the system's roots) and
-// presents this instance's certificate, which a leader with
-// --client-cert-auth requires.
-func forwardTLSConfig(c *config) (*tls.Config, error) {
-	roots, err := trustedCAs(c)
-	if err != nil {
-		return nil, err
-	}
-	tc := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
-	if c.certFile != "" && c.keyFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
-		if err != nil {
-			return nil, fmt.Errorf("load --cert-file/--key-file: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
-}
-
-type listener struct {
-	net.Listener
-	tls *tls.Config
-}
-
-func listen(c *config) ([]listener, error) {
-	var out []listener
-	for _, raw := range strings.Split(c.listenURLs, ",") {
-		u, err := url.Parse(strings.TrimSpace(raw))
-		if err != nil || u.Host == "" {
-			return nil, fmt.Errorf("--listen-client-urls %q: want http://host:port or https://host:port", raw)
-		}
-		var tc *tls.Config
-		switch u.Scheme {
-		case "http":
-		case "https":
-			if tc, err = tlsConfig(c); err != nil {
-				return nil, err
-			}
-		default:
-			return nil, fmt.Errorf("--listen-client-urls %q: scheme must be http or https", raw)
-		}
-		l, err := net.Listen("tcp", u.Host)
-		if err != nil {
-			for _, o := range out {
-				_ = o.Close()
-			}
-			return nil, fmt.Errorf("listen on %s: %w", u.Host, err)
-		}
-		out = append(out, listener{Listener: l, tls: tc})
-	}
-	return out, nil
-}
-
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "snapshot":
+			return runSnapshot(ctx, args[1:], stdout, stderr)
+		case "migrate":
+			return runMigrate(ctx, args[1:], stdout, stderr)
+		}
+	}
 	c, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
@@ -379,37 +297,61 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if c.notifyMode != "auto" && c.notifyMode != "poll" {
 		return fmt.Errorf("--notify %q: want auto or poll", c.notifyMode)
 	}
-	lns, err := listen(c)
+	urls, err := parseClientURLs(c)
 	if err != nil {
 		return err
 	}
-	var metrics *kvserver.Metrics
+	tlsInfo, err := clientTLS(c, urls)
+	if err != nil {
+		return err
+	}
+	fwdTLS, err := forwardTLS(tlsInfo)
+	if err != nil {
+		return err
+	}
+	if tlsInfo != nil {
+		tlsInfo.HandshakeFailure = func(conn *tls.Conn, err error) {
+			log.Warn("rejected connection on client endpoint", "remote", conn.RemoteAddr().String(), "err", err)
+		}
+	}
+	lns, err := listenClients(urls)
+	if err != nil {
+		return err
+	}
+	closeListeners := func() {
+		for _, l := range lns {
+			_ = l.Close()
+		}
+	}
+	// Every client URL serves /metrics, so the registry always exists.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := kvserver.NewMetrics(reg)
+	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	var metricsSrv []*http.Server
-	var onBatch func(int, time.Duration, error)
+	metricsMux := http.NewServeMux()
 	if c.metricsURLs != "" {
-		reg := prometheus.NewRegistry()
-		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		metrics = kvserver.NewMetrics(reg)
-		onBatch = metrics.OnBatch
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		metricsMux.Handle("/metrics", metricsHandler)
 		if c.enablePprof {
-			mux.HandleFunc("/debug/pprof/", pprof.Index)
-			mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+			// Not /debug/pprof/cmdline: the command line may hold
+			// --endpoint's password.
+			metricsMux.HandleFunc("/debug/pprof/", pprof.Index)
+			metricsMux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			metricsMux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			metricsMux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		}
 		for _, raw := range strings.Split(c.metricsURLs, ",") {
 			u, err := url.Parse(strings.TrimSpace(raw))
 			if err != nil || u.Scheme != "http" || u.Host == "" {
+				closeListeners()
 				return fmt.Errorf("--listen-metrics-urls %q: want http://host:port", raw)
 			}
 			ml, err := net.Listen("tcp", u.Host)
 			if err != nil {
+				closeListeners()
 				return fmt.Errorf("listen for metrics on %s: %w", u.Host, err)
 			}
-			hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+			hs := &http.Server{Handler: metricsMux, ReadHeaderTimeout: 10 * time.Second}
 			metricsSrv = append(metricsSrv, hs)
 			go func() { _ = hs.Serve(ml) }()
 			log.Info("serving metrics", "addr", ml.Addr().String())
@@ -420,12 +362,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}()
 	}
-	be, src, err := openBackend(ctx, c, log, onBatch)
+	be, src, err := openBackend(ctx, c, log, metrics)
 	if err != nil {
-		for _, l := range lns {
-			_ = l.Close()
-		}
-		return err
+		closeListeners()
+		return scrub(err, c.endpoint)
 	}
 	defer func() {
 		if err := be.Close(); err != nil {
@@ -435,10 +375,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	advertise := c.advertiseURLs
 	if advertise == "" {
 		advertise = c.listenURLs
-	}
-	fwdTLS, err := forwardTLSConfig(c)
-	if err != nil {
-		return err
 	}
 	srv, err := kvserver.New(kvserver.Config{
 		Backend:                be,
@@ -458,8 +394,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		BcryptCost:             int(c.bcryptCost),
 		ClientCertAuth:         c.clientCert,
 		AuthRefreshInterval:    c.authRefresh,
+		QuotaBackendBytes:      c.quotaBytes,
+		WarningApplyDuration:   c.warnApply,
 	})
 	if err != nil {
+		closeListeners()
+		return err
+	}
+	srv.HandleHealth(metricsMux) // etcd's metrics URLs answer health probes too
+	front, err := srv.NewFrontend(kvserver.FrontendConfig{Listeners: lns, TLS: tlsInfo, Metrics: metricsHandler})
+	if err != nil {
+		closeListeners()
 		return err
 	}
 
@@ -467,45 +412,34 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer cancelRun()
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return srv.Run(gctx) })
-	var grpcServers []*grpc.Server
-	for _, l := range lns {
-		opts := srv.GRPCOptions()
-		if l.tls != nil {
-			opts = append(opts, grpc.Creds(credentials.NewTLS(l.tls)))
-		}
-		gs := grpc.NewServer(opts...)
-		srv.Register(gs)
-		grpcServers = append(grpcServers, gs)
-		g.Go(func() error { return gs.Serve(l.Listener) })
-		log.Info("serving etcd v3 API", "addr", l.Addr().String(), "tls", l.tls != nil)
+	served := make(chan error, 1)
+	go func() { served <- front.Serve() }()
+	for i, l := range lns {
+		log.Info("serving etcd v3 API", "addr", l.Addr().String(), "url", urls[i].raw, "tls", l.Secure, "http_only", l.HTTPOnly)
 	}
 	log.Info("kvsql started", "version", Version, "etcd_api", kvserver.EtcdVersion, "name", c.name)
 
+	var serveErr error
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
 	case <-gctx.Done():
+	case serveErr = <-served:
+		served <- serveErr
 	}
 	srv.Shutdown()
-	stopped := make(chan struct{})
-	go func() {
-		for _, gs := range grpcServers {
-			gs.GracefulStop()
-		}
-		close(stopped)
-	}()
-	select {
-	case <-stopped:
-	case <-time.After(shutdownGrace):
-		log.Warn("in-flight requests did not finish in time; closing them")
-		for _, gs := range grpcServers {
-			gs.Stop()
-		}
-		<-stopped
+	graceCtx, cancelGrace := context.WithTimeout(context.Background(), shutdownGrace)
+	front.Stop(graceCtx)
+	cancelGrace()
+	if err := <-served; err != nil && serveErr == nil {
+		serveErr = err
 	}
 	cancelRun()
-	if err := g.Wait(); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+	if err := g.Wait(); err != nil {
 		return err
+	}
+	if serveErr != nil {
+		return fmt.Errorf("serving clients: %w", serveErr)
 	}
 	log.Info("stopped")
 	return nil

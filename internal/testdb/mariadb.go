@@ -28,6 +28,7 @@ type MariaDB struct {
 	port    int
 	cred    *syscall.Credential
 	extra   []string // extra server options
+	tlsArgs []string // TLS server options (NewMariaDBTLS)
 	mu      sync.Mutex
 	proc    *os.Process
 	exited  chan struct{}
@@ -55,7 +56,18 @@ func mysqlBinaries() (installDB, mysqld string, err error) {
 // that replace the binlog defaults (for misconfiguration tests). It creates
 // the users kvsql (all privileges) and nobinlog (only what kvsql's tables
 // need, without replication grants).
-func NewMariaDB(extra ...string) (*MariaDB, error) {
+func NewMariaDB(extra ...string) (*MariaDB, error) { return newMariaDB(nil, extra) }
+
+// NewMariaDBTLS is NewMariaDB with TLS on: certPEM/keyPEM are the server's
+// certificate, caPEM the CA of client certificates. It also creates the
+// user kvtls (all privileges) that may connect only over TLS (REQUIRE
+// SSL), so that a client connected as kvtls, replication included, is
+// known to use TLS.
+func NewMariaDBTLS(certPEM, keyPEM, caPEM []byte) (*MariaDB, error) {
+	return newMariaDB(map[string][]byte{"server-cert.pem": certPEM, "server-key.pem": keyPEM, "ca.pem": caPEM}, nil)
+}
+
+func newMariaDB(tlsFiles map[string][]byte, extra []string) (*MariaDB, error) {
 	installDB, mysqld, err := mysqlBinaries()
 	if err != nil {
 		return nil, err
@@ -86,6 +98,15 @@ func NewMariaDB(extra ...string) (*MariaDB, error) {
 	if m.port, err = FreePort(); err != nil {
 		return nil, err
 	}
+	for name, b := range tlsFiles {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	if tlsFiles != nil {
+		m.tlsArgs = []string{"--ssl-cert=" + filepath.Join(dir, "server-cert.pem"), "--ssl-key=" + filepath.Join(dir, "server-key.pem"), "--ssl-ca=" + filepath.Join(dir, "ca.pem")}
+	}
 	if err := m.Start(); err != nil {
 		return nil, err
 	}
@@ -103,6 +124,13 @@ func NewMariaDB(extra ...string) (*MariaDB, error) {
 	} {
 		if _, err := db.Exec(q); err != nil {
 			return nil, fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	if tlsFiles != nil {
+		for _, q := range []string{"CREATE USER 'kvtls'@'%' REQUIRE SSL", "GRANT ALL PRIVILEGES ON *.* TO 'kvtls'@'%'"} {
+			if _, err := db.Exec(q); err != nil {
+				return nil, fmt.Errorf("%s: %w", q, err)
+			}
 		}
 	}
 	return m, nil
@@ -128,6 +156,7 @@ func (m *MariaDB) Start() error {
 			"--pid-file=" + filepath.Join(m.dir, "mysqld.pid"), "--skip-name-resolve",
 			"--innodb-flush-log-at-trx-commit=1", "--sync-binlog=1", "--max-connections=500",
 			"--max-allowed-packet=64M", "--innodb-buffer-pool-size=128M"}
+		args = append(args, m.tlsArgs...)
 		if m.extra != nil {
 			args = append(args, m.extra...)
 		} else {

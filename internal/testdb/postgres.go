@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
@@ -33,6 +34,7 @@ type Postgres struct {
 	proc    *os.Process
 	exited  chan struct{}
 	logFile string
+	tls     bool // ssl=on, TCP connections only with TLS (NewPostgresTLS)
 }
 
 // pgBinDir finds PostgreSQL's server binaries: $PG_BIN, else the newest
@@ -59,7 +61,20 @@ func pgBinDir() (string, error) {
 }
 
 // NewPostgres initialises and starts a cluster.
-func NewPostgres() (*Postgres, error) {
+func NewPostgres() (*Postgres, error) { return newPostgres(nil, nil) }
+
+// NewPostgresTLS initialises and starts a cluster with ssl=on and
+// certPEM/keyPEM as its server certificate, which accepts TCP connections
+// only over TLS (hostssl in pg_hba.conf), so that a client that connects
+// at all uses TLS. Connect with TLSURL.
+func NewPostgresTLS(certPEM, keyPEM []byte) (*Postgres, error) {
+	if certPEM == nil || keyPEM == nil {
+		return nil, errors.New("NewPostgresTLS: certificate and key required")
+	}
+	return newPostgres(certPEM, keyPEM)
+}
+
+func newPostgres(certPEM, keyPEM []byte) (*Postgres, error) {
 	bin, err := pgBinDir()
 	if err != nil {
 		return nil, err
@@ -87,6 +102,24 @@ func NewPostgres() (*Postgres, error) {
 	if out, err := initdb.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("initdb: %w\n%s", err, out)
 	}
+	if certPEM != nil {
+		p.tls = true
+		data := filepath.Join(dir, "data")
+		// ssl_cert_file and ssl_key_file default to these names in the
+		// data directory; the key must belong to the server's user, 0600.
+		hba := "local all all trust\nhostssl all all 127.0.0.1/32 trust\n"
+		for name, b := range map[string][]byte{"server.crt": certPEM, "server.key": keyPEM, "pg_hba.conf": []byte(hba)} {
+			path := filepath.Join(data, name)
+			if err := os.WriteFile(path, b, 0o600); err != nil {
+				return nil, err
+			}
+			if p.cred != nil {
+				if err := os.Chown(path, int(p.cred.Uid), int(p.cred.Gid)); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
 	if p.port, err = FreePort(); err != nil {
 		return nil, err
 	}
@@ -110,9 +143,13 @@ func (p *Postgres) Start() error {
 			return
 		}
 		defer logf.Close()
-		cmd := exec.Command(filepath.Join(p.bin, "postgres"), "-D", filepath.Join(p.dir, "data"),
+		args := []string{"-D", filepath.Join(p.dir, "data"),
 			"-p", strconv.Itoa(p.port), "-k", p.dir, "-c", "listen_addresses=127.0.0.1",
-			"-c", "fsync=on", "-c", "max_connections=400", "-c", "shared_buffers=64MB")
+			"-c", "fsync=on", "-c", "max_connections=400", "-c", "shared_buffers=64MB"}
+		if p.tls {
+			args = append(args, "-c", "ssl=on")
+		}
+		cmd := exec.Command(filepath.Join(p.bin, "postgres"), args...)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred, Pdeathsig: syscall.SIGQUIT}
 		if err := cmd.Start(); err != nil {
@@ -131,7 +168,7 @@ func (p *Postgres) Start() error {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		conn, err := pgx.Connect(context.Background(), p.URL("postgres"))
+		conn, err := pgx.Connect(context.Background(), p.adminURL())
 		if err == nil {
 			_ = conn.Close(context.Background())
 			return nil
@@ -164,6 +201,21 @@ func (p *Postgres) Stop(sig syscall.Signal) {
 // URL returns the connection URL of database db as the superuser kvsql.
 func (p *Postgres) URL(db string) string {
 	return fmt.Sprintf("postgres://kvsql@127.0.0.1:%d/%s?sslmode=disable", p.port, db)
+}
+
+// TLSURL returns the URL of database db as the superuser kvsql, over TLS
+// with full verification of the server's certificate against caFile.
+func (p *Postgres) TLSURL(db, caFile string) string {
+	return fmt.Sprintf("postgres://kvsql@127.0.0.1:%d/%s?sslmode=verify-full&sslrootcert=%s", p.port, db, url.QueryEscape(caFile))
+}
+
+// adminURL reaches the server whatever its TLS settings: over its unix
+// socket when TCP requires TLS.
+func (p *Postgres) adminURL() string {
+	if p.tls {
+		return fmt.Sprintf("host=%s port=%d user=kvsql dbname=postgres sslmode=disable", p.dir, p.port)
+	}
+	return p.URL("postgres")
 }
 
 // Destroy kills the server and removes its files.

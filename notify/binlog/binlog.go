@@ -22,12 +22,22 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
 	gomysql "github.com/go-sql-driver/mysql"
 
+	"github.com/kvsql/kvsql/internal/dbnet"
 	"github.com/kvsql/kvsql/notify"
+)
+
+const (
+	// heartbeatPeriod is how often the server sends a heartbeat on an
+	// idle replication stream; readTimeout is how long the stream may stay
+	// silent before it counts as dead.
+	heartbeatPeriod = time.Second
+	readTimeout     = 5 * time.Second
 )
 
 // Config configures a Source.
@@ -158,6 +168,12 @@ func (s *Source) connect(ctx context.Context) error {
 		TLSConfig:        s.cfg.Driver.TLS,
 		Logger:           s.log,
 		DisableRetrySync: true, // we reconnect ourselves, and re-read kv_log
+		// The server sends a heartbeat every second when it has nothing
+		// else to send; a stream quiet for longer than readTimeout is
+		// dead (a server or network gone silent) and is reconnected.
+		HeartbeatPeriod: heartbeatPeriod,
+		ReadTimeout:     readTimeout,
+		Dialer:          dbnet.Dial,
 	})
 	streamer, err := syncer.StartSync(pos)
 	if err != nil {

@@ -25,6 +25,12 @@ import (
 const (
 	minBackoff = 50 * time.Millisecond
 	maxBackoff = 5 * time.Second
+	// listenIdle is how long the source waits for a notification before it
+	// checks that the connection still answers (pingTimeout): a connection
+	// whose server or network went silent without closing it would
+	// otherwise wait for ever.
+	listenIdle  = 10 * time.Second
+	pingTimeout = 5 * time.Second
 )
 
 // Source is a notify.Source on LISTEN/NOTIFY. Next must not be called
@@ -90,7 +96,19 @@ func (s *Source) Next(ctx context.Context, after int64) (int64, error) {
 		return 0, nil
 	}
 	for {
-		n, err := conn.WaitForNotification(ctx)
+		wctx, cancel := context.WithTimeout(ctx, listenIdle)
+		n, err := conn.WaitForNotification(wctx)
+		cancel()
+		if err != nil && ctx.Err() == nil && wctx.Err() != nil {
+			// Quiet for listenIdle: a timeout leaves the connection
+			// usable; check that the server still answers on it.
+			pctx, cancel := context.WithTimeout(ctx, pingTimeout)
+			err = conn.Ping(pctx)
+			cancel()
+			if err == nil {
+				continue
+			}
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return 0, ctx.Err()
