@@ -91,6 +91,12 @@ type AuthStore interface {
 	ClusterSecret(ctx context.Context) ([]byte, error)
 }
 
+// AuthTxReader is implemented by a dialect's read transactions that can
+// read the auth state in their own snapshot (SnapshotView.Auth).
+type AuthTxReader interface {
+	ReadAuth(ctx context.Context) (AuthState, error)
+}
+
 // SortAuthState puts users and roles in name order, as etcd's buckets
 // list them.
 func SortAuthState(s *AuthState) {

@@ -15,7 +15,18 @@ import (
 // READ COMMITTED every later statement of the transaction then sees what
 // the previous holder of the lock committed.
 
-var _ backends.AuthStore = (*dialect)(nil)
+var (
+	_ backends.AuthStore    = (*dialect)(nil)
+	_ backends.AuthTxReader = (*txn)(nil)
+)
+
+// ReadAuth reads the auth state in a read transaction's snapshot.
+func (t *txn) ReadAuth(ctx context.Context) (backends.AuthState, error) {
+	if t.tx == nil {
+		return backends.AuthState{}, errors.New("auth state read outside a read transaction")
+	}
+	return loadAuth(ctx, t.tx, qAuthMeta)
+}
 
 func (d *dialect) AuthMeta(ctx context.Context) (bool, uint64, error) {
 	var enabled bool

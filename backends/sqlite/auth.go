@@ -14,7 +14,18 @@ import (
 // (BEGIN IMMEDIATE: the database's write lock); one process owns the file,
 // so token expiry uses this process's clock.
 
-var _ backends.AuthStore = (*dialect)(nil)
+var (
+	_ backends.AuthStore    = (*dialect)(nil)
+	_ backends.AuthTxReader = (*txn)(nil)
+)
+
+// ReadAuth reads the auth state in a read transaction's snapshot.
+func (t *txn) ReadAuth(ctx context.Context) (backends.AuthState, error) {
+	if t.tx == nil {
+		return backends.AuthState{}, errors.New("auth state read outside a read transaction")
+	}
+	return loadAuth(ctx, t.tx)
+}
 
 func (d *dialect) AuthMeta(ctx context.Context) (bool, uint64, error) {
 	var enabled bool
