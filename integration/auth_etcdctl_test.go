@@ -198,8 +198,8 @@ func TestEtcdctlAuthTokenExpiry(t *testing.T) {
 			if target.name == "kvsql" {
 				// The txn came with the expired token and was refused;
 				// the client logged in again and sent it once more.
-				refused := metricValue(t, metrics, `kvsql_grpc_requests_total{code="Unauthenticated",method="Txn"}`)
-				logins := metricValue(t, metrics, `kvsql_grpc_requests_total{code="OK",method="Authenticate"}`)
+				refused := metricValue(t, metrics, `grpc_server_handled_total{grpc_code="Unauthenticated",grpc_method="Txn",grpc_service="etcdserverpb.KV",grpc_type="unary"}`)
+				logins := metricValue(t, metrics, `grpc_server_handled_total{grpc_code="OK",grpc_method="Authenticate",grpc_service="etcdserverpb.Auth",grpc_type="unary"}`)
 				if refused != 1 || logins != 3 {
 					t.Fatalf("kvsql refused %v txns as unauthenticated and answered %v logins; want 1 and 3 (txn, its retry, get)", refused, logins)
 				}
