@@ -8,6 +8,7 @@ package integration
 // issued.
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -18,12 +19,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/authpb"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.etcd.io/etcd/pkg/v3/idutil"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 )
@@ -872,5 +875,57 @@ func TestDiffAuthSimpleTokenExpiry(t *testing.T) {
 		expect(t, "Range with an expired token", o.get(u1, "/t1/a", ""), rpctypes.ErrGRPCInvalidAuthToken)
 		u1 = d.authenticate("u1", "pw1")
 		o.get(u1, "/t1/a", "")
+	})
+}
+
+// TestDiffAuthRequestSize: with auth, etcd measures a write with the
+// caller's user name and auth revision in its proposal, so a long user
+// name lowers how large a value may be. Values around the limit get
+// etcd's answers; sizes within the bytes by which the two members'
+// request IDs differ are skipped (as in FuzzDiffKeyValue).
+func TestDiffAuthRequestSize(t *testing.T) {
+	t.Parallel()
+	const limit = 4096
+	opts := authDiffOpts
+	opts.MaxRequestBytes = limit
+	runDiff(t, opts, func(d *differ) {
+		t := d.t
+		o := authOps{d}
+		e, k := d.memberIDs() // asked before auth is on
+		user := strings.Repeat("u", 300)
+		o.userAdd(nil, "root", "rootpw", nil)
+		o.grantRole(nil, "root", "root")
+		o.roleAdd(nil, "t1")
+		o.grantPerm(nil, "t1", prefixPerm(authpb.READWRITE, "/t1/"))
+		o.userAdd(nil, user, "pw", nil)
+		o.grantRole(nil, user, "t1")
+		if err := o.enable(nil); err != nil {
+			t.Fatal(err)
+		}
+		s := d.authenticate(user, "pw")
+		if s == nil {
+			t.Fatal("logging in failed")
+		}
+		st, err := d.etcd.auth.AuthStatus(d.ctx, &pb.AuthStatusRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		size := func(r *pb.PutRequest, member uint64) int {
+			id := idutil.NewGenerator(uint16(member), time.Now()).Next()
+			return proto.Size(&pb.InternalRaftRequest{Header: &pb.RequestHeader{ID: id, Username: user, AuthRevision: st.AuthRevision}, Put: r})
+		}
+		refused := 0
+		for n := limit - 500; n <= limit; n += 7 {
+			r := &pb.PutRequest{Key: []byte("/t1/big"), Value: bytes.Repeat([]byte("v"), n)}
+			if (size(r, e) > limit) != (size(r, k) > limit) {
+				continue
+			}
+			if err := o.putReq(s, r); err != nil {
+				refused++
+			}
+		}
+		if refused == 0 {
+			t.Fatal("no put was large enough to be refused: the sweep misses the limit")
+		}
 	})
 }

@@ -41,8 +41,8 @@ func (a *authGate) serialize(ctx context.Context, chk func(as auth.AuthStore, ai
 	return gerr
 }
 
-// writer is the identity a write carries to its check; trusted marks a
-// write another instance forwarded after checking it.
+// writer is the identity a write carries to its check (nil: none);
+// trusted marks a write another instance forwarded after checking it.
 type writer struct {
 	ai      *auth.AuthInfo
 	trusted bool
@@ -57,9 +57,6 @@ func (a *authGate) identify(ctx context.Context, self uint64, m proto.Message) (
 	ai, _, err := a.info(ctx)
 	if err != nil {
 		return writer{}, err
-	}
-	if ai == nil {
-		ai = &auth.AuthInfo{}
 	}
 	return writer{ai: ai}, nil
 }

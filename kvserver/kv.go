@@ -79,7 +79,7 @@ func (s *Server) checkWriteAuth(ctx context.Context, r proto.Message, chk func(a
 	if err != nil {
 		return s.authErr(err)
 	}
-	if err := s.checkSize(r); err != nil {
+	if err := s.checkSize(r, w.ai); err != nil {
 		return err
 	}
 	if err := s.checkWrite(ctx, r); err != nil {
@@ -92,7 +92,11 @@ func (s *Server) checkWriteAuth(ctx context.Context, r proto.Message, chk func(a
 	if err != nil {
 		return s.authErr(err)
 	}
-	return s.authErr(chk(as, w.ai))
+	ai := w.ai
+	if ai == nil {
+		ai = &auth.AuthInfo{}
+	}
+	return s.authErr(chk(as, ai))
 }
 
 func (k *kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
