@@ -49,6 +49,21 @@ func (v *SnapshotView) Leases(ctx context.Context, afterID int64, limit int) ([]
 	return ls, nil
 }
 
+// Auth returns the auth state (users, roles, the enabled flag and the auth
+// revision) in this snapshot, users and roles in name order.
+func (v *SnapshotView) Auth(ctx context.Context) (AuthState, error) {
+	r, ok := v.tx.(AuthTxReader)
+	if !ok {
+		return AuthState{}, errNoAuth
+	}
+	s, err := r.ReadAuth(ctx)
+	if err != nil {
+		return s, fmt.Errorf("read auth state: %w", err)
+	}
+	SortAuthState(&s)
+	return s, nil
+}
+
 // ReadSnapshot implements Snapshotter.
 func (e *Engine) ReadSnapshot(ctx context.Context, fn func(v *SnapshotView) error) error {
 	return e.read(ctx, func(tx Tx) error {

@@ -27,6 +27,13 @@
 #   kvsql-base-pg, kvsql-base-mysql  the kvsql binary BENCH_BASE_KVSQL (built
 #                         from another tree, e.g. the last commit) on the same
 #                         servers: an A/B comparison within one run
+#   TARGET-auth           any target above with auth enabled (etcd, kvsql,
+#                         kvsql-pg, kvsql-mysql, ...): a root user, and a
+#                         user "bench" whose role reads and writes /bench/,
+#                         load/ and lat/ only; every workload runs as
+#                         "bench" with a simple token (put-1 and put-64
+#                         write random binary keys outside those prefixes:
+#                         use the -text variants)
 #
 # Workloads (BENCH_WORKLOADS):
 #   put-1 put-64 range-1key-1 range-1key-64 range-1000keys-16 watch-latency
@@ -259,7 +266,7 @@ start_mariadb() {
 declare -A DBMADE
 db_url() {
 	local t=$1 db=${1//-/_}
-	case $t in
+	case ${t%-auth} in
 	*-pg)
 		if [ -z "${DBMADE[$t]:-}" ]; then
 			psql -h 127.0.0.1 -p "$PGPORT" -U kvsql -d postgres -qc "CREATE DATABASE $db" >/dev/null || die "create database $db"
@@ -277,29 +284,53 @@ db_url() {
 	esac
 }
 
-ctl() { timeout 60 "$BIN/etcdctl" --endpoints "127.0.0.1:${PORT[$1]}" --dial-timeout 2s --command-timeout 30s "${@:2}"; }
+ctl() { timeout 60 "$BIN/etcdctl" --endpoints "127.0.0.1:${PORT[$1]}" --dial-timeout 2s --command-timeout 30s $(root_user "$1") "${@:2}"; }
+
+# TARGET-auth targets: AUTHED[TARGET] is set once auth is enabled on it.
+declare -A AUTHED
+is_auth() { case ${1%%.*} in *-auth) return 0 ;; esac; return 1; }
+# root_user INSTANCE: etcdctl's --user for an auth target's setup and checks.
+root_user() { [ -n "${AUTHED[${1%%.*}]:-}" ] && echo "--user=root:bench-root"; return 0; }
+# bench_user INSTANCE FLAG: FLAG bench:bench for auth targets (the tenant
+# user every workload runs as).
+bench_user() { is_auth "$1" && echo "$2" "bench:bench"; return 0; }
+
+# setup_auth TARGET: root, the tenant user "bench" confined to the
+# workloads' prefixes, auth enabled.
+setup_auth() {
+	local t=$1 p
+	ctl "$t" user add root:bench-root >/dev/null &&
+		ctl "$t" user grant-role root root >/dev/null &&
+		ctl "$t" role add bench >/dev/null &&
+		for p in /bench/ load/ lat/; do ctl "$t" role grant-permission bench readwrite "$p" --prefix >/dev/null || return 1; done &&
+		ctl "$t" user add bench:bench >/dev/null &&
+		ctl "$t" user grant-role bench bench >/dev/null &&
+		ctl "$t" auth enable >/dev/null || die "$t: setting up auth failed"
+	AUTHED[$t]=1
+	log "$t: auth enabled; workloads run as user bench"
+}
 
 # start INSTANCE: start TARGET (INSTANCE is TARGET, TARGET.b or TARGET.c).
 start() {
 	local i=$1 t=${1%%.*} p pp url
 	free_port p
 	PORT[$i]=$p
-	case $t in
+	case ${t%-auth} in
 	*-pg | *-mysql)
 		url=$(db_url "$t")
 		DBMADE[$t]=1 # db_url ran in a subshell
 		;;
 	esac
-	case $t in
+	case ${t%-auth} in
 	etcd)
 		free_port pp
-		"$BIN/etcd" --name bench --data-dir "$DATA/etcd" \
+		"$BIN/etcd" --name bench --data-dir "$DATA/$t" \
 			--listen-client-urls "http://127.0.0.1:$p" --advertise-client-urls "http://127.0.0.1:$p" \
 			--listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
 			--initial-cluster "bench=http://127.0.0.1:$pp" --log-level warn >"$RUN/$i.log" 2>&1 &
 		;;
 	kvsql | kvsql-cgo)
-		"$BIN/$t" --listen-client-urls "http://127.0.0.1:$p" --data-dir "$DATA/$t" \
+		"$BIN/${t%-auth}" --listen-client-urls "http://127.0.0.1:$p" --data-dir "$DATA/$t" \
 			--log-level warn >"$RUN/$i.log" 2>&1 &
 		;;
 	kvsql-pg | kvsql-mysql)
@@ -323,7 +354,7 @@ start() {
 	local k
 	for k in $(seq 1 60); do
 		if timeout 10 "$BIN/etcdctl" --endpoints "127.0.0.1:$p" --dial-timeout 2s --command-timeout 5s \
-			put /bench/ready 1 >/dev/null 2>&1; then
+			$(root_user "$i") put /bench/ready 1 >/dev/null 2>&1; then
 			log "$i listening on 127.0.0.1:$p (pid ${PID[$i]})"
 			return 0
 		fi
@@ -343,11 +374,14 @@ stop() {
 }
 
 # multi TARGET: whether TARGET runs as several instances on one database.
-multi() { case $1 in *-pg | *-mysql) return 0 ;; esac; return 1; }
+multi() { case ${1%-auth} in *-pg | *-mysql) return 0 ;; esac; return 1; }
 
-case " $TARGETS " in *-pg" "*) start_postgres ;; esac
-case " $TARGETS " in *-mysql" "*) start_mariadb ;; esac
-for t in $TARGETS; do start "$t"; done
+case " $TARGETS " in *-pg" "* | *-pg-auth" "*) start_postgres ;; esac
+case " $TARGETS " in *-mysql" "* | *-mysql-auth" "*) start_mariadb ;; esac
+for t in $TARGETS; do
+	start "$t"
+	if is_auth "$t"; then setup_auth "$t"; fi
+done
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 # The machine's 1-minute load every 10 s (for at most 60 min): numbers from a
 # shared machine are only as good as what else ran, so the report says.
@@ -363,7 +397,7 @@ bench() {
 	shift 2
 	out=$RUN/$name.$t.$round
 	log "round $round/$ROUNDS: $name on $t"
-	if ! timeout "$STEP_TIMEOUT" "$BIN/benchmark" --precise --endpoints "127.0.0.1:${PORT[$t]}" "$@" \
+	if ! timeout "$STEP_TIMEOUT" "$BIN/benchmark" --precise --endpoints "127.0.0.1:${PORT[$t]}" $(bench_user "$t" --user) "$@" \
 		>"$out.out" 2>"$out.err"; then
 		echo "FAILED or timed out after ${STEP_TIMEOUT}s" >>"$out.out"
 	fi
@@ -377,7 +411,7 @@ watchlat() {
 	log "round $round/$ROUNDS: $name on $t"
 	# WL_MAXTIME: when watchlat stops timing and reports what it has.
 	local mt=${WL_MAXTIME:-$((STEP_TIMEOUT - 10))s}
-	if ! timeout "$STEP_TIMEOUT" "$BIN/watchlat" -max-time "$mt" "$@" >"$out.out" 2>"$out.err"; then
+	if ! timeout "$STEP_TIMEOUT" "$BIN/watchlat" -max-time "$mt" $(bench_user "$t" -user) "$@" >"$out.out" 2>"$out.err"; then
 		echo "FAILED or timed out after ${STEP_TIMEOUT}s" >>"$out.out"
 	fi
 }
@@ -388,7 +422,7 @@ fill() {
 	local t=$1 prefix=$2 keys=$3 puts=$4 out
 	out=$RUN/fill.$t.${prefix//\//_}$puts
 	log "$t: writing $puts puts over $keys keys $prefix"
-	timeout 600 "$BIN/watchlat" -max-time 590s -write "127.0.0.1:${PORT[$t]}" -fill "$puts" -fill-prefix "$prefix" \
+	timeout 600 "$BIN/watchlat" -max-time 590s $(bench_user "$t" -user) -write "127.0.0.1:${PORT[$t]}" -fill "$puts" -fill-prefix "$prefix" \
 		-fill-keys "$keys" -fill-writers 64 >"$out.out" 2>"$out.err" || die "$t: fill $prefix failed; see $out.err"
 	cat "$out.out" >&2
 }

@@ -23,12 +23,15 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
@@ -40,17 +43,33 @@ const diffTimeout = 10 * time.Second
 // target is one server under comparison, spoken to over raw gRPC so that
 // nothing in clientv3 hides a difference.
 type target struct {
-	name  string
-	kv    pb.KVClient
-	lease pb.LeaseClient
-	watch pb.WatchClient
-	maint pb.MaintenanceClient
+	name    string
+	kv      pb.KVClient
+	lease   pb.LeaseClient
+	watch   pb.WatchClient
+	auth    pb.AuthClient
+	maint   pb.MaintenanceClient
+	cluster pb.ClusterClient
 }
 
 func newTarget(t testing.TB, name string, s server) target {
-	conn := newClient(t, s).ActiveConnection()
+	return targetOn(name, newClient(t, s).ActiveConnection())
+}
+
+// newRawTarget speaks to s over a plain gRPC connection, without
+// clientv3's interceptors (which retry, and log in again, on auth errors).
+func newRawTarget(t testing.TB, name string, s server) target {
+	conn, err := grpc.NewClient(strings.TrimPrefix(s.Endpoint, "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return targetOn(name, conn)
+}
+
+func targetOn(name string, conn *grpc.ClientConn) target {
 	return target{name: name, kv: pb.NewKVClient(conn), lease: pb.NewLeaseClient(conn), watch: pb.NewWatchClient(conn),
-		maint: pb.NewMaintenanceClient(conn)}
+		auth: pb.NewAuthClient(conn), maint: pb.NewMaintenanceClient(conn), cluster: pb.NewClusterClient(conn)}
 }
 
 // differ sends every operation to etcd (want) and kvsql (got).
@@ -59,6 +78,9 @@ type differ struct {
 	ctx  context.Context
 	etcd target
 	kv   target
+	// admin, once auth is enabled, is the session the runner's own
+	// reads (currentRev) use.
+	admin *authSession
 }
 
 // runDiff runs fn against a fresh etcd and a fresh kvsql for every backend.
@@ -75,11 +97,15 @@ func runDiff(t *testing.T, opts serverOptions, fn func(d *differ)) {
 func newDiffer(t testing.TB, opts serverOptions, start starter) *differ {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
+	nt := newTarget
+	if opts.RawGRPC {
+		nt = newRawTarget
+	}
 	return &differ{
 		t:    t,
 		ctx:  ctx,
-		etcd: newTarget(t, "etcd", startEtcd(t, opts)),
-		kv:   newTarget(t, "kvsql", start(t, opts)),
+		etcd: nt(t, "etcd", startEtcd(t, opts)),
+		kv:   nt(t, "kvsql", start(t, opts)),
 	}
 }
 
@@ -286,7 +312,9 @@ func (d *differ) keepAliveOnce(id int64) (*pb.LeaseKeepAliveResponse, error) {
 // currentRev returns both servers' current revisions (they must agree).
 func (d *differ) currentRev() int64 {
 	d.t.Helper()
-	resp, err := d.rng(&pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}, CountOnly: true})
+	resp, err := doAs(d, d.admin, "Range count all", func(ctx context.Context, tg target) (*pb.RangeResponse, error) {
+		return tg.kv.Range(ctx, &pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}, CountOnly: true})
+	})
 	if err != nil {
 		d.t.Fatalf("current revision: %v", err)
 	}

@@ -34,6 +34,14 @@ type serverOptions struct {
 	// SafetyPoll, if set, replaces the tailer's safety poll interval; tests
 	// of a change stream set it high so that only the stream delivers.
 	SafetyPoll time.Duration
+	// AuthToken, AuthTokenTTL (seconds) and BcryptCost are etcd's
+	// --auth-token, --auth-token-ttl and --bcrypt-cost (0: defaults).
+	AuthToken    string
+	AuthTokenTTL uint
+	BcryptCost   int
+	// RawGRPC makes the differential runner speak plain gRPC, without
+	// clientv3's interceptors (they retry auth errors, logging in again).
+	RawGRPC bool
 }
 
 // starter starts a fresh, empty server for one test and stops it at cleanup.
@@ -90,6 +98,9 @@ func serveFrontend(t testing.TB, be backends.Backend, src interface {
 		SafetyPoll:             opts.SafetyPoll,
 		LeaseCheckInterval:     100 * time.Millisecond,
 		ForwardWrites:          true, // the binary's default
+		AuthToken:              opts.AuthToken,
+		AuthTokenTTL:           time.Duration(opts.AuthTokenTTL) * time.Second,
+		BcryptCost:             opts.BcryptCost,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -158,6 +169,15 @@ func etcdConfig(t testing.TB, opts serverOptions) *embed.Config {
 	}
 	if opts.ProgressNotifyInterval > 0 {
 		cfg.WatchProgressNotifyInterval = opts.ProgressNotifyInterval
+	}
+	if opts.AuthToken != "" {
+		cfg.AuthToken = opts.AuthToken
+	}
+	if opts.AuthTokenTTL > 0 {
+		cfg.AuthTokenTTL = opts.AuthTokenTTL
+	}
+	if opts.BcryptCost > 0 {
+		cfg.BcryptCost = uint(opts.BcryptCost)
 	}
 	return cfg
 }

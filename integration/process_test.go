@@ -772,6 +772,7 @@ func TestProcessVersionHelp(t *testing.T) {
 			"listen-client-urls", "advertise-client-urls", "name", "data-dir", "endpoint",
 			"max-request-bytes", "max-txn-ops", "watch-progress-notify-interval", "cert-file",
 			"key-file", "trusted-ca-file", "client-cert-auth", "log-level", "log-format", "version",
+			"auth-token", "auth-token-ttl", "bcrypt-cost", "auth-refresh-interval",
 		} {
 			if !strings.Contains(help, "\n  -"+f+" ") && !strings.Contains(help, "\n  -"+f+"\n") {
 				t.Errorf("%s does not list -%s:\n%s", arg, f, help)
@@ -805,6 +806,10 @@ func TestProcessFlagErrors(t *testing.T) {
 		{"listen scheme", nil, []string{"--listen-client-urls=ftp://127.0.0.1:0"}, "scheme must be http or https"},
 		{"listen not a URL", nil, []string{"--listen-client-urls=127.0.0.1:2379"}, "want http://host:port"},
 		{"https without cert", nil, []string{"--listen-client-urls=https://127.0.0.1:0"}, "needs --cert-file and --key-file"},
+		{"bcrypt cost", nil, []string{listen, "--bcrypt-cost=3"}, "--bcrypt-cost 3: want 4..31"},
+		{"auth token kind", nil, []string{listen, "--auth-token=magic"}, `--auth-token "magic": want simple, or jwt,`},
+		{"jwt without keys", nil, []string{listen, "--auth-token=jwt,sign-method=RS256"}, "auth: missing key data"},
+		{"jwt key file", nil, []string{listen, "--auth-token=jwt,priv-key=/nonexistent.key,sign-method=RS256"}, "/nonexistent.key"},
 		{"unknown scheme", nil, []string{listen, "--endpoint=redis://127.0.0.1:6379/0"}, `unknown scheme "redis"`},
 		{"not a URL", nil, []string{listen, "--endpoint=state.db"}, "--endpoint is not a URL"},
 		{"empty sqlite path", nil, []string{listen, "--endpoint=sqlite://"}, "needs a file path"},

@@ -17,6 +17,9 @@ type clusterService struct {
 // embedded SQLite default: this one), so that clientv3's endpoint sync
 // finds every instance.
 func (c *clusterService) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.MemberListResponse, error) {
+	if err := c.s.auth.requireAuthInfo(ctx); err != nil {
+		return nil, c.s.authErr(err)
+	}
 	cur, err := c.s.currentRev(ctx)
 	if err != nil {
 		return nil, c.s.toGRPC(err)
@@ -48,14 +51,4 @@ func (c *clusterService) MemberUpdate(context.Context, *pb.MemberUpdateRequest) 
 
 func (c *clusterService) MemberPromote(context.Context, *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
 	return nil, errMembership
-}
-
-// authService refuses every Auth RPC: kvsql has no etcd users or roles.
-// Authenticate clients with TLS client certificates instead.
-type authService struct {
-	pb.UnimplementedAuthServer
-}
-
-func (authService) AuthStatus(context.Context, *pb.AuthStatusRequest) (*pb.AuthStatusResponse, error) {
-	return &pb.AuthStatusResponse{Header: &pb.ResponseHeader{}, Enabled: false}, nil
 }

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kvsql/kvsql/backends"
 )
@@ -79,6 +80,10 @@ type forwarder struct {
 	tls     *tls.Config     // for https:// leader URLs; nil: system roots
 	log     *slog.Logger
 	metrics *Metrics
+	// sign signs a request for the member it is forwarded to (see
+	// authGate.sign): the leader then trusts the permission check this
+	// instance made, as it has no token of the client's.
+	sign func(target uint64, m proto.Message) (string, bool)
 
 	mu         sync.Mutex
 	peer       *peer // nil: write directly
@@ -179,7 +184,12 @@ func (f *forwarder) verify(p *peer) {
 	defer p.verifying.Store(false)
 	ctx, cancel := context.WithTimeout(context.Background(), verifyTimeout)
 	defer cancel()
-	st, err := pb.NewMaintenanceClient(p.conn).Status(ctx, &pb.StatusRequest{}, grpc.WaitForReady(true))
+	req := &pb.StatusRequest{}
+	if mac, ok := f.sign(p.id, req); ok {
+		// Status needs an identity once auth is enabled.
+		ctx = metadata.AppendToOutgoingContext(ctx, forwardMACKey, mac)
+	}
+	st, err := pb.NewMaintenanceClient(p.conn).Status(ctx, req, grpc.WaitForReady(true))
 	if err == nil && (st.Header == nil || st.Header.MemberId != p.id || st.Header.ClusterId != f.cluster) {
 		got := st.GetHeader()
 		err = fmt.Errorf("it answers as member %x of cluster %x, not member %x of cluster %x (is --advertise-client-urls an address the other instances reach?)",
@@ -307,10 +317,20 @@ func forward[Req, Resp any](s *Server, ctx context.Context, r Req, call func(pb.
 		return resp, false, nil
 	}
 	defer p.inflight.Done()
+	mac, signed := f.sign(p.id, any(r).(proto.Message))
+	if !signed {
+		// Without the cluster secret the leader could not tell this
+		// write was checked: write it here.
+		f.count(fwdDirect)
+		return resp, false, nil
+	}
 	// sentTo stays empty unless the request got onto a connection: gRPC
 	// fills it in only from an attempt that created a stream.
 	var sentTo grpcpeer.Peer
-	resp, err = call(p.kv, metadata.AppendToOutgoingContext(ctx, forwardedKey, strconv.FormatUint(p.id, 16)), r, grpc.Peer(&sentTo))
+	// A fresh outgoing context: the client's own metadata (its token) is
+	// not passed on; the signature stands for the check made here.
+	fctx := metadata.NewOutgoingContext(ctx, metadata.Pairs(forwardedKey, strconv.FormatUint(p.id, 16), forwardMACKey, mac))
+	resp, err = call(p.kv, fctx, r, grpc.Peer(&sentTo))
 	if err == nil {
 		f.count(fwdForwarded)
 		return resp, true, nil

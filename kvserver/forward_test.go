@@ -15,9 +15,13 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kvsql/kvsql/backends"
 )
+
+// testSign stands for authGate.sign in forwarder tests.
+func testSign(uint64, proto.Message) (string, bool) { return "signed", true }
 
 // TestForwarderPicksLeader: a follower forwards to the instance marked as
 // leader, and writes directly when it leads itself, when nobody is marked,
@@ -25,7 +29,7 @@ import (
 // cannot be dialled.
 func TestForwarderPicksLeader(t *testing.T) {
 	const me, other = 1, 2
-	f := &forwarder{self: me, selfURL: map[string]bool{"http://127.0.0.1:2379": true}, log: slog.New(slog.DiscardHandler)}
+	f := &forwarder{self: me, selfURL: map[string]bool{"http://127.0.0.1:2379": true}, log: slog.New(slog.DiscardHandler), sign: testSign}
 	defer f.close()
 	members := func(leader uint64, url string) []backends.Member {
 		return []backends.Member{
@@ -112,7 +116,7 @@ func TestForwarderVerifiesLeader(t *testing.T) {
 		{"another cluster", leader, 8, false},
 	} {
 		_, url := stubLeader(t, &stubKV{forwarded: make(chan string, 1)}, &stubStatus{member: tc.member, cluster: tc.cluster})
-		f := &forwarder{self: 1, cluster: cluster, log: slog.New(slog.DiscardHandler)}
+		f := &forwarder{self: 1, cluster: cluster, log: slog.New(slog.DiscardHandler), sign: testSign}
 		f.update([]backends.Member{{ID: leader, Name: "leader", ClientURLs: []string{url}, Leader: true}}, false)
 		p := f.peer
 		deadline := time.Now().Add(verifyTimeout + time.Second)
@@ -134,7 +138,7 @@ func TestForwardOutcomes(t *testing.T) {
 	stub := &stubKV{forwarded: make(chan string, 1)}
 	gs, url := stubLeader(t, stub, &stubStatus{member: 2, cluster: 7})
 
-	f := &forwarder{self: 1, cluster: 7, log: slog.New(slog.DiscardHandler)}
+	f := &forwarder{self: 1, cluster: 7, log: slog.New(slog.DiscardHandler), sign: testSign}
 	defer f.close()
 	s := &Server{log: f.log, fwd: f, memberID: 1}
 	f.update([]backends.Member{{ID: 2, Name: "leader", ClientURLs: []string{url}, Leader: true}}, false)

@@ -6,8 +6,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/server/v3/auth"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kvsql/kvsql/backends"
 )
@@ -21,9 +23,15 @@ func (k *kvService) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRes
 	if err := checkRange(r); err != nil {
 		return nil, err
 	}
-	resp, err := k.s.be.Range(ctx, r)
+	var resp *pb.RangeResponse
+	err := k.s.auth.serialize(ctx, func(as auth.AuthStore, ai *auth.AuthInfo) error {
+		return as.IsRangePermitted(ai, r.Key, r.RangeEnd)
+	}, func() (err error) {
+		resp, err = k.s.be.Range(ctx, r)
+		return err
+	})
 	if err != nil {
-		return nil, k.s.toGRPC(err)
+		return nil, k.s.authErr(err)
 	}
 	k.s.count(func(m *Metrics) prometheus.Counter { return m.ranges })
 	k.s.fill(resp.Header)
@@ -43,25 +51,61 @@ func (k *kvService) RangeStream(r *pb.RangeRequest, stream pb.KV_RangeStreamServ
 	if !ok {
 		return status.Error(codes.Unimplemented, "kvsql: this backend does not support RangeStream; use Range")
 	}
-	resp, err := rs.RangeStream(stream.Context(), r, k.s.cfg.MaxRequestBytes, func(kvs []*mvccpb.KeyValue) error {
-		return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: kvs}})
+	ctx := stream.Context()
+	err := k.s.auth.serialize(ctx, func(as auth.AuthStore, ai *auth.AuthInfo) error {
+		return as.IsRangePermitted(ai, r.Key, r.RangeEnd)
+	}, func() error {
+		resp, err := rs.RangeStream(ctx, r, k.s.cfg.MaxRequestBytes, func(kvs []*mvccpb.KeyValue) error {
+			return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: kvs}})
+		})
+		if err != nil {
+			return err
+		}
+		k.s.count(func(m *Metrics) prometheus.Counter { return m.ranges })
+		k.s.fill(resp.Header)
+		return stream.Send(&pb.RangeStreamResponse{RangeResponse: resp})
 	})
+	return k.s.authErr(err)
+}
+
+// checkWriteAuth checks a write as etcd does around its size and quota
+// checks: the caller's identity first (a bad token fails before anything
+// else), then size and quota (checkSizeAndQuota), then chk against the
+// current auth state, as etcd checks when it applies the write. A write
+// another instance forwarded was checked there (and is only measured
+// here).
+func (s *Server) checkWriteAuth(ctx context.Context, r proto.Message, chk func(as auth.AuthStore, ai *auth.AuthInfo) error) error {
+	w, err := s.auth.identify(ctx, s.memberID, r)
 	if err != nil {
-		return k.s.toGRPC(err)
+		return s.authErr(err)
 	}
-	k.s.count(func(m *Metrics) prometheus.Counter { return m.ranges })
-	k.s.fill(resp.Header)
-	return stream.Send(&pb.RangeStreamResponse{RangeResponse: resp})
+	if err := s.checkSize(r, w.ai); err != nil {
+		return err
+	}
+	if err := s.checkWrite(ctx, r); err != nil {
+		return err
+	}
+	if w.trusted {
+		return nil
+	}
+	as, err := s.auth.current(ctx)
+	if err != nil {
+		return s.authErr(err)
+	}
+	ai := w.ai
+	if ai == nil {
+		ai = &auth.AuthInfo{}
+	}
+	return s.authErr(chk(as, ai))
 }
 
 func (k *kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
 	if err := checkPut(r); err != nil {
 		return nil, err
 	}
-	if err := k.s.checkSize(r); err != nil {
-		return nil, err
-	}
-	if err := k.s.checkWrite(ctx, r); err != nil {
+	if err := k.s.checkWriteAuth(ctx, r, func(as auth.AuthStore, ai *auth.AuthInfo) error {
+		return checkPutAuth(ctx, as, ai, k.s.leaseKeysOf(), r)
+	}); err != nil {
 		return nil, err
 	}
 	if out, ok, err := forward(k.s, ctx, r, pb.KVClient.Put); ok {
@@ -85,10 +129,9 @@ func (k *kvService) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (
 	if err := checkDelete(r); err != nil {
 		return nil, err
 	}
-	if err := k.s.checkSize(r); err != nil {
-		return nil, err
-	}
-	if err := k.s.checkWrite(ctx, r); err != nil {
+	if err := k.s.checkWriteAuth(ctx, r, func(as auth.AuthStore, ai *auth.AuthInfo) error {
+		return checkDeleteAuth(as, ai, r)
+	}); err != nil {
 		return nil, err
 	}
 	if out, ok, err := forward(k.s, ctx, r, pb.KVClient.DeleteRange); ok {
@@ -118,12 +161,22 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 	if _, _, err := checkOverlaps(r.Failure); err != nil {
 		return nil, err
 	}
-	// etcd limits the size of proposals only: a read-only txn is not one.
-	if !isReadOnlyTxn(r) {
-		if err := k.s.checkSize(r); err != nil {
-			return nil, err
+	chk := func(as auth.AuthStore, ai *auth.AuthInfo) error {
+		return checkTxnAuth(ctx, as, ai, k.s.leaseKeysOf(), r)
+	}
+	var resp *pb.TxnResponse
+	// etcd limits the size of proposals only: a read-only txn is not one,
+	// and is checked as a read.
+	if isReadOnlyTxn(r) {
+		err := k.s.auth.serialize(ctx, chk, func() (err error) {
+			resp, err = k.s.be.Txn(ctx, r)
+			return err
+		})
+		if err != nil {
+			return nil, k.s.authErr(err)
 		}
-		if err := k.s.checkWrite(ctx, r); err != nil {
+	} else {
+		if err := k.s.checkWriteAuth(ctx, r, chk); err != nil {
 			return nil, err
 		}
 		if out, ok, err := forward(k.s, ctx, r, pb.KVClient.Txn); ok {
@@ -133,10 +186,10 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 			out.Header = k.s.fill(out.Header)
 			return out, nil
 		}
-	}
-	resp, err := k.s.be.Txn(ctx, r)
-	if err != nil {
-		return nil, k.s.toGRPC(err)
+		var err error
+		if resp, err = k.s.be.Txn(ctx, r); err != nil {
+			return nil, k.s.toGRPC(err)
+		}
 	}
 	if m := k.s.cfg.Metrics; m != nil {
 		m.txns.Inc()
@@ -147,6 +200,9 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 }
 
 func (k *kvService) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	if err := k.s.auth.isAdmin(ctx); err != nil {
+		return nil, k.s.authErr(err)
+	}
 	if err := k.s.checkWrite(ctx, r); err != nil {
 		return nil, err
 	}

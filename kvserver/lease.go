@@ -9,6 +9,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.etcd.io/etcd/server/v3/auth"
 
 	"github.com/kvsql/kvsql/backends"
 )
@@ -35,6 +36,9 @@ func (l *leaseService) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) 
 	if err := l.s.checkWrite(ctx, r); err != nil { // etcd checks the quota first
 		return nil, err
 	}
+	if err := l.s.auth.requireAuthInfo(ctx); err != nil {
+		return nil, l.s.authErr(err)
+	}
 	if r.TTL > MaxLeaseTTL {
 		return nil, rpctypes.ErrGRPCLeaseTTLTooLarge
 	}
@@ -58,6 +62,16 @@ func (l *leaseService) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) 
 
 func (l *leaseService) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
 	if err := l.s.checkWrite(ctx, r); err != nil {
+		return nil, err
+	}
+	if err := l.s.auth.requireAuthInfo(ctx); err != nil {
+		return nil, l.s.authErr(err)
+	}
+	// As etcd applies a revoke: the caller must be allowed to write every
+	// key attached to the lease.
+	if err := l.s.authorizeApply(ctx, func(as auth.AuthStore, ai *auth.AuthInfo) error {
+		return checkLeasePuts(ctx, as, ai, l.s.leaseKeysOf(), r.ID)
+	}); err != nil {
 		return nil, err
 	}
 	// The header carries the revision of the revoke's own deletions, as
@@ -104,6 +118,9 @@ func (l *leaseService) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) erro
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+		if _, err := l.s.auth.checkLeaseKeys(ctx, l.s.leaseKeysOf(), req.ID, true); err != nil {
+			return l.s.authErr(err)
+		}
 		ttl, err := l.s.be.LeaseRenew(ctx, req.ID)
 		if errors.Is(err, backends.ErrLeaseNotFound) {
 			ttl, err = 0, nil // etcd answers TTL 0 for an unknown lease
@@ -122,9 +139,32 @@ func (l *leaseService) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) erro
 }
 
 func (l *leaseService) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	if err := l.s.auth.requireAuthInfo(ctx); err != nil {
+		return nil, l.s.authErr(err)
+	}
+	var authRev uint64
+	if r.Keys {
+		// etcd checks read permission on the lease's keys only when they
+		// are asked for.
+		var err error
+		if authRev, err = l.s.auth.checkLeaseKeys(ctx, l.s.leaseKeysOf(), r.ID, false); err != nil {
+			return nil, l.s.authErr(err)
+		}
+	}
 	if err := l.s.waitLeasesReady(ctx); err != nil {
 		return nil, l.s.toGRPC(err)
 	}
+	resp, err := l.timeToLive(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	if r.Keys && l.s.auth.enabledAndChangedSince(authRev) {
+		return nil, l.s.authErr(auth.ErrAuthOldRevision)
+	}
+	return resp, nil
+}
+
+func (l *leaseService) timeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
 	cur, err := l.s.currentRev(ctx)
 	if err != nil {
 		return nil, l.s.toGRPC(err)
@@ -146,11 +186,14 @@ func (l *leaseService) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiv
 }
 
 func (l *leaseService) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
-	cur, err := l.s.currentRev(ctx)
+	ids, err := l.s.be.Leases(ctx)
 	if err != nil {
 		return nil, l.s.toGRPC(err)
 	}
-	ids, err := l.s.be.Leases(ctx)
+	if err := l.s.auth.checkLeases(ctx, l.s.leaseKeysOf(), ids); err != nil {
+		return nil, l.s.authErr(err)
+	}
+	cur, err := l.s.currentRev(ctx)
 	if err != nil {
 		return nil, l.s.toGRPC(err)
 	}

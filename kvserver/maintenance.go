@@ -37,8 +37,14 @@ const (
 // not taken over before the deadline (etcd sends it with code Unknown).
 var errLeaderTransferTimeout = status.Error(codes.Unknown, "etcdserver: request timed out, leader transfer took too long")
 
-func (m *maintenanceService) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
+func (m *maintenanceService) Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error) {
 	s := m.s
+	// Another instance checking who it forwards writes to signs its call.
+	if !s.auth.trusted(ctx, s.memberID, r) {
+		if err := s.auth.requireAuthInfo(ctx); err != nil {
+			return nil, s.authErr(err)
+		}
+	}
 	cur, err := s.currentRev(ctx)
 	if err != nil {
 		return nil, s.toGRPC(err)
@@ -71,6 +77,14 @@ func (m *maintenanceService) Status(ctx context.Context, _ *pb.StatusRequest) (*
 // same ones.
 func (m *maintenanceService) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error) {
 	s := m.s
+	// etcd: listing alarms needs an identity, changing them the root role.
+	check := s.auth.isAdmin
+	if r.Action == pb.AlarmRequest_GET {
+		check = s.auth.requireAuthInfo
+	}
+	if err := check(ctx); err != nil {
+		return nil, s.authErr(err)
+	}
 	resp := &pb.AlarmResponse{}
 	switch r.Action {
 	case pb.AlarmRequest_GET:
@@ -122,6 +136,9 @@ func (m *maintenanceService) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb
 // Defragment reclaims the space of deleted rows where the database can
 // (see each dialect's Defragment and README), then measures the size again.
 func (m *maintenanceService) Defragment(ctx context.Context, _ *pb.DefragmentRequest) (*pb.DefragmentResponse, error) {
+	if err := m.s.auth.isAdmin(ctx); err != nil {
+		return nil, m.s.authErr(err)
+	}
 	s := m.s
 	if err := s.be.Defragment(ctx); err != nil {
 		return nil, s.toGRPC(err)
@@ -137,6 +154,9 @@ func (m *maintenanceService) Defragment(ctx context.Context, _ *pb.DefragmentReq
 }
 
 func (m *maintenanceService) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error) {
+	if err := m.s.auth.isAdmin(ctx); err != nil {
+		return nil, m.s.authErr(err)
+	}
 	cur, err := m.s.currentRev(ctx)
 	if err != nil {
 		return nil, m.s.toGRPC(err)
@@ -156,6 +176,9 @@ func (m *maintenanceService) HashKV(ctx context.Context, r *pb.HashKVRequest) (*
 // header's): equal on every instance at the same revision. etcd hashes its
 // whole bolt file, which has no equivalent here.
 func (m *maintenanceService) Hash(ctx context.Context, _ *pb.HashRequest) (*pb.HashResponse, error) {
+	if err := m.s.auth.isAdmin(ctx); err != nil {
+		return nil, m.s.authErr(err)
+	}
 	hash, rev, err := m.s.be.HashKeys(ctx)
 	if err != nil {
 		return nil, m.s.toGRPC(err)
@@ -169,6 +192,9 @@ func (m *maintenanceService) Hash(ctx context.Context, _ *pb.HashRequest) (*pb.H
 // sends its bolt file. `etcdutl snapshot restore` turns it into an etcd
 // data directory; `kvsql snapshot restore` loads it into a kvsql database.
 func (m *maintenanceService) Snapshot(_ *pb.SnapshotRequest, srv pb.Maintenance_SnapshotServer) error {
+	if err := m.s.auth.isAdmin(srv.Context()); err != nil {
+		return m.s.authErr(err)
+	}
 	src, ok := m.s.be.(backends.Snapshotter)
 	if !ok {
 		return status.Error(codes.Unimplemented, "kvsql: this backend cannot take snapshots")
@@ -201,6 +227,9 @@ func (m *maintenanceService) Snapshot(_ *pb.SnapshotRequest, srv pb.Maintenance_
 // leader first records in the database that only the target may take the
 // lock, then releases it; the target takes it at its next lease check.
 func (m *maintenanceService) MoveLeader(ctx context.Context, r *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
+	if err := m.s.auth.isAdmin(ctx); err != nil {
+		return nil, m.s.authErr(err)
+	}
 	s := m.s
 	mv, movable := s.be.(leaderMover)
 	reg, registered := s.be.(memberRegistry)
@@ -269,6 +298,9 @@ func (m *maintenanceService) moved(ctx context.Context) (*pb.MoveLeaderResponse,
 	return &pb.MoveLeaderResponse{Header: m.s.header(cur)}, nil
 }
 
-func (m *maintenanceService) Downgrade(context.Context, *pb.DowngradeRequest) (*pb.DowngradeResponse, error) {
+func (m *maintenanceService) Downgrade(ctx context.Context, _ *pb.DowngradeRequest) (*pb.DowngradeResponse, error) {
+	if err := m.s.auth.isAdmin(ctx); err != nil {
+		return nil, m.s.authErr(err)
+	}
 	return nil, status.Error(codes.Unimplemented, "kvsql: cluster version downgrade does not apply to kvsql")
 }

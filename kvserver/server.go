@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"log/slog"
 	"strings"
@@ -18,6 +19,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/pkg/v3/idutil"
+	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -84,6 +86,22 @@ type Config struct {
 	// system's roots.
 	ForwardTLS *tls.Config
 
+	// AuthToken is etcd's --auth-token: "simple" (the default) or
+	// "jwt,pub-key=FILE,priv-key=FILE,sign-method=ALG[,ttl=DURATION]".
+	AuthToken string
+	// AuthTokenTTL is etcd's --auth-token-ttl: a simple token expires
+	// this long after its last use.
+	AuthTokenTTL time.Duration
+	// BcryptCost is etcd's --bcrypt-cost for hashing passwords.
+	BcryptCost int
+	// ClientCertAuth is etcd's --client-cert-auth as far as auth goes: a
+	// request without a token authenticates as the common name of its
+	// verified TLS client certificate.
+	ClientCertAuth bool
+	// AuthRefreshInterval is how often an instance checks the stored auth
+	// state for changes made through other instances: the bound within
+	// which such a change binds this one.
+	AuthRefreshInterval time.Duration
 	// QuotaBackendBytes is etcd's --quota-backend-bytes: writes that would
 	// make the database's size in use reach it are refused and raise the
 	// NOSPACE alarm (see quota.go). 0 means DefaultQuotaBackendBytes, a
@@ -131,6 +149,8 @@ type Server struct {
 	seenLeader atomic.Uint64
 	// fwd is nil unless writes are forwarded to the leader.
 	fwd *forwarder
+	// auth authenticates requests and checks their permissions.
+	auth *authGate
 
 	// stats caches the database size and the alarms; quota is the
 	// effective quota in bytes (<= 0: none).
@@ -176,6 +196,21 @@ func New(cfg Config) (*Server, error) {
 	if cfg.LeaseCheckInterval <= 0 {
 		cfg.LeaseCheckInterval = DefaultLeaseCheckInterval
 	}
+	if cfg.AuthToken == "" {
+		cfg.AuthToken = DefaultAuthToken
+	}
+	if cfg.AuthTokenTTL <= 0 {
+		cfg.AuthTokenTTL = DefaultAuthTokenTTL
+	}
+	if cfg.BcryptCost == 0 {
+		cfg.BcryptCost = bcrypt.DefaultCost
+	}
+	if cfg.BcryptCost < bcrypt.MinCost || cfg.BcryptCost > bcrypt.MaxCost {
+		return nil, fmt.Errorf("kvserver: bcrypt cost %d is outside %d..%d", cfg.BcryptCost, bcrypt.MinCost, bcrypt.MaxCost)
+	}
+	if cfg.AuthRefreshInterval <= 0 {
+		cfg.AuthRefreshInterval = DefaultAuthRefreshInterval
+	}
 	if cfg.WarningApplyDuration <= 0 {
 		cfg.WarningApplyDuration = DefaultWarningApplyDuration
 	}
@@ -203,8 +238,12 @@ func New(cfg Config) (*Server, error) {
 	s.reqIDs = idutil.NewGenerator(uint16(s.memberID), time.Now())
 	_, elects := cfg.Backend.(leaderElector)
 	_, registers := cfg.Backend.(memberRegistry)
+	var err error
+	if s.auth, err = newAuthGate(cfg, registers); err != nil {
+		return nil, err
+	}
 	if cfg.ForwardWrites && elects && registers {
-		s.fwd = &forwarder{self: s.memberID, cluster: s.clusterID, selfURL: map[string]bool{}, tls: cfg.ForwardTLS, metrics: cfg.Metrics, log: cfg.Logger.With("component", "forward")}
+		s.fwd = &forwarder{self: s.memberID, cluster: s.clusterID, selfURL: map[string]bool{}, tls: cfg.ForwardTLS, metrics: cfg.Metrics, log: cfg.Logger.With("component", "forward"), sign: s.auth.sign}
 		for _, u := range cfg.ClientURLs {
 			s.fwd.selfURL[u] = true
 		}
@@ -259,7 +298,7 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterLeaseServer(g, &leaseService{s: s})
 	pb.RegisterMaintenanceServer(g, &maintenanceService{s: s})
 	pb.RegisterClusterServer(g, &clusterService{s: s})
-	pb.RegisterAuthServer(g, authService{})
+	pb.RegisterAuthServer(g, &authService{s: s})
 	healthpb.RegisterHealthServer(g, s.health)
 	if m := s.cfg.Metrics; m != nil {
 		m.grpc.InitializeMetrics(g)
@@ -290,6 +329,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.hub.run(ctx) })
 	g.Go(func() error { return s.expireLeases(ctx, leading) })
 	g.Go(func() error { return s.heartbeat(ctx) })
+	g.Go(func() error { return s.auth.run(ctx, s.leading.Load) })
 	g.Go(func() error { return s.stats.run(ctx) })
 	err := g.Wait()
 	s.history.close()

@@ -6,6 +6,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.etcd.io/etcd/server/v3/auth"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -182,8 +183,14 @@ func checkOverlaps(ops []*pb.RequestOp) (map[string]bool, []interval, error) {
 // generator (whose size, 7 to 10 bytes, depends on the member ID as on an
 // etcd member). The request alone is a few bytes smaller, so measuring only
 // it let through requests etcd refuses.
-func (s *Server) checkSize(m proto.Message) error {
+//
+// With auth, etcd's proposal also names the caller (user name and auth
+// revision), so ai, the caller's identity (nil: none), counts as well.
+func (s *Server) checkSize(m proto.Message, ai *auth.AuthInfo) error {
 	req := &pb.InternalRaftRequest{Header: &pb.RequestHeader{ID: s.reqIDs.Next()}}
+	if ai != nil {
+		req.Header.Username, req.Header.AuthRevision = ai.Username, ai.Revision
+	}
 	switch r := m.(type) {
 	case *pb.PutRequest:
 		req.Put = r

@@ -256,6 +256,14 @@ func (st *watchStream) create(ctx context.Context, c *pb.WatchCreateRequest) err
 	if c.StartRevision < 0 {
 		return fail(rpctypes.ErrCompacted.Error())
 	}
+	// As etcd: a watch on keys the caller may not read is refused, with
+	// the reason in the cancel response.
+	if err := st.s.auth.watchPermitted(ctx, key, c.RangeEnd); err != nil {
+		if reason, ok := watchRefusal(err); ok {
+			return fail(reason)
+		}
+		return st.s.toGRPC(err)
+	}
 	kr := backends.NewKeyRange(key, c.RangeEnd)
 	if kr.End != nil && bytes.Compare(kr.Key, kr.End) >= 0 {
 		return fail(reasonEmptyRange)

@@ -40,9 +40,9 @@ type Info struct {
 	Versions, Leases int64
 	// Size is the size of the database in bytes (without the SHA-256).
 	Size int64
-	// AuthSkipped (Restore only) reports that the file held users or roles,
-	// which kvsql does not store.
-	AuthSkipped bool
+	// Users and Roles count the auth users and roles written (Create) or
+	// restored (Restore).
+	Users, Roles int
 }
 
 // File is a snapshot file built by Create in a temporary file. Close
@@ -129,6 +129,11 @@ func (f *File) WriteFile(w io.Writer) error {
 // build writes v into a new bolt database at path.
 func build(ctx context.Context, path string, v *backends.SnapshotView) (info Info, err error) {
 	info.Revision, info.Compact = v.Current, v.Compact
+	auth, err := v.Auth(ctx)
+	if err != nil {
+		return info, err
+	}
+	info.Users, info.Roles = len(auth.Users), len(auth.Roles)
 	// The file is a scratch copy until it is sent: no fsync.
 	db, err := bolt.Open(path, 0o600, &bolt.Options{NoSync: true, NoGrowSync: true})
 	if err != nil {
@@ -145,7 +150,7 @@ func build(ctx context.Context, path string, v *backends.SnapshotView) (info Inf
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
 		}
-		return addAuth(tx)
+		return addAuth(tx, auth)
 	}); err != nil {
 		return info, err
 	}

@@ -65,6 +65,8 @@ func Restore(ctx context.Context, path string, dst backends.Loader, opts Restore
 		return info, err
 	}
 	info.Size = size
+	var auth backends.AuthState
+	var hasAuth bool
 	load, err := dst.BeginLoad(ctx)
 	if err != nil {
 		return info, err
@@ -83,12 +85,8 @@ func Restore(ctx context.Context, path string, dst backends.Loader, opts Restore
 		if err := loadLeases(ctx, tx.Bucket(bucketLease), load, &info); err != nil {
 			return err
 		}
-		for _, name := range [][]byte{bucketAuthUsers, bucketAuthRoles} {
-			if b := tx.Bucket(name); b != nil && b.Stats().KeyN > 0 {
-				info.AuthSkipped = true
-			}
-		}
-		return nil
+		auth, hasAuth, err = readAuth(tx)
+		return err
 	})
 	if err != nil {
 		return info, err
@@ -106,6 +104,18 @@ func Restore(ctx context.Context, path string, dst backends.Loader, opts Restore
 	if err := load.Commit(ctx, info.Revision, info.Compact); err != nil {
 		return info, err
 	}
+	if !hasAuth {
+		return info, nil
+	}
+	// Users, roles and the auth flag, as the snapshot has them.
+	as, ok := dst.(backends.AuthStore)
+	if !ok {
+		return info, errors.New("the key space is restored, but this backend stores no users and roles")
+	}
+	if err := backends.ReplaceAuth(ctx, as, auth); err != nil {
+		return info, fmt.Errorf("the key space is restored, but the users and roles are not (restore into a new database again): %w", err)
+	}
+	info.Users, info.Roles = len(auth.Users), len(auth.Roles)
 	return info, nil
 }
 

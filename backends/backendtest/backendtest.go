@@ -278,6 +278,18 @@ func Run(t *testing.T, open Opener) {
 		t.Parallel()
 		runLinearizableGets(t, open(t))
 	})
+	t.Run("AuthState", func(t *testing.T) {
+		t.Parallel()
+		runAuthState(t, open(t))
+	})
+	t.Run("AuthTokens", func(t *testing.T) {
+		t.Parallel()
+		runAuthTokens(t, open(t))
+	})
+	t.Run("AuthUpdatesAreSerialised", func(t *testing.T) {
+		t.Parallel()
+		runAuthSerialised(t, open(t))
+	})
 	runReliability(t, open)
 }
 

@@ -135,6 +135,27 @@ const (
 	qMembers       = `SELECT id, name, client_urls, leader FROM kv_member WHERE heartbeat_ms > ` + nowMS + ` - ? ORDER BY id`
 	qForgetMember  = `DELETE FROM kv_member WHERE id = ?`
 
+	// Auth state (see auth.go). qAuthLock is the auth write lock.
+	qAuthMeta    = `SELECT enabled, revision FROM auth_meta WHERE id = 1`
+	qAuthLock    = `SELECT enabled, revision FROM auth_meta WHERE id = 1 FOR UPDATE`
+	qAuthUsers   = `SELECT data FROM auth_user ORDER BY name`
+	qAuthRoles   = `SELECT data FROM auth_role ORDER BY name`
+	qAuthSetMeta = `UPDATE auth_meta SET enabled = ?, revision = ? WHERE id = 1`
+	qAuthPutUser = `INSERT INTO auth_user (name, data) VALUES (?, ?) ON DUPLICATE KEY UPDATE data = VALUES(data)`
+	qAuthDelUser = `DELETE FROM auth_user WHERE name = ?`
+	qAuthPutRole = `INSERT INTO auth_role (name, data) VALUES (?, ?) ON DUPLICATE KEY UPDATE data = VALUES(data)`
+	qAuthDelRole = `DELETE FROM auth_role WHERE name = ?`
+	// Simple tokens; expiry_ms is on the database clock.
+	qTokenDropFor = `DELETE FROM auth_token WHERE name = ?`
+	qTokenDropAll = `DELETE FROM auth_token`
+	qTokenAdd     = `INSERT INTO auth_token (token, name, expiry_ms) VALUES (?, ?, ` + nowMS + ` + ?)`
+	qTokenUser    = `SELECT name FROM auth_token WHERE token = ? AND expiry_ms > ` + nowMS
+	// qTokenTouchHead takes (ttl ms, token...), closed by qPlaceholderTail.
+	qTokenTouchHead = `UPDATE auth_token SET expiry_ms = ` + nowMS + ` + ? WHERE token IN (`
+	qTokenPurge     = `DELETE FROM auth_token WHERE expiry_ms <= ` + nowMS
+	qSecretSet      = `UPDATE auth_meta SET secret = ? WHERE id = 1 AND secret IS NULL`
+	qSecret         = `SELECT secret FROM auth_meta WHERE id = 1`
+
 	// Named locks: one elects the instance doing lease expiry, one
 	// serialises schema migrations of instances starting together.
 	leaderLock  = "kvsql_leader"
@@ -165,7 +186,7 @@ var statements = append([]string{
 	qChanges, qChangesUpToCurrent, qHistory,
 	qCleanedTo, qSetCleanedTo, qStepEnd, qDeleteSuperseded, qDeleteTombstones,
 	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseTTL, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired, qLeaseRows,
-	qAlarms,
+	qAlarms, qAuthMeta, qTokenUser,
 }, getManyStatements()...)
 
 func getManyStatements() []string {

@@ -180,6 +180,26 @@ const (
 	qMembers       = `SELECT id, name, client_urls, leader FROM kv_member WHERE heartbeat > clock_timestamp() - $1 * interval '1 millisecond' ORDER BY id`
 	qForgetMember  = `DELETE FROM kv_member WHERE id = $1`
 
+	// Auth state (see auth.go). qAuthLock is the auth write lock; token
+	// expiry is on the database clock.
+	qAuthMeta     = `SELECT enabled, revision FROM auth_meta WHERE id = 1`
+	qAuthLock     = `SELECT enabled, revision FROM auth_meta WHERE id = 1 FOR UPDATE`
+	qAuthUsers    = `SELECT data FROM auth_user ORDER BY name`
+	qAuthRoles    = `SELECT data FROM auth_role ORDER BY name`
+	qAuthSetMeta  = `UPDATE auth_meta SET enabled = $1, revision = $2 WHERE id = 1`
+	qAuthPutUser  = `INSERT INTO auth_user (name, data) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET data = excluded.data`
+	qAuthDelUser  = `DELETE FROM auth_user WHERE name = $1`
+	qAuthPutRole  = `INSERT INTO auth_role (name, data) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET data = excluded.data`
+	qAuthDelRole  = `DELETE FROM auth_role WHERE name = $1`
+	qTokenDropFor = `DELETE FROM auth_token WHERE name = $1`
+	qTokenDropAll = `DELETE FROM auth_token`
+	qTokenAdd     = `INSERT INTO auth_token (token, name, expiry) VALUES ($1, $2, clock_timestamp() + $3 * interval '1 millisecond')`
+	qTokenUser    = `SELECT name FROM auth_token WHERE token = $1 AND expiry > clock_timestamp()`
+	qTokenTouch   = `UPDATE auth_token SET expiry = clock_timestamp() + $2 * interval '1 millisecond' WHERE token = ANY($1::text[])`
+	qTokenPurge   = `DELETE FROM auth_token WHERE expiry <= clock_timestamp()`
+	qSecretSet    = `UPDATE auth_meta SET secret = $1 WHERE id = 1 AND secret IS NULL`
+	qSecret       = `SELECT secret FROM auth_meta WHERE id = 1`
+
 	// leaderLockKey is the advisory lock that elects the instance doing
 	// lease expiry ("kvsql" in ASCII).
 	leaderLockKey = 0x6b7673716c

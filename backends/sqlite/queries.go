@@ -71,6 +71,24 @@ const (
 	qAlarmInsert = `INSERT INTO kv_alarm (member_id, alarm) VALUES (?1, ?2) ON CONFLICT DO NOTHING`
 	qAlarmDelete = `DELETE FROM kv_alarm WHERE member_id = ?1 AND alarm = ?2`
 
+	// Auth state (see auth.go); expiry_ms is Unix milliseconds.
+	qAuthMeta     = `SELECT enabled, revision FROM auth_meta WHERE id = 1`
+	qAuthUsers    = `SELECT data FROM auth_user ORDER BY name`
+	qAuthRoles    = `SELECT data FROM auth_role ORDER BY name`
+	qAuthSetMeta  = `UPDATE auth_meta SET enabled = ?1, revision = ?2 WHERE id = 1`
+	qAuthPutUser  = `INSERT INTO auth_user (name, data) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET data = excluded.data`
+	qAuthDelUser  = `DELETE FROM auth_user WHERE name = ?1`
+	qAuthPutRole  = `INSERT INTO auth_role (name, data) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET data = excluded.data`
+	qAuthDelRole  = `DELETE FROM auth_role WHERE name = ?1`
+	qTokenDropFor = `DELETE FROM auth_token WHERE name = ?1`
+	qTokenDropAll = `DELETE FROM auth_token`
+	qTokenAdd     = `INSERT INTO auth_token (token, name, expiry_ms) VALUES (?1, ?2, ?3)`
+	qTokenUser    = `SELECT name FROM auth_token WHERE token = ?1 AND expiry_ms > ?2`
+	qTokenTouch   = `UPDATE auth_token SET expiry_ms = ?2 WHERE token = ?1`
+	qTokenPurge   = `DELETE FROM auth_token WHERE expiry_ms <= ?1`
+	qSecretSet    = `UPDATE auth_meta SET secret = ?1 WHERE id = 1 AND secret IS NULL`
+	qSecret       = `SELECT secret FROM auth_meta WHERE id = 1`
+
 	qPageCount = `PRAGMA page_count`
 	qPageSize  = `PRAGMA page_size`
 	qFreePages = `PRAGMA freelist_count`
@@ -85,6 +103,7 @@ var statements = []string{
 	qCleanedTo, qSetCleanedTo, qStepEnd, qDeleteSuperseded, qDeleteTombstones,
 	qLeaseInsert, qLeaseGet, qLeaseRenew, qLeaseExtend, qLeaseDelete, qLeaseKeys, qLeases, qLeaseExpired, qLeaseRows,
 	qAlarms, qAlarmInsert, qAlarmDelete,
+	qAuthMeta, qTokenUser,
 }
 
 // rangeStatements picks the range and count statements by key-range shape.

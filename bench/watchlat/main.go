@@ -45,8 +45,12 @@ func main() {
 	}
 }
 
+// user is -user: USER:PASSWORD to log in as (empty: no auth).
+var user string
+
 func client(ep string) (*clientv3.Client, error) {
-	return clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	name, password, _ := strings.Cut(user, ":")
+	return clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second, Logger: zap.NewNop(), Username: name, Password: password})
 }
 
 func run() error {
@@ -65,6 +69,7 @@ func run() error {
 	fillKeys := flag.Int("fill-keys", 1000, "with -fill: how many distinct keys the puts go round-robin over")
 	fillWriters := flag.Int("fill-writers", 16, "with -fill: concurrent writers (one client each)")
 	fillValue := flag.Int("fill-value-size", 256, "with -fill: value size in bytes")
+	flag.StringVar(&user, "user", "", "USER:PASSWORD to log in as (auth enabled); empty: none")
 	flag.Parse()
 	if *fill > 0 {
 		return runFill(*write, *fill, *fillPrefix, *fillKeys, *fillWriters, *fillValue, *maxTime)

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kvsql/kvsql/backends"
@@ -73,6 +74,10 @@ type config struct {
 	allowedHost    string
 	autoTLS        bool
 	forward        bool
+	authToken      string
+	authTokenTTL   uint
+	bcryptCost     uint
+	authRefresh    time.Duration
 	quotaBytes     int64
 	warnApply      time.Duration
 	logLevel       string
@@ -133,7 +138,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.certFile, "cert-file", "", "TLS certificate for https:// client URLs, read again at every new connection (replace the file to rotate it)")
 	fs.StringVar(&c.keyFile, "key-file", "", "TLS key for --cert-file")
 	fs.StringVar(&c.caFile, "trusted-ca-file", "", "CA bundle that signs client certificates; as in etcd, setting it makes https:// client URLs require a client certificate signed by it")
-	fs.BoolVar(&c.clientCert, "client-cert-auth", false, "require a client certificate signed by --trusted-ca-file on every client URL (all must be https://)")
+	fs.BoolVar(&c.clientCert, "client-cert-auth", false, "require a client certificate signed by --trusted-ca-file on every client URL (all must be https://); with auth enabled, a request without a token authenticates as the user named by the certificate's common name")
 	fs.StringVar(&c.crlFile, "client-crl-file", "", "DER-encoded certificate revocation list (X.509 CRL); a client certificate it lists is refused; read again at every new connection")
 	fs.StringVar(&c.allowedCN, "client-cert-allowed-cn", "", "comma-separated common names a client certificate must have one of")
 	fs.StringVar(&c.allowedHost, "client-cert-allowed-hostname", "", "comma-separated hostnames or IPs a client certificate must be valid for one of")
@@ -141,6 +146,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.forward, "forward-writes", true, "PostgreSQL/MySQL with several instances: send writes to the instance holding the leader lock (at its first advertised client URL) so that every instance's writes share one group commit and fsync; without a ready connection to it, an instance writes directly. An https:// leader is verified with --trusted-ca-file (default: the system's roots) and shown --cert-file/--key-file as client certificate")
 	fs.Int64Var(&c.quotaBytes, "quota-backend-bytes", 0, "refuse writes with etcd's \"database space exceeded\" and raise the NOSPACE alarm when the size in use of kvsql's tables would reach this many bytes (0: etcd's default, 2 GiB; negative: no quota)")
 	fs.DurationVar(&c.warnApply, "warning-apply-duration", kvserver.DefaultWarningApplyDuration, "log requests that take longer than this (etcd's \"apply request took too long\")")
+	fs.StringVar(&c.authToken, "auth-token", kvserver.DefaultAuthToken, "the tokens Authenticate hands out, as etcd's flag: simple (random, kept in the database so every instance accepts them) or jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256|RS384|RS512|PS256|...|ES256|...|EdDSA|HS256|...[,ttl=5m] (signed; every instance needs the same keys)")
+	fs.UintVar(&c.authTokenTTL, "auth-token-ttl", uint(kvserver.DefaultAuthTokenTTL/time.Second), "seconds a simple token stays valid after its last use")
+	fs.UintVar(&c.bcryptCost, "bcrypt-cost", uint(bcrypt.DefaultCost), "bcrypt cost of stored password hashes (4..31)")
+	fs.DurationVar(&c.authRefresh, "auth-refresh-interval", kvserver.DefaultAuthRefreshInterval, "several instances: how often each checks the database for user, role and permission changes made through another; such a change binds every instance within this interval")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&c.version, "version", false, "print the version and exit")
@@ -156,6 +165,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (flags start with --)", fs.Arg(0))
+	}
+	if c.bcryptCost < uint(bcrypt.MinCost) || c.bcryptCost > uint(bcrypt.MaxCost) {
+		return nil, fmt.Errorf("--bcrypt-cost %d: want %d..%d", c.bcryptCost, bcrypt.MinCost, bcrypt.MaxCost)
+	}
+	if err := kvserver.CheckAuthToken(c.authToken); err != nil {
+		return nil, err
 	}
 	if c.enablePprof && c.metricsURLs == "" {
 		return nil, errors.New("--enable-pprof serves on the metrics listeners: set --listen-metrics-urls too")
@@ -374,6 +389,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Metrics:                metrics,
 		ForwardWrites:          c.forward,
 		ForwardTLS:             fwdTLS,
+		AuthToken:              c.authToken,
+		AuthTokenTTL:           time.Duration(c.authTokenTTL) * time.Second,
+		BcryptCost:             int(c.bcryptCost),
+		ClientCertAuth:         c.clientCert,
+		AuthRefreshInterval:    c.authRefresh,
 		QuotaBackendBytes:      c.quotaBytes,
 		WarningApplyDuration:   c.warnApply,
 	})

@@ -157,11 +157,8 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return fmt.Errorf("snapshot restore %s: %w", file, err)
 	}
-	if info.AuthSkipped {
-		fmt.Fprintln(stderr, "kvsql: warning: the snapshot holds etcd users and roles; kvsql does not store auth state, so they were not restored")
-	}
-	fmt.Fprintf(stdout, "restored %s: revision %d, compact revision %d, %d versions, %d leases in %s\n",
-		file, info.Revision, info.Compact, info.Versions, info.Leases, time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(stdout, "restored %s: revision %d, compact revision %d, %d versions, %d leases, %d users, %d roles in %s\n",
+		file, info.Revision, info.Compact, info.Versions, info.Leases, info.Users, info.Roles, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

@@ -1,0 +1,267 @@
+package backends
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/authpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// Auth storage: etcd's users, roles, enabled flag and auth revision (what
+// etcd keeps in the auth, authUsers and authRoles buckets of its bolt file),
+// and the simple tokens Authenticate hands out. They live in the database
+// (the auth_* tables, migration 004) so that every instance sharing it
+// enforces the same users and permissions and a restart keeps them.
+
+// Errors of AuthStore.
+var (
+	// ErrAuthChanged: the stored auth revision is no longer the one the
+	// caller read (AddAuthToken); read the state again and retry.
+	ErrAuthChanged = errors.New("auth state changed")
+	// ErrTokenNotFound: no such simple token, or it has expired.
+	ErrTokenNotFound = errors.New("auth token not found")
+)
+
+// AuthState is the stored auth state, as etcd's auth buckets hold it.
+type AuthState struct {
+	Enabled bool
+	// Revision is etcd's auth revision: 1 in a new database, incremented
+	// by every change of users, roles or permissions and by disabling auth.
+	Revision uint64
+	// Users and Roles are in name order (bytewise), as etcd's buckets.
+	Users []*authpb.User
+	Roles []*authpb.Role
+}
+
+// AuthWrite is one change of the stored auth state, applied atomically.
+type AuthWrite struct {
+	Enabled  bool
+	Revision uint64
+	// PutUsers and PutRoles are stored under their names (replacing any
+	// stored one); DeleteUsers and DeleteRoles are removed.
+	PutUsers    []*authpb.User
+	DeleteUsers [][]byte
+	PutRoles    []*authpb.Role
+	DeleteRoles [][]byte
+	// DropTokensOf removes the simple tokens of these users (a deleted
+	// user, a changed password); DropAllTokens removes every token (auth
+	// disabled), as etcd invalidates them.
+	DropTokensOf  []string
+	DropAllTokens bool
+}
+
+// AuthStore is implemented by backends that keep etcd's auth state. Every
+// method is safe for concurrent use, also by several instances sharing the
+// database.
+type AuthStore interface {
+	// AuthMeta reads the stored enabled flag and auth revision: one small
+	// row, cheap enough to poll.
+	AuthMeta(ctx context.Context) (enabled bool, revision uint64, err error)
+	// LoadAuth reads the whole state from one snapshot.
+	LoadAuth(ctx context.Context) (AuthState, error)
+	// UpdateAuth takes the database's auth lock, reads the current state
+	// and calls fn with it; the write fn returns (nil: none) is applied and
+	// committed before the lock is released. An error from fn is returned
+	// as it is and nothing changes.
+	UpdateAuth(ctx context.Context, fn func(AuthState) (*AuthWrite, error)) error
+
+	// AddAuthToken stores a simple token for user, expiring ttl from now
+	// on the database clock, if the stored auth revision is still
+	// revision (the one the password was checked against); else it
+	// returns ErrAuthChanged and stores nothing.
+	AddAuthToken(ctx context.Context, token, user string, ttl time.Duration, revision uint64) error
+	// AuthTokenUser returns the user of an unexpired simple token, or
+	// ErrTokenNotFound.
+	AuthTokenUser(ctx context.Context, token string) (string, error)
+	// TouchAuthTokens sets the expiry of these tokens (those that still
+	// exist) to ttl from now.
+	TouchAuthTokens(ctx context.Context, tokens []string, ttl time.Duration) error
+	// PurgeAuthTokens deletes expired tokens and returns how many.
+	PurgeAuthTokens(ctx context.Context) (int64, error)
+
+	// ClusterSecret returns the random secret every instance of this
+	// database shares (created by the first caller); instances sign the
+	// requests they forward to each other with it.
+	ClusterSecret(ctx context.Context) ([]byte, error)
+}
+
+// AuthTxReader is implemented by a dialect's read transactions that can
+// read the auth state in their own snapshot (SnapshotView.Auth).
+type AuthTxReader interface {
+	ReadAuth(ctx context.Context) (AuthState, error)
+}
+
+// SortAuthState puts users and roles in name order, as etcd's buckets
+// list them.
+func SortAuthState(s *AuthState) {
+	slices.SortFunc(s.Users, func(a, b *authpb.User) int { return bytes.Compare(a.Name, b.Name) })
+	slices.SortFunc(s.Roles, func(a, b *authpb.Role) int { return bytes.Compare(a.Name, b.Name) })
+}
+
+// ReplaceAuth stores s as the whole auth state, as restoring a snapshot
+// does: users and roles not in s are deleted and every simple token is
+// dropped. (LoadAuth is the other direction: the state as etcd's auth
+// buckets hold it, for writing a snapshot.)
+func ReplaceAuth(ctx context.Context, st AuthStore, s AuthState) error {
+	return st.UpdateAuth(ctx, func(cur AuthState) (*AuthWrite, error) {
+		w := &AuthWrite{Enabled: s.Enabled, Revision: s.Revision, PutUsers: s.Users, PutRoles: s.Roles, DropAllTokens: true}
+		users := map[string]bool{}
+		for _, u := range s.Users {
+			users[string(u.Name)] = true
+		}
+		for _, u := range cur.Users {
+			if !users[string(u.Name)] {
+				w.DeleteUsers = append(w.DeleteUsers, u.Name)
+			}
+		}
+		roles := map[string]bool{}
+		for _, r := range s.Roles {
+			roles[string(r.Name)] = true
+		}
+		for _, r := range cur.Roles {
+			if !roles[string(r.Name)] {
+				w.DeleteRoles = append(w.DeleteRoles, r.Name)
+			}
+		}
+		return w, nil
+	})
+}
+
+// errNoAuth is returned by an Engine whose dialect keeps no auth state.
+var errNoAuth = errors.New("this database backend does not store auth state")
+
+var _ AuthStore = (*Engine)(nil)
+
+func (e *Engine) authDialect() (AuthStore, error) {
+	select {
+	case <-e.stop:
+		return nil, ErrClosed
+	default:
+	}
+	a, ok := e.d.(AuthStore)
+	if !ok {
+		return nil, errNoAuth
+	}
+	return a, nil
+}
+
+// AuthMeta implements AuthStore.
+func (e *Engine) AuthMeta(ctx context.Context) (bool, uint64, error) {
+	a, err := e.authDialect()
+	if err != nil {
+		return false, 0, err
+	}
+	return a.AuthMeta(ctx)
+}
+
+// LoadAuth implements AuthStore.
+func (e *Engine) LoadAuth(ctx context.Context) (AuthState, error) {
+	a, err := e.authDialect()
+	if err != nil {
+		return AuthState{}, err
+	}
+	s, err := a.LoadAuth(ctx)
+	SortAuthState(&s)
+	return s, err
+}
+
+// UpdateAuth implements AuthStore.
+func (e *Engine) UpdateAuth(ctx context.Context, fn func(AuthState) (*AuthWrite, error)) error {
+	a, err := e.authDialect()
+	if err != nil {
+		return err
+	}
+	return a.UpdateAuth(ctx, func(s AuthState) (*AuthWrite, error) {
+		SortAuthState(&s)
+		return fn(s)
+	})
+}
+
+// AddAuthToken implements AuthStore.
+func (e *Engine) AddAuthToken(ctx context.Context, token, user string, ttl time.Duration, revision uint64) error {
+	a, err := e.authDialect()
+	if err != nil {
+		return err
+	}
+	return a.AddAuthToken(ctx, token, user, ttl, revision)
+}
+
+// AuthTokenUser implements AuthStore.
+func (e *Engine) AuthTokenUser(ctx context.Context, token string) (string, error) {
+	a, err := e.authDialect()
+	if err != nil {
+		return "", err
+	}
+	return a.AuthTokenUser(ctx, token)
+}
+
+// TouchAuthTokens implements AuthStore.
+func (e *Engine) TouchAuthTokens(ctx context.Context, tokens []string, ttl time.Duration) error {
+	if len(tokens) == 0 {
+		return nil
+	}
+	a, err := e.authDialect()
+	if err != nil {
+		return err
+	}
+	return a.TouchAuthTokens(ctx, tokens, ttl)
+}
+
+// PurgeAuthTokens implements AuthStore.
+func (e *Engine) PurgeAuthTokens(ctx context.Context) (int64, error) {
+	a, err := e.authDialect()
+	if err != nil {
+		return 0, err
+	}
+	return a.PurgeAuthTokens(ctx)
+}
+
+// ClusterSecret implements AuthStore.
+func (e *Engine) ClusterSecret(ctx context.Context) ([]byte, error) {
+	a, err := e.authDialect()
+	if err != nil {
+		return nil, err
+	}
+	return a.ClusterSecret(ctx)
+}
+
+// clusterSecretBytes is the length of a new ClusterSecret.
+const clusterSecretBytes = 32
+
+// NewClusterSecret returns random bytes for a new ClusterSecret.
+func NewClusterSecret() ([]byte, error) {
+	b := make([]byte, clusterSecretBytes)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// UnmarshalUser decodes a stored user.
+func UnmarshalUser(data []byte) (*authpb.User, error) {
+	u := &authpb.User{}
+	if err := proto.Unmarshal(data, u); err != nil {
+		return nil, fmt.Errorf("decode stored auth user: %w", err)
+	}
+	return u, nil
+}
+
+// UnmarshalRole decodes a stored role.
+func UnmarshalRole(data []byte) (*authpb.Role, error) {
+	r := &authpb.Role{}
+	if err := proto.Unmarshal(data, r); err != nil {
+		return nil, fmt.Errorf("decode stored auth role: %w", err)
+	}
+	return r, nil
+}
+
+// MarshalAuth encodes a user or role for storage.
+func MarshalAuth(m proto.Message) ([]byte, error) {
+	return proto.MarshalOptions{Deterministic: true}.Marshal(m)
+}

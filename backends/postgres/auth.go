@@ -1,0 +1,195 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/kvsql/kvsql/backends"
+)
+
+// Auth state (backends.AuthStore). Writers lock the auth_meta row first; in
+// READ COMMITTED every later statement of the transaction then sees what
+// the previous holder of the lock committed.
+
+var (
+	_ backends.AuthStore    = (*dialect)(nil)
+	_ backends.AuthTxReader = (*txn)(nil)
+)
+
+// ReadAuth reads the auth state in a read transaction's snapshot.
+func (t *txn) ReadAuth(ctx context.Context) (backends.AuthState, error) {
+	if t.tx == nil {
+		return backends.AuthState{}, errors.New("auth state read outside a read transaction")
+	}
+	return loadAuth(ctx, t.tx, qAuthMeta)
+}
+
+func (d *dialect) AuthMeta(ctx context.Context) (bool, uint64, error) {
+	var enabled bool
+	var rev int64
+	err := d.pool.QueryRow(ctx, qAuthMeta).Scan(&enabled, &rev)
+	return enabled, uint64(rev), err
+}
+
+func (d *dialect) LoadAuth(ctx context.Context) (backends.AuthState, error) {
+	tx, err := d.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return backends.AuthState{}, err
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	return loadAuth(ctx, tx, qAuthMeta)
+}
+
+// loadAuth reads the state with meta (qAuthMeta, or qAuthLock to lock it).
+func loadAuth(ctx context.Context, tx pgx.Tx, meta string) (backends.AuthState, error) {
+	var s backends.AuthState
+	var rev int64
+	if err := tx.QueryRow(ctx, meta).Scan(&s.Enabled, &rev); err != nil {
+		return s, fmt.Errorf("read auth_meta: %w", err)
+	}
+	s.Revision = uint64(rev)
+	users, err := queryBlobs(ctx, tx, qAuthUsers)
+	if err != nil {
+		return s, fmt.Errorf("read auth_user: %w", err)
+	}
+	for _, b := range users {
+		u, err := backends.UnmarshalUser(b)
+		if err != nil {
+			return s, err
+		}
+		s.Users = append(s.Users, u)
+	}
+	roles, err := queryBlobs(ctx, tx, qAuthRoles)
+	if err != nil {
+		return s, fmt.Errorf("read auth_role: %w", err)
+	}
+	for _, b := range roles {
+		r, err := backends.UnmarshalRole(b)
+		if err != nil {
+			return s, err
+		}
+		s.Roles = append(s.Roles, r)
+	}
+	return s, nil
+}
+
+func queryBlobs(ctx context.Context, tx pgx.Tx, q string) ([][]byte, error) {
+	rows, err := tx.Query(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[[]byte])
+}
+
+func (d *dialect) UpdateAuth(ctx context.Context, fn func(backends.AuthState) (*backends.AuthWrite, error)) error {
+	tx, err := d.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	s, err := loadAuth(ctx, tx, qAuthLock)
+	if err != nil {
+		return err
+	}
+	w, err := fn(s)
+	if err != nil || w == nil {
+		return err
+	}
+	b := &pgx.Batch{}
+	b.Queue(qAuthSetMeta, w.Enabled, int64(w.Revision))
+	for _, u := range w.PutUsers {
+		data, err := backends.MarshalAuth(u)
+		if err != nil {
+			return err
+		}
+		b.Queue(qAuthPutUser, u.Name, data)
+	}
+	for _, name := range w.DeleteUsers {
+		b.Queue(qAuthDelUser, name)
+	}
+	for _, r := range w.PutRoles {
+		data, err := backends.MarshalAuth(r)
+		if err != nil {
+			return err
+		}
+		b.Queue(qAuthPutRole, r.Name, data)
+	}
+	for _, name := range w.DeleteRoles {
+		b.Queue(qAuthDelRole, name)
+	}
+	if w.DropAllTokens {
+		b.Queue(qTokenDropAll)
+	}
+	for _, name := range w.DropTokensOf {
+		b.Queue(qTokenDropFor, name)
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("write auth state: %w", err)
+	}
+	return tx.Commit(ctx)
+}
+
+func (d *dialect) AddAuthToken(ctx context.Context, token, user string, ttl time.Duration, revision uint64) error {
+	tx, err := d.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	var enabled bool
+	var rev int64
+	if err := tx.QueryRow(ctx, qAuthLock).Scan(&enabled, &rev); err != nil {
+		return fmt.Errorf("lock auth_meta: %w", err)
+	}
+	if uint64(rev) != revision {
+		return backends.ErrAuthChanged
+	}
+	if _, err := tx.Exec(ctx, qTokenAdd, token, user, ttl.Milliseconds()); err != nil {
+		return fmt.Errorf("store auth token: %w", err)
+	}
+	return tx.Commit(ctx)
+}
+
+func (d *dialect) AuthTokenUser(ctx context.Context, token string) (string, error) {
+	var name string
+	err := d.pool.QueryRow(ctx, qTokenUser, token).Scan(&name)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", backends.ErrTokenNotFound
+	}
+	return name, err
+}
+
+func (d *dialect) TouchAuthTokens(ctx context.Context, tokens []string, ttl time.Duration) error {
+	_, err := d.pool.Exec(ctx, qTokenTouch, tokens, ttl.Milliseconds())
+	return err
+}
+
+func (d *dialect) PurgeAuthTokens(ctx context.Context) (int64, error) {
+	ct, err := d.pool.Exec(ctx, qTokenPurge)
+	return ct.RowsAffected(), err
+}
+
+func (d *dialect) ClusterSecret(ctx context.Context) ([]byte, error) {
+	var secret []byte
+	if err := d.pool.QueryRow(ctx, qSecret).Scan(&secret); err != nil {
+		return nil, err
+	}
+	if len(secret) > 0 {
+		return secret, nil
+	}
+	fresh, err := backends.NewClusterSecret()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := d.pool.Exec(ctx, qSecretSet, fresh); err != nil {
+		return nil, err
+	}
+	// Another instance may have set it first: its secret wins.
+	if err := d.pool.QueryRow(ctx, qSecret).Scan(&secret); err != nil {
+		return nil, err
+	}
+	return secret, nil
+}
