@@ -56,7 +56,10 @@ const (
 
 // Backend is what kvserver needs from storage. Every method is safe for
 // concurrent use. Revisions are gapless and commit in order: a reader that
-// sees revision N sees every revision below N.
+// sees revision N sees every revision below N. (The one gap is a fence's:
+// a database found below a revision already served jumps past it, see
+// fence.go.) No method answers from a database whose revision is below one
+// it has already served: it fences the database first.
 type Backend interface {
 	// Range answers r from one snapshot. The header revision is the current
 	// revision of that snapshot (as etcd does, also for reads at an older
@@ -82,6 +85,9 @@ type Backend interface {
 	// TailChanges is Changes for the instance's watch tailer (one caller,
 	// never concurrent): where the database allows, it reads on a
 	// connection of its own so that it never waits behind client requests.
+	// It returns ErrNewTimeline, once, when the database was fenced since
+	// its previous call (its history went backwards; see fence.go): every
+	// revision read before is compacted, and watchers must start again.
 	TailChanges(ctx context.Context, afterRev int64, maxRevs int64) ([]*mvccpb.Event, error)
 
 	// Revisions returns the current and the compact revision.

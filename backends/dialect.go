@@ -79,6 +79,13 @@ type Tx interface {
 	SetRevision(ctx context.Context, rev int64) error
 	// SetCompact stores the compact revision.
 	SetCompact(ctx context.Context, rev int64) error
+	// Timeline reads kv_meta's timeline: how many times the database was
+	// fenced (see Engine and fence.go).
+	Timeline(ctx context.Context) (int64, error)
+	// Fence sets the current and the compact revision to rev, raises the
+	// timeline by one and returns it; where the dialect notifies other
+	// instances of commits (PostgreSQL's NOTIFY), it notifies rev.
+	Fence(ctx context.Context, rev int64) (timeline int64, err error)
 
 	// Range returns the live key-values in kr in key order, at most limit
 	// of them (0: no limit). rev 0 reads the latest state (kv_current,

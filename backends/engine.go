@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"hash/crc32"
 	"log/slog"
+	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -118,6 +120,14 @@ type Engine struct {
 
 	// gets serves plain Gets if the dialect is a LatestGetter (else nil).
 	gets *getBatcher
+
+	// seen is the highest revision this instance has read from the
+	// database or handed out (see fence.go).
+	seen atomic.Int64
+	// tailTimeline is the database timeline the watch tailer last
+	// reported, -1 before its first read; only TailChanges (one caller,
+	// never concurrent) uses it.
+	tailTimeline int64
 }
 
 var _ Backend = (*Engine)(nil)
@@ -162,6 +172,8 @@ func NewEngine(d Dialect, cfg EngineConfig) *Engine {
 		writes: make(chan *writeReq, cfg.MaxBatch),
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
+
+		tailTimeline: -1,
 	}
 	if g, ok := d.(LatestGetter); ok {
 		e.gets = &getBatcher{g: g, slots: cmp.Or(cfg.GetsInFlight, DefaultGetsInFlight)}
@@ -327,6 +339,10 @@ func (e *Engine) applyBatch(batch []*writeReq) (results []error, st BatchStats, 
 	for _, req := range batch {
 		keys = append(keys, req.keys...)
 	}
+	// Every revision seen before the write lock is taken was committed
+	// before: the locked read of kv_meta is at least the highest of them,
+	// unless the database went back (fence.go).
+	floor := e.seen.Load()
 	tx, o, err := e.beginBatch(ctx, keys)
 	if err != nil {
 		return nil, st, err
@@ -341,6 +357,14 @@ func (e *Engine) applyBatch(batch []*writeReq) (results []error, st BatchStats, 
 	if err != nil {
 		_ = tx.Rollback()
 		return nil, st, fmt.Errorf("read revision: %w", err)
+	}
+	begin := start
+	var fenced *fenceEvent
+	if start < floor {
+		if start, fenced, err = e.fenceIn(ctx, tx, start); err != nil {
+			_ = tx.Rollback()
+			return nil, st, err
+		}
 	}
 	rev := start
 	results = make([]error, len(batch))
@@ -362,7 +386,11 @@ func (e *Engine) applyBatch(batch []*writeReq) (results []error, st BatchStats, 
 	if err := e.finishBatch(ctx, tx, o, start, rev, &st.Commit); err != nil {
 		return nil, st, refused(err)
 	}
-	if rev != start && e.cfg.OnCommit != nil {
+	e.observe(rev)
+	if fenced != nil {
+		e.logFence(fenced)
+	}
+	if rev != begin && e.cfg.OnCommit != nil {
 		e.cfg.OnCommit(rev)
 	}
 	return results, st, nil
@@ -433,8 +461,28 @@ func (e *Engine) finishBatch(ctx context.Context, tx Tx, o *overlay, start, rev 
 	return nil
 }
 
-// read runs fn in a read transaction.
+// read runs fn in a read transaction. If fn reads the revisions (with
+// e.revisions) and finds the database below a revision seen before, read
+// fences the database (fence.go) and runs fn once more, on a new snapshot.
 func (e *Engine) read(ctx context.Context, fn func(tx Tx) error) error {
+	err := e.readOnce(ctx, fn)
+	var re *regressedError
+	if !errors.As(err, &re) {
+		return err
+	}
+	if err := e.fence(ctx); err != nil {
+		return err
+	}
+	err = e.readOnce(ctx, fn)
+	if errors.As(err, &re) {
+		// Fenced, yet below again: another server answers (a second
+		// primary?). Never serve it.
+		return e.dbErr(fmt.Errorf("after fencing: %w", re))
+	}
+	return err
+}
+
+func (e *Engine) readOnce(ctx context.Context, fn func(tx Tx) error) error {
 	select {
 	case <-e.stop:
 		return ErrClosed
@@ -445,13 +493,17 @@ func (e *Engine) read(ctx context.Context, fn func(tx Tx) error) error {
 		return e.dbErr(fmt.Errorf("begin read transaction: %w", err))
 	}
 	defer func() { _ = tx.Rollback() }()
-	return e.dbErr(fn(tx))
+	err = fn(tx)
+	if errors.As(err, new(*regressedError)) {
+		return err
+	}
+	return e.dbErr(err)
 }
 
 // Revisions implements Backend.
 func (e *Engine) Revisions(ctx context.Context) (current, compact int64, err error) {
 	err = e.read(ctx, func(tx Tx) error {
-		current, compact, err = tx.Revisions(ctx)
+		current, compact, err = e.revisions(ctx, tx)
 		return err
 	})
 	return current, compact, err
@@ -464,7 +516,7 @@ func (e *Engine) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRespon
 	}
 	var resp *pb.RangeResponse
 	err := e.read(ctx, func(tx Tx) error {
-		cur, compact, err := tx.Revisions(ctx)
+		cur, compact, err := e.revisions(ctx, tx)
 		if err != nil {
 			return err
 		}
@@ -492,7 +544,16 @@ func (e *Engine) getLatest(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 		return nil, ErrClosed
 	default:
 	}
-	cur, kv, err := e.gets.get(ctx, r.Key, r.KeysOnly)
+	cur, kv, err := e.getOnce(ctx, r)
+	var re *regressedError
+	if errors.As(err, &re) {
+		if err := e.fence(ctx); err != nil {
+			return nil, err
+		}
+		if cur, kv, err = e.getOnce(ctx, r); errors.As(err, &re) {
+			err = fmt.Errorf("after fencing: %w", re)
+		}
+	}
 	if err != nil {
 		return nil, e.dbErr(err)
 	}
@@ -508,6 +569,21 @@ func (e *Engine) getLatest(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 		resp.Kvs, resp.Count = []*mvccpb.KeyValue{kv}, 1
 	}
 	return resp, nil
+}
+
+// getOnce reads r's key with the getBatcher, failing with a regressedError
+// if the database is below a revision seen before the read.
+func (e *Engine) getOnce(ctx context.Context, r *pb.RangeRequest) (int64, *mvccpb.KeyValue, error) {
+	floor := e.seen.Load()
+	cur, kv, err := e.gets.get(ctx, r.Key, r.KeysOnly)
+	if err != nil {
+		return 0, nil, err
+	}
+	if cur < floor {
+		return 0, nil, &regressedError{seen: floor, cur: cur}
+	}
+	e.observe(cur)
+	return cur, kv, nil
 }
 
 // Changes implements Backend.
@@ -536,21 +612,37 @@ func (e *Engine) changes(ctx context.Context, afterRev, maxRevs int64, tail bool
 			defer cancel()
 			read = cr.TailChanges
 		}
-		_, compact, evs, err := read(ctx, afterRev, afterRev+maxRevs, e.cfg.ChangesBytes)
-		if err != nil {
-			return nil, e.dbErr(err)
+		for attempt := 0; ; attempt++ {
+			floor := e.seen.Load()
+			cur, compact, evs, err := read(ctx, afterRev, afterRev+maxRevs, e.cfg.ChangesBytes)
+			if err != nil {
+				return nil, e.dbErr(err)
+			}
+			if tail {
+				if err := e.checkTail(ctx, floor, afterRev, cur, compact); err != nil {
+					return nil, e.dbErr(err)
+				}
+				return evs, nil
+			}
+			if cur < floor {
+				re := &regressedError{seen: floor, cur: cur}
+				if attempt > 0 {
+					return nil, e.dbErr(fmt.Errorf("after fencing: %w", re))
+				}
+				if err := e.fence(ctx); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			e.observe(cur)
+			if afterRev+1 < compact {
+				return nil, ErrCompacted
+			}
+			return evs, nil
 		}
-		if afterRev+1 < compact {
-			return nil, ErrCompacted
-		}
-		return evs, nil
 	}
 	var evs []*mvccpb.Event
-	err := e.read(ctx, func(tx Tx) error {
-		cur, compact, err := tx.Revisions(ctx)
-		if err != nil {
-			return err
-		}
+	readAt := func(tx Tx, cur, compact int64) error {
 		if afterRev+1 < compact {
 			return ErrCompacted
 		}
@@ -558,10 +650,39 @@ func (e *Engine) changes(ctx context.Context, afterRev, maxRevs int64, tail bool
 		if upTo <= afterRev {
 			return nil
 		}
+		var err error
 		evs, err = tx.Changes(ctx, afterRev, upTo, e.cfg.ChangesBytes)
 		return err
+	}
+	if !tail {
+		err := e.read(ctx, func(tx Tx) error {
+			cur, compact, err := e.revisions(ctx, tx)
+			if err != nil {
+				return err
+			}
+			return readAt(tx, cur, compact)
+		})
+		return evs, err
+	}
+	floor := e.seen.Load()
+	var cur, compact int64
+	err := e.readOnce(ctx, func(tx Tx) error {
+		var err error
+		if cur, compact, err = tx.Revisions(ctx); err != nil {
+			return err
+		}
+		if cur < floor || afterRev+1 < compact {
+			return nil // checkTail tells
+		}
+		return readAt(tx, cur, compact)
 	})
-	return evs, err
+	if err != nil {
+		return nil, err
+	}
+	if err := e.checkTail(ctx, floor, afterRev, cur, compact); err != nil {
+		return nil, e.dbErr(err)
+	}
+	return evs, nil
 }
 
 // Hash implements Backend: a CRC-32C over every stored version at or below
@@ -570,7 +691,7 @@ func (e *Engine) Hash(ctx context.Context, rev int64) (uint32, int64, error) {
 	var sum uint32
 	var compact int64
 	err := e.read(ctx, func(tx Tx) error {
-		cur, c, err := tx.Revisions(ctx)
+		cur, c, err := e.revisions(ctx, tx)
 		if err != nil {
 			return err
 		}
@@ -598,6 +719,18 @@ func (e *Engine) Hash(ctx context.Context, rev int64) (uint32, int64, error) {
 			lo = hi
 			if n := len(evs); n > 0 && eventsBytes(evs) >= e.cfg.ChangesBytes {
 				lo = evs[n-1].Kv.ModRevision // cut short by size: go on after it
+			}
+			if len(evs) == 0 && lo < rev {
+				// A gap in the log (compacted away, or the revisions a
+				// fence skipped): go on before the next row there is.
+				next, err := tx.History(ctx, lo, math.MaxInt64, 1)
+				if err != nil {
+					return err
+				}
+				if len(next) == 0 {
+					break
+				}
+				lo = max(lo, next[0].Rev-1)
 			}
 			for _, ev := range evs {
 				putInt(ev.Kv.ModRevision)

@@ -23,7 +23,7 @@ func (e *Engine) HashKeys(ctx context.Context) (uint32, int64, error) {
 	var cur int64
 	err := e.read(ctx, func(tx Tx) error {
 		var err error
-		if cur, _, err = tx.Revisions(ctx); err != nil {
+		if cur, _, err = e.revisions(ctx, tx); err != nil {
 			return err
 		}
 		from := []byte{0}

@@ -67,7 +67,7 @@ func (v *SnapshotView) Auth(ctx context.Context) (AuthState, error) {
 // ReadSnapshot implements Snapshotter.
 func (e *Engine) ReadSnapshot(ctx context.Context, fn func(v *SnapshotView) error) error {
 	return e.read(ctx, func(tx Tx) error {
-		cur, compact, err := tx.Revisions(ctx)
+		cur, compact, err := e.revisions(ctx, tx)
 		if err != nil {
 			return fmt.Errorf("read revisions: %w", err)
 		}

@@ -19,7 +19,7 @@ var _ RangeStreamer = (*Engine)(nil)
 func (e *Engine) RangeStream(ctx context.Context, r *pb.RangeRequest, chunkBytes int, send func([]*mvccpb.KeyValue) error) (*pb.RangeResponse, error) {
 	var resp *pb.RangeResponse
 	err := e.read(ctx, func(tx Tx) error {
-		cur, compact, err := tx.Revisions(ctx)
+		cur, compact, err := e.revisions(ctx, tx)
 		if err != nil {
 			return err
 		}

@@ -16,7 +16,7 @@ func (e *Engine) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, er
 	if isReadOnly(r) {
 		var resp *pb.TxnResponse
 		err := e.read(ctx, func(tx Tx) error {
-			cur, compact, err := tx.Revisions(ctx)
+			cur, compact, err := e.revisions(ctx, tx)
 			if err != nil {
 				return err
 			}

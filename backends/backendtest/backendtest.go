@@ -291,6 +291,7 @@ func Run(t *testing.T, open Opener) {
 		runAuthSerialised(t, open(t))
 	})
 	runReliability(t, open)
+	t.Run("Fence", func(t *testing.T) { runFence(t, open) })
 }
 
 // runLinearizableGets is the conformance case ConcurrentGetsAreLinearizable:

@@ -898,6 +898,24 @@ func (t *txn) SetCompact(ctx context.Context, rev int64) error {
 	return nil
 }
 
+func (t *txn) Timeline(ctx context.Context) (int64, error) {
+	var tl int64
+	err := t.st.QueryRow(ctx, qTimeline, nil, &tl)
+	return tl, err
+}
+
+func (t *txn) Fence(ctx context.Context, rev int64) (int64, error) {
+	if _, err := t.st.Exec(ctx, qFence, rev, rev); err != nil {
+		return 0, err
+	}
+	tl, err := t.Timeline(ctx)
+	if err != nil {
+		return 0, err
+	}
+	t.lockedRev, t.lockedCompact = rev, rev
+	return tl, nil
+}
+
 func sqlLimit(limit int64) int64 {
 	if limit <= 0 {
 		return math.MaxInt64

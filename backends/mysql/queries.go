@@ -17,6 +17,11 @@ const (
 		` + qLockMeta
 	qSetRevision = `UPDATE kv_meta SET rev = ? WHERE id = 1`
 	qSetCompact  = `UPDATE kv_meta SET compact_rev = ? WHERE id = 1`
+	qTimeline    = `SELECT timeline FROM kv_meta WHERE id = 1`
+	// qFence moves the current and compact revisions to the argument and
+	// raises the timeline (backends.Engine's fence); takes the revision
+	// twice.
+	qFence = `UPDATE kv_meta SET rev = ?, compact_rev = ?, timeline = timeline + 1 WHERE id = 1`
 
 	// Range statements take (keysOnly, key[, end][, rev], limit).
 	curCols         = `k, create_rev, mod_rev, version, lease, IF(?, '', v)`
@@ -180,7 +185,7 @@ var getManySizes = []int{2, 4, 8, 16, 32, backends.MaxGetBatch}
 
 // statements lists the fixed statements, prepared once at open.
 var statements = append([]string{
-	qRevisions, qSetRevision, qSetCompact, qGetLatest,
+	qRevisions, qSetRevision, qSetCompact, qTimeline, qGetLatest,
 	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
 	qChanges, qChangesUpToCurrent, qHistory,

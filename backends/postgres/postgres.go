@@ -635,6 +635,21 @@ func (t *txn) SetCompact(ctx context.Context, rev int64) error {
 	return nil
 }
 
+func (t *txn) Timeline(ctx context.Context) (int64, error) {
+	var tl int64
+	err := t.q.QueryRow(ctx, qTimeline).Scan(&tl)
+	return tl, err
+}
+
+func (t *txn) Fence(ctx context.Context, rev int64) (int64, error) {
+	var tl int64
+	if err := t.q.QueryRow(ctx, qFence, rev).Scan(&tl, nil); err != nil {
+		return 0, err
+	}
+	t.lockedRev, t.lockedCompact = rev, rev
+	return tl, nil
+}
+
 func sqlLimit(limit int64) any {
 	if limit <= 0 {
 		return nil

@@ -20,6 +20,11 @@ const (
 	qSetRevision        = `WITH u AS (UPDATE kv_meta SET rev = $1 WHERE id = 1)
 		SELECT pg_notify('` + NotifyChannel + `', $1::text)`
 	qSetCompact = `UPDATE kv_meta SET compact_rev = $1 WHERE id = 1`
+	qTimeline   = `SELECT timeline FROM kv_meta WHERE id = 1`
+	// qFence moves the current and compact revisions to $1 and raises the
+	// timeline (backends.Engine's fence), notifying $1 like a commit.
+	qFence = `WITH u AS (UPDATE kv_meta SET rev = $1, compact_rev = $1, timeline = timeline + 1 WHERE id = 1 RETURNING timeline)
+		SELECT u.timeline, pg_notify('` + NotifyChannel + `', $1::text) FROM u`
 
 	curCols         = `key, create_rev, mod_rev, version, lease, CASE WHEN $1 THEN ''::bytea ELSE value END`
 	qCurrentSingle  = `SELECT ` + curCols + ` FROM kv_current WHERE key = $2 LIMIT $3`

@@ -9,6 +9,10 @@ const (
 	qRevisions   = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1`
 	qSetRevision = `UPDATE kv_meta SET rev = ?1 WHERE id = 1`
 	qSetCompact  = `UPDATE kv_meta SET compact_rev = ?1 WHERE id = 1`
+	qTimeline    = `SELECT timeline FROM kv_meta WHERE id = 1`
+	// qFence moves the current and compact revisions to ?1 and raises the
+	// timeline (backends.Engine's fence).
+	qFence = `UPDATE kv_meta SET rev = ?1, compact_rev = ?1, timeline = timeline + 1 WHERE id = 1 RETURNING timeline`
 
 	curCols          = `key, create_rev, mod_rev, version, lease, CASE WHEN ?1 THEN x'' ELSE value END`
 	qCurrentSingle   = `SELECT ` + curCols + ` FROM kv_current WHERE key = ?2 LIMIT ?3`
@@ -96,7 +100,7 @@ const (
 
 // statements lists every statement a transaction runs, to prepare them once.
 var statements = []string{
-	qRevisions, qSetRevision, qSetCompact,
+	qRevisions, qSetRevision, qSetCompact, qTimeline, qFence,
 	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
 	qInsertLog, qUpsertCurrent, qDeleteCurrent, qChanges, qHistory,

@@ -300,6 +300,18 @@ func (t *txn) SetCompact(ctx context.Context, rev int64) error {
 	return err
 }
 
+func (t *txn) Timeline(ctx context.Context) (int64, error) {
+	var tl int64
+	err := t.st.QueryRow(ctx, qTimeline, nil, &tl)
+	return tl, err
+}
+
+func (t *txn) Fence(ctx context.Context, rev int64) (int64, error) {
+	var tl int64
+	err := t.st.QueryRow(ctx, qFence, []any{rev}, &tl)
+	return tl, err
+}
+
 func sqlLimit(limit int64) int64 {
 	if limit <= 0 {
 		return -1

@@ -1,0 +1,7 @@
+-- kv_meta.timeline counts the fences: each time an instance found the
+-- database's revision below one it had already seen (a failover to a
+-- replica that was behind, a restore from a backup), it moved rev and
+-- compact_rev past every revision handed out before and raised timeline,
+-- so that every instance drops what it cached and cancels its watches.
+-- It is the last column: notify/binlog reads rev as the row's second.
+ALTER TABLE kv_meta ADD COLUMN timeline BIGINT NOT NULL DEFAULT 0;
