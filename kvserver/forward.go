@@ -333,6 +333,7 @@ func forward[Req, Resp any](s *Server, ctx context.Context, r Req, call func(pb.
 	resp, err = call(p.kv, fctx, r, grpc.Peer(&sentTo))
 	if err == nil {
 		f.count(fwdForwarded)
+		s.observeForwarded(resp)
 		return resp, true, nil
 	}
 	if ctx.Err() != nil {
@@ -366,6 +367,18 @@ func forward[Req, Resp any](s *Server, ctx context.Context, r Req, call func(pb.
 	}
 	f.count(fwdForwarded)
 	return resp, true, err
+}
+
+// observeForwarded tells the backend the revision of a write the leader
+// answered, which this instance's client now holds: if the database goes
+// back below it (a failover to a replica that was behind), this instance
+// notices even when the leader is gone (see backends.RevisionObserver).
+func (s *Server) observeForwarded(resp any) {
+	o, ok := s.be.(backends.RevisionObserver)
+	h, hok := resp.(interface{ GetHeader() *pb.ResponseHeader })
+	if ok && hok {
+		o.ObserveRevision(h.GetHeader().GetRevision())
+	}
 }
 
 // shuttingDownMsg is errShuttingDown's message: the leader refused a write

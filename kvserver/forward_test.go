@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -62,6 +63,14 @@ func TestForwarderPicksLeader(t *testing.T) {
 		}
 	}
 }
+
+// observingBackend records the highest revision it is told of.
+type observingBackend struct {
+	backends.Backend // other methods unused
+	seen             atomic.Int64
+}
+
+func (b *observingBackend) ObserveRevision(rev int64) { b.seen.Store(max(b.seen.Load(), rev)) }
 
 // stubKV answers Put with whatever its test sets, recording the member the
 // request was forwarded to ("" if it was not marked as forwarded).
@@ -140,7 +149,8 @@ func TestForwardOutcomes(t *testing.T) {
 
 	f := &forwarder{self: 1, cluster: 7, log: slog.New(slog.DiscardHandler), sign: testSign}
 	defer f.close()
-	s := &Server{log: f.log, fwd: f, memberID: 1}
+	obs := &observingBackend{}
+	s := &Server{log: f.log, fwd: f, memberID: 1, be: obs}
 	f.update([]backends.Member{{ID: 2, Name: "leader", ClientURLs: []string{url}, Leader: true}}, false)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -195,6 +205,11 @@ func TestForwardOutcomes(t *testing.T) {
 		}
 		if tc.name == "result" && (resp == nil || resp.Header.Revision != 7) {
 			t.Errorf("result: response %v, want revision 7", resp)
+		}
+		if tc.name == "result" && obs.seen.Load() != 7 {
+			// The client holds revision 7 now: this instance must know, so
+			// that it notices if the database goes back below it.
+			t.Errorf("result: the backend was told of revision %d, want 7", obs.seen.Load())
 		}
 	}
 }

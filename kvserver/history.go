@@ -41,6 +41,9 @@ type history struct {
 	bytes   int
 	reading map[int64]*historyRead // reads in flight, by their after revision
 	closed  bool                   // set by close: no new reads start
+	// epoch counts resets: a read that started before one does not keep
+	// its page.
+	epoch int64
 }
 
 // historyPage is the events of revisions (after, upTo], in order.
@@ -52,9 +55,10 @@ type historyPage struct {
 
 // historyRead is a read of the log other watchers may wait for.
 type historyRead struct {
-	done chan struct{}
-	page *historyPage // nil if the read failed or found nothing
-	err  error
+	done  chan struct{}
+	page  *historyPage // nil if the read failed or found nothing
+	err   error
+	epoch int64 // the history's epoch when the read started
 }
 
 func newHistory(be backends.Backend) *history {
@@ -86,7 +90,7 @@ func (h *history) read(ctx context.Context, after int64) ([]*mvccpb.Event, int64
 	}
 	r, running := h.reading[after]
 	if !running {
-		r = &historyRead{done: make(chan struct{})}
+		r = &historyRead{done: make(chan struct{}), epoch: h.epoch}
 		h.reading[after] = r
 	}
 	if !running {
@@ -110,6 +114,18 @@ func (h *history) read(ctx context.Context, after int64) ([]*mvccpb.Event, int64
 	return r.page.evs, r.page.upTo, nil
 }
 
+// reset drops the cached pages and lets no read in flight keep its page:
+// the database's history was fenced onto a new timeline, and what was
+// read before may be gone from it. Watchers waiting for a read in flight
+// still get its result; they are cancelled all the same (watch.go).
+func (h *history) reset() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.pages, h.bytes = nil, 0
+	h.reading = map[int64]*historyRead{}
+	h.epoch++
+}
+
 // cached returns the events after revision after from a page that holds
 // that revision's successor; the caller holds mu.
 func (h *history) cached(after int64) ([]*mvccpb.Event, int64, bool) {
@@ -128,8 +144,10 @@ func (h *history) fetch(after int64, r *historyRead) {
 	defer h.wg.Done()
 	defer func() {
 		h.mu.Lock()
-		delete(h.reading, after)
-		if r.page != nil {
+		if h.reading[after] == r {
+			delete(h.reading, after)
+		}
+		if r.page != nil && r.epoch == h.epoch {
 			h.keep(r.page)
 		}
 		h.mu.Unlock()

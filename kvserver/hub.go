@@ -47,6 +47,14 @@ type hub struct {
 	// recount is buffered(1): count the keys again (at start, and when
 	// the history after the cursor was compacted away).
 	recount chan struct{}
+	// onNewTimeline, if set, is called (from the tailer) when the
+	// database's history was fenced onto a new timeline, after the window
+	// was dropped: the server drops its history cache.
+	onNewTimeline func()
+	// newTimelinePending is set while a new timeline the backend reported
+	// (once) has not been acted on yet, because reading the revisions
+	// failed. Only the tailer uses it.
+	newTimelinePending bool
 
 	mu sync.Mutex // guards the fields below
 	// rev is the newest revision in the window: every event <= rev has
@@ -63,6 +71,11 @@ type hub struct {
 	// applying every published event after it; valid only if keysKnown.
 	keys, keysAt int64
 	keysKnown    bool
+	// timeline counts the new timelines the tailer was told of (see
+	// backends.ErrNewTimeline); a watch created on an earlier one is
+	// cancelled as compacted at timelineCompact, the compact revision the
+	// database had then.
+	timeline, timelineCompact int64
 }
 
 func newHub(be backends.Backend, src notify.Source, poll time.Duration, log *slog.Logger) *hub {
@@ -308,6 +321,16 @@ func (h *hub) catchUp(ctx context.Context) error {
 		after := h.rev
 		h.mu.Unlock()
 		evs, err := h.be.TailChanges(ctx, after, hubReadRevs)
+		if errors.Is(err, backends.ErrNewTimeline) || (h.newTimelinePending && errors.Is(err, backends.ErrCompacted)) {
+			// The backend says so once; until the reset is done, the
+			// compaction it reports from then on is that timeline's.
+			h.newTimelinePending = true
+			if err := h.newTimeline(ctx, after); err != nil {
+				return err
+			}
+			h.newTimelinePending = false
+			continue
+		}
 		if errors.Is(err, backends.ErrCompacted) {
 			// The history after the cursor is gone (this instance fell behind
 			// a compaction). Restart the window at the compact revision:
@@ -348,6 +371,47 @@ func (h *hub) catchUp(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// newTimeline starts over after the database was fenced onto a new
+// timeline (its history went backwards: backends.ErrNewTimeline). The
+// window held events the database may no longer have, so it is dropped and
+// the cursor restarts at the new compact revision; every watch is
+// cancelled as compacted (see timelineOf), so that clients list again.
+func (h *hub) newTimeline(ctx context.Context, cursor int64) error {
+	cur, compact, err := h.be.Revisions(ctx)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.events, h.sizes, h.bytes = nil, nil, 0
+	h.rev, h.start = compact-1, compact-1
+	h.keysKnown = false
+	h.timeline++
+	h.timelineCompact = compact
+	h.reportLocked()
+	close(h.changed)
+	h.changed = make(chan struct{})
+	h.mu.Unlock()
+	select {
+	case h.recount <- struct{}{}:
+	default:
+	}
+	if h.onNewTimeline != nil {
+		h.onNewTimeline()
+	}
+	h.log.Error("the database's history went backwards and was fenced onto a new timeline (a failover to a replica that was behind?): "+
+		"every watch on this instance is cancelled as compacted, so that clients list again",
+		"watch_cursor", cursor, "compact_rev", compact, "current_rev", cur)
+	return nil
+}
+
+// timelineOf returns the hub's timeline count, and the compact revision to
+// cancel a watch of an earlier timeline with.
+func (h *hub) timelineOf() (timeline, compact int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.timeline, h.timelineCompact
 }
 
 func (h *hub) publish(evs []*mvccpb.Event) {

@@ -250,6 +250,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.hub = newHub(cfg.Backend, cfg.Notify, cfg.SafetyPoll, cfg.Logger.With("component", "watch-hub"))
 	s.history = newHistory(cfg.Backend)
+	s.hub.onNewTimeline = s.history.reset
 	if m := cfg.Metrics; m != nil {
 		m.quotaBytes.Set(float64(s.quota))
 		s.hub.metrics = m

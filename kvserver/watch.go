@@ -53,6 +53,9 @@ type watcher struct {
 	quiet bool
 	// compacted is set when the watch must be cancelled as compacted.
 	compacted int64
+	// timeline is the hub's timeline count when the watch was created: a
+	// watch of an earlier timeline is cancelled as compacted.
+	timeline int64
 	// compactRev is the compact revision when the watch was created. etcd
 	// reads an event's prev_kv at the event's revision - 1 and leaves it
 	// out when that revision is compacted, so an event at or below the
@@ -279,6 +282,7 @@ func (st *watchStream) create(ctx context.Context, c *pb.WatchCreateRequest) err
 		return fail(reasonDuplicateID)
 	}
 	w := &watcher{id: id, kr: kr, next: c.StartRevision, prevKV: c.PrevKv, progress: c.ProgressNotify, fragment: c.Fragment, quiet: true, compactRev: compact}
+	w.timeline, _ = st.s.hub.timelineOf()
 	for _, f := range c.Filters {
 		switch f {
 		case pb.WatchCreateRequest_NOPUT:
@@ -340,6 +344,12 @@ func (st *watchStream) synced(rev int64) bool {
 
 // deliver sends w its events with revisions in [w.next, rev].
 func (st *watchStream) deliver(ctx context.Context, w *watcher, rev int64) error {
+	if tl, compact := st.s.hub.timelineOf(); w.compacted == 0 && w.timeline != tl {
+		// The database's history went backwards under this watch: what it
+		// was sent may be gone. As after a compaction, the client lists
+		// again and watches from there.
+		w.compacted = compact
+	}
 	for w.compacted == 0 && w.next <= rev {
 		evs, upTo, ok := st.s.hub.read(w.next-1, maxEventsPerResponse)
 		if !ok {
