@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -90,6 +91,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if pcfg.ConnConfig.ConnectTimeout == 0 {
 		pcfg.ConnConfig.ConnectTimeout = dbnet.ConnectTimeout
 	}
+	hosts := preferPrimary(pcfg.ConnConfig)
 	sessionTimeout := cmp.Or(cfg.SessionTimeout, backends.DefaultSessionTimeout)
 	if cfg.Engine.GetsInFlight == 0 {
 		// Half the pool at most, so that the writer and other reads
@@ -103,7 +105,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("postgres: connect to %s:%d: %w", pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, err)
+		return nil, fmt.Errorf("postgres: connect to %s: %w", hosts, err)
 	}
 	if err := migrate(ctx, pool); err != nil {
 		pool.Close()
@@ -117,9 +119,42 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	d := &dialect{pool: pool, sessionTimeout: timeout}
 	cfg.Engine.MaxKeyBytes = MaxKeyBytes
 	if cfg.Engine.Database == "" {
-		cfg.Engine.Database = fmt.Sprintf("PostgreSQL at %s:%d/%s", pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, pcfg.ConnConfig.Database)
+		cfg.Engine.Database = fmt.Sprintf("PostgreSQL at %s/%s", hosts, pcfg.ConnConfig.Database)
 	}
 	return &Store{Engine: backends.NewEngine(d, cfg.Engine), pool: pool, log: log, sessionTimeout: timeout}, nil
+}
+
+// preferPrimary makes c, if it lists several hosts (a primary and its
+// standbys, in failover order) and no target_session_attrs, connect only
+// to the one that accepts writes, as target_session_attrs=read-write does:
+// a standby would refuse every write, and its replay may lag behind the
+// primary. It returns the hosts (see hostList).
+func preferPrimary(c *pgx.ConnConfig) string {
+	hosts := hostList(c)
+	if strings.Contains(hosts, ",") && c.ValidateConnect == nil {
+		c.ValidateConnect = pgconn.ValidateConnectTargetSessionAttrsReadWrite
+	}
+	return hosts
+}
+
+// hostList names the servers c connects to, in order, as host:port[,...]:
+// the first and the fallbacks of other addresses (pgx also lists the same
+// server again for each sslmode it may try).
+func hostList(c *pgx.ConnConfig) string {
+	seen := map[string]bool{}
+	var list []string
+	add := func(host string, port uint16) {
+		a := net.JoinHostPort(host, strconv.Itoa(int(port)))
+		if !seen[a] {
+			seen[a] = true
+			list = append(list, a)
+		}
+	}
+	add(c.Host, c.Port)
+	for _, f := range c.Fallbacks {
+		add(f.Host, f.Port)
+	}
+	return strings.Join(list, ",")
 }
 
 var _ backends.PoolReporter = (*Store)(nil)
