@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -278,4 +279,124 @@ func FreshMySQLEndpoint(t testing.TB) string {
 		t.Fatalf("create database: %v", err)
 	}
 	return m.DSN("kvsql", name)
+}
+
+// Addr is the server's host:port.
+func (m *MariaDB) Addr() string { return "127.0.0.1:" + strconv.Itoa(m.port) }
+
+// Root returns a connection pool to the server as root, over its socket;
+// the caller closes it.
+func (m *MariaDB) Root() (*sql.DB, error) { return sql.Open("mysql", "root@unix("+m.Socket()+")/") }
+
+// GTIDBinlogPos returns the GTID position of the server's binary log:
+// where a replica that has everything up to now starts.
+func (m *MariaDB) GTIDBinlogPos() (string, error) {
+	db, err := m.Root()
+	if err != nil {
+		return "", err
+	}
+	defer db.Close()
+	var pos string
+	err = db.QueryRow(`SELECT @@gtid_binlog_pos`).Scan(&pos)
+	return pos, err
+}
+
+// ReplicateFrom makes the server a GTID replica of the primary at
+// primaryAddr (host:port; the primary itself or a proxy in front of it)
+// from GTID position pos (the primary's GTIDBinlogPos before the data to
+// replicate was written: both servers have their own users already), as
+// user kvsql, and waits until both replication threads run.
+func (m *MariaDB) ReplicateFrom(primaryAddr, pos string) error {
+	host, port, err := net.SplitHostPort(primaryAddr)
+	if err != nil {
+		return fmt.Errorf("primary address %q: %w", primaryAddr, err)
+	}
+	db, err := m.Root()
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	for _, q := range []string{
+		// The replica's own binary log holds its users: start it afresh,
+		// so that its GTIDs are the primary's.
+		"RESET MASTER",
+		"SET GLOBAL gtid_slave_pos = '" + pos + "'",
+		"CHANGE MASTER TO MASTER_HOST = '" + host + "', MASTER_PORT = " + port +
+			", MASTER_USER = 'kvsql', MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
+		"START SLAVE",
+	} {
+		if _, err := db.Exec(q); err != nil {
+			return fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := slaveStatus(db)
+		if err != nil {
+			return err
+		}
+		if st["Slave_IO_Running"] == "Yes" && st["Slave_SQL_Running"] == "Yes" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("replication did not start: IO %s (%s), SQL %s (%s)", st["Slave_IO_Running"], st["Last_IO_Error"], st["Slave_SQL_Running"], st["Last_SQL_Error"])
+		}
+		time.Sleep(50 * time.Millisecond) // polling the server's state
+	}
+}
+
+// PromoteReplica makes a replica the primary, as a failover does once the
+// old primary is gone: it waits until the replica has applied everything
+// it received, stops replicating, forgets its primary and turns
+// read_only off.
+func (m *MariaDB) PromoteReplica() error {
+	db, err := m.Root()
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	st, err := slaveStatus(db)
+	if err != nil {
+		return err
+	}
+	var waited int
+	if err := db.QueryRow(`SELECT MASTER_GTID_WAIT(?, 60)`, st["Gtid_IO_Pos"]).Scan(&waited); err != nil || waited != 0 {
+		return fmt.Errorf("wait for the replica to apply what it received (%s): %d, %v", st["Gtid_IO_Pos"], waited, err)
+	}
+	for _, q := range []string{"STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = 0"} {
+		if _, err := db.Exec(q); err != nil {
+			return fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	return nil
+}
+
+// slaveStatus returns SHOW SLAVE STATUS by column name (empty if the
+// server replicates from nothing).
+func slaveStatus(db *sql.DB) (map[string]string, error) {
+	rows, err := db.Query(`SHOW SLAVE STATUS`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		return nil, err
+	}
+	st := map[string]string{}
+	if !rows.Next() {
+		return st, rows.Err()
+	}
+	vals := make([]sql.NullString, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	if err := rows.Scan(ptrs...); err != nil {
+		return nil, err
+	}
+	for i, c := range cols {
+		st[c] = vals[i].String
+	}
+	return st, rows.Err()
 }

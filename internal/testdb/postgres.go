@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -35,6 +36,9 @@ type Postgres struct {
 	exited  chan struct{}
 	logFile string
 	tls     bool // ssl=on, TCP connections only with TLS (NewPostgresTLS)
+	// settings are extra name=value server settings (NewPostgresConf),
+	// given on the command line: a standby's base backup does not copy them.
+	settings []string
 }
 
 // pgBinDir finds PostgreSQL's server binaries: $PG_BIN, else the newest
@@ -63,6 +67,12 @@ func pgBinDir() (string, error) {
 // NewPostgres initialises and starts a cluster.
 func NewPostgres() (*Postgres, error) { return newPostgres(nil, nil) }
 
+// NewPostgresConf is NewPostgres with extra server settings, each
+// "name=value" (postgres -c).
+func NewPostgresConf(settings ...string) (*Postgres, error) {
+	return newPostgres(nil, nil, settings...)
+}
+
 // NewPostgresTLS initialises and starts a cluster with ssl=on and
 // certPEM/keyPEM as its server certificate, which accepts TCP connections
 // only over TLS (hostssl in pg_hba.conf), so that a client that connects
@@ -74,7 +84,7 @@ func NewPostgresTLS(certPEM, keyPEM []byte) (*Postgres, error) {
 	return newPostgres(certPEM, keyPEM)
 }
 
-func newPostgres(certPEM, keyPEM []byte) (*Postgres, error) {
+func newPostgres(certPEM, keyPEM []byte, settings ...string) (*Postgres, error) {
 	bin, err := pgBinDir()
 	if err != nil {
 		return nil, err
@@ -83,18 +93,9 @@ func newPostgres(certPEM, keyPEM []byte) (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Postgres{bin: bin, dir: dir, logFile: filepath.Join(dir, "postgres.log")}
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return nil, fmt.Errorf("running as root needs the postgres user to run PostgreSQL: %w", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		p.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-		if err := os.Chown(dir, uid, gid); err != nil {
-			return nil, err
-		}
+	p := &Postgres{bin: bin, dir: dir, logFile: filepath.Join(dir, "postgres.log"), settings: settings}
+	if err := p.setOwner(); err != nil {
+		return nil, err
 	}
 	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", filepath.Join(dir, "data"), "-U", "kvsql",
 		"--auth=trust", "--encoding=UTF8", "--no-sync")
@@ -149,9 +150,14 @@ func (p *Postgres) Start() error {
 		if p.tls {
 			args = append(args, "-c", "ssl=on")
 		}
+		for _, kv := range p.settings {
+			args = append(args, "-c", kv)
+		}
 		cmd := exec.Command(filepath.Join(p.bin, "postgres"), args...)
 		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred, Pdeathsig: syscall.SIGQUIT}
+		// A process group of its own, so that Crash can kill the server's
+		// every process at once, as a machine that dies does.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred, Pdeathsig: syscall.SIGQUIT, Setpgid: true}
 		if err := cmd.Start(); err != nil {
 			started <- err
 			return
@@ -183,6 +189,111 @@ func (p *Postgres) Start() error {
 			return fmt.Errorf("postgres did not accept connections: %w", err)
 		}
 	}
+}
+
+// setOwner makes p's directory the postgres user's when the tests run as
+// root (PostgreSQL refuses to run as root), and records the credential
+// its programs then run with.
+func (p *Postgres) setOwner() error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return fmt.Errorf("running as root needs the postgres user to run PostgreSQL: %w", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	p.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	return os.Chown(p.dir, uid, gid)
+}
+
+// Crash kills every process of the server at once (SIGKILL to its
+// process group), as a machine that dies does: a postmaster killed alone
+// leaves its backends committing for a moment, and they would notice only
+// at their next wait. It waits for the postmaster to exit.
+func (p *Postgres) Crash() {
+	p.mu.Lock()
+	proc, exited := p.proc, p.exited
+	p.mu.Unlock()
+	if proc == nil {
+		return
+	}
+	_ = syscall.Kill(-proc.Pid, syscall.SIGKILL)
+	<-exited
+}
+
+// Addr is the server's host:port.
+func (p *Postgres) Addr() string { return "127.0.0.1:" + strconv.Itoa(p.port) }
+
+// NewStandby makes a streaming standby of p: a base backup of p into a
+// new temp dir, with standby.signal and primary_conninfo pointing at
+// primaryAddr (p's Addr, or a proxy in front of it), started on a free
+// port with settings (as NewPostgresConf's) and application_name
+// "standby". Promote makes it a primary.
+func (p *Postgres) NewStandby(primaryAddr string, settings ...string) (*Postgres, error) {
+	dir, err := os.MkdirTemp("", "kvsql-pg-")
+	if err != nil {
+		return nil, err
+	}
+	s := &Postgres{bin: p.bin, dir: dir, logFile: filepath.Join(dir, "postgres.log"), settings: settings}
+	if err := s.setOwner(); err != nil {
+		return nil, err
+	}
+	data := filepath.Join(dir, "data")
+	backup := exec.Command(filepath.Join(p.bin, "pg_basebackup"), "-d", p.URL("postgres"), "-D", data,
+		"--wal-method=stream", "--checkpoint=fast", "--no-sync")
+	backup.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
+	if out, err := backup.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("pg_basebackup: %w\n%s", err, out)
+	}
+	host, port, err := net.SplitHostPort(primaryAddr)
+	if err != nil {
+		return nil, fmt.Errorf("primary address %q: %w", primaryAddr, err)
+	}
+	conf := fmt.Sprintf("\nprimary_conninfo = 'host=%s port=%s user=kvsql application_name=standby sslmode=disable'\n", host, port)
+	for name, text := range map[string]string{"standby.signal": "", "postgresql.auto.conf": conf} {
+		f, err := os.OpenFile(filepath.Join(data, name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		_, err = f.WriteString(text)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, err
+		}
+		if s.cred != nil {
+			if err := os.Chown(filepath.Join(data, name), int(s.cred.Uid), int(s.cred.Gid)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if s.port, err = FreePort(); err != nil {
+		return nil, err
+	}
+	if err := s.Start(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Promote ends a standby's recovery (pg_promote, as pg_ctl promote does)
+// and waits until it accepts writes.
+func (p *Postgres) Promote() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, p.adminURL())
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT pg_promote(true, 60)`).Scan(&ok); err != nil || !ok {
+		return fmt.Errorf("pg_promote: %v, %w", ok, err)
+	}
+	return nil
 }
 
 // Stop stops the server with sig (SIGINT: fast shutdown, SIGQUIT:
