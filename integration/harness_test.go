@@ -35,6 +35,9 @@ type serverOptions struct {
 	// SafetyPoll, if set, replaces the tailer's safety poll interval; tests
 	// of a change stream set it high so that only the stream delivers.
 	SafetyPoll time.Duration
+	// MaxRangeBytesInFlight, if set, replaces the budget of Range results
+	// in flight.
+	MaxRangeBytesInFlight int64
 }
 
 // starter starts a fresh, empty server for one test and stops it at cleanup.
@@ -72,6 +75,7 @@ func serveKVSQL(t testing.TB, be backends.Backend, src interface {
 		MaxTxnOps:              opts.MaxTxnOps,
 		ProgressNotifyInterval: opts.ProgressNotifyInterval,
 		SafetyPoll:             opts.SafetyPoll,
+		MaxRangeBytesInFlight:  opts.MaxRangeBytesInFlight,
 		LeaseCheckInterval:     100 * time.Millisecond,
 		ForwardWrites:          true, // the binary's default
 	})

@@ -7,6 +7,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kvsql/kvsql/backends"
 )
@@ -20,12 +22,96 @@ func (k *kvService) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRes
 	if err := checkRange(r); err != nil {
 		return nil, err
 	}
-	resp, err := k.s.be.Range(ctx, r)
+	if len(r.RangeEnd) == 0 {
+		// One key: at most one value, no budget.
+		resp, err := k.s.be.Range(ctx, r)
+		if err != nil {
+			return nil, toGRPC(err)
+		}
+		k.s.fill(resp.Header)
+		return resp, nil
+	}
+	// The response's bytes count in the budget until gRPC has taken it.
+	hold := rpcHoldOf(ctx)
+	res := k.s.ranges.reserve()
+	if hold != nil {
+		hold.keep(res)
+	} else {
+		defer res.release()
+	}
+	resp, err := k.s.rangeBudgeted(ctx, r, res, hold)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
 	k.s.fill(resp.Header)
 	return resp, nil
+}
+
+// rangeBudgeted answers a Range over more than one key, taking the bytes
+// of its result from the budget (see rangeBudget). A range that may be
+// large is read in chunks from one snapshot, each taken before the next is
+// read; a result that is sorted otherwise than by key, filtered, counted
+// or limited to one chunk is read in one statement and counted after.
+//
+// When the Range is a gRPC call of this server (hold is not nil), each
+// chunk is encoded as soon as it is read and its key-values dropped: the
+// response never exists twice, as messages and encoded, and gRPC sends the
+// encoded chunks as they are (see codec). The returned response's Kvs are
+// then empty: an interceptor that wants its size finds it in
+// Server.encoded until the codec takes it.
+func (s *Server) rangeBudgeted(ctx context.Context, r *pb.RangeRequest, res *reservation, hold *rpcHold) (*pb.RangeResponse, error) {
+	rs, ok := s.be.(backends.RangeStreamer)
+	// As etcd, order NONE sorts by any target but the key (ascending).
+	keyOrder := r.SortTarget == pb.RangeRequest_KEY && r.SortOrder != pb.RangeRequest_DESCEND
+	filters := r.MinModRevision != 0 || r.MaxModRevision != 0 || r.MinCreateRevision != 0 || r.MaxCreateRevision != 0
+	if !ok || !keyOrder || filters || r.CountOnly || (r.Limit > 0 && r.Limit <= rangeFirstChunk) {
+		resp, err := s.be.Range(ctx, r)
+		if err != nil {
+			return nil, err
+		}
+		return resp, res.take(ctx, kvsBytes(resp.Kvs), false)
+	}
+	var kvs []*mvccpb.KeyValue
+	enc := encodedKVs{}
+	add := func(chunk []*mvccpb.KeyValue) error {
+		n := kvsBytes(chunk)
+		if err := res.take(ctx, n, true); err != nil {
+			return err
+		}
+		if hold == nil {
+			kvs = append(kvs, chunk...)
+			return nil
+		}
+		b, err := encodeKVs(make([]byte, 0, n), chunk)
+		enc.chunks = append(enc.chunks, b)
+		enc.kvs += len(chunk)
+		enc.bytes += len(b)
+		return err
+	}
+	resp, err := rs.RangeStream(ctx, r, backends.Chunking{Bytes: rangeChunkBytes, FirstKeys: rangeFirstChunk}, add)
+	if err != nil {
+		return nil, err
+	}
+	last := resp.Kvs
+	resp.Kvs = nil
+	if err := add(last); err != nil {
+		return nil, err
+	}
+	if hold == nil {
+		resp.Kvs = kvs
+	} else {
+		hold.keepEncoded(s, resp, &enc)
+	}
+	return resp, nil
+}
+
+// kvsBytes is the encoded size of kvs in a RangeResponse.
+func kvsBytes(kvs []*mvccpb.KeyValue) int64 {
+	var n int64
+	for _, kv := range kvs {
+		n += int64(protowire.SizeBytes(proto.Size(kv))) + 1 // field 2's tag, length and message
+	}
+	return n
 }
 
 // RangeStream streams a range from one snapshot in chunks of about
@@ -41,7 +127,18 @@ func (k *kvService) RangeStream(r *pb.RangeRequest, stream pb.KV_RangeStreamServ
 	if !ok {
 		return status.Error(codes.Unimplemented, "kvsql: this backend does not support RangeStream; use Range")
 	}
-	resp, err := rs.RangeStream(stream.Context(), r, k.s.cfg.MaxRequestBytes, func(kvs []*mvccpb.KeyValue) error {
+	// Each chunk is garbage once sent; after a large stream, give the
+	// memory the collector keeps for the next one back to the system.
+	var sent int
+	defer func() {
+		if sent >= releaseAfterBytes {
+			k.s.releaseMemory()
+		}
+	}()
+	resp, err := rs.RangeStream(stream.Context(), r, backends.Chunking{Bytes: k.s.cfg.MaxRequestBytes}, func(kvs []*mvccpb.KeyValue) error {
+		for _, kv := range kvs {
+			sent += len(kv.Key) + len(kv.Value)
+		}
 		return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: kvs}})
 	})
 	if err != nil {

@@ -68,6 +68,10 @@ type Config struct {
 	SafetyPoll time.Duration
 	// LeaseCheckInterval is how often expired leases are revoked.
 	LeaseCheckInterval time.Duration
+	// MaxRangeBytesInFlight bounds the bytes of Range results being read
+	// or handed to gRPC at once (see rangeBudget); 0 means
+	// DefaultMaxRangeBytesInFlight.
+	MaxRangeBytesInFlight int64
 
 	// ForwardWrites makes an instance that does not hold the leader lock
 	// send its writes to the leader's advertised client URL, so that the
@@ -87,6 +91,9 @@ type Server struct {
 	log       *slog.Logger
 	hub       *hub
 	history   *history // log reads for watchers older than the hub's window
+	ranges    *rangeBudget
+	encoded   sync.Map      // *pb.RangeResponse -> *encodedKVs (see codec)
+	release   chan struct{} // buffered(1): return unused memory to the system (releaser)
 	clusterID uint64
 	memberID  uint64
 	health    *health.Server
@@ -143,6 +150,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.LeaseCheckInterval <= 0 {
 		cfg.LeaseCheckInterval = DefaultLeaseCheckInterval
 	}
+	if cfg.MaxRangeBytesInFlight <= 0 {
+		cfg.MaxRangeBytesInFlight = DefaultMaxRangeBytesInFlight
+	}
 	s := &Server{
 		cfg:       cfg,
 		be:        cfg.Backend,
@@ -151,6 +161,8 @@ func New(cfg Config) (*Server, error) {
 		memberID:  idOf(cfg.ClusterName + "/" + cfg.Name + "/" + strings.Join(cfg.ClientURLs, ",")),
 		health:    health.NewServer(),
 		shutdown:  make(chan struct{}),
+		ranges:    newRangeBudget(cfg.MaxRangeBytesInFlight),
+		release:   make(chan struct{}, 1),
 
 		leasesReady: make(chan struct{}),
 		leadChanged: make(chan struct{}, 1),
@@ -198,7 +210,7 @@ func (s *Server) GRPCOptions() []grpc.ServerOption {
 	if m := s.cfg.Metrics; m != nil {
 		opts = append(opts, grpc.ChainUnaryInterceptor(m.unary), grpc.ChainStreamInterceptor(m.stream))
 	}
-	return opts
+	return append(opts, s.memoryOptions()...)
 }
 
 // Register registers every etcd service on g.
@@ -230,6 +242,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.hub.run(ctx) })
 	g.Go(func() error { return s.expireLeases(ctx, leading) })
 	g.Go(func() error { return s.heartbeat(ctx) })
+	g.Go(func() error { return s.releaser(ctx) })
 	err := g.Wait()
 	s.history.close()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)

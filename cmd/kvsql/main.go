@@ -57,6 +57,7 @@ type config struct {
 	endpoint      string
 	maxReqBytes   int
 	maxTxnOps     int
+	rangeBytes    int64
 	progressEvery time.Duration
 	notifyMode    string
 	pollInterval  time.Duration
@@ -122,6 +123,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.stmtTimeout, "db-statement-timeout", 0, "PostgreSQL: statement_timeout for kvsql's statements (0: the server's default)")
 	fs.IntVar(&c.maxReqBytes, "max-request-bytes", kvserver.DefaultMaxRequestBytes, "maximum client request size in bytes")
 	fs.IntVar(&c.maxTxnOps, "max-txn-ops", kvserver.DefaultMaxTxnOps, "maximum operations per txn branch")
+	fs.Int64Var(&c.rangeBytes, "max-range-bytes-in-flight", kvserver.DefaultMaxRangeBytesInFlight, "bytes of Range results (encoded) the server reads and holds at once; a large Range that would exceed it waits for others to finish (the oldest always proceeds, so a larger one is served alone); the process needs up to about twice this in memory for them")
 	fs.DurationVar(&c.progressEvery, "watch-progress-notify-interval", kvserver.DefaultProgressNotifyInterval, "how often watches with progress_notify get a progress notification")
 	fs.StringVar(&c.certFile, "cert-file", "", "TLS certificate for https:// listeners")
 	fs.StringVar(&c.keyFile, "key-file", "", "TLS key for https:// listeners")
@@ -433,6 +435,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ClientURLs:             strings.Split(advertise, ","),
 		MaxRequestBytes:        c.maxReqBytes,
 		MaxTxnOps:              c.maxTxnOps,
+		MaxRangeBytesInFlight:  c.rangeBytes,
 		ProgressNotifyInterval: c.progressEvery,
 		SafetyPoll:             c.safetyPoll,
 		Metrics:                metrics,
