@@ -128,11 +128,10 @@ type Lease struct {
 type RangeStreamer interface {
 	// RangeStream answers r (default key order, no revision filters) from
 	// one snapshot. send receives consecutive chunks of the result, each of
-	// roughly c.Bytes (the first one c.FirstKeys keys), except the last;
-	// the returned response carries the last chunk (as etcd's final message
-	// does, so it has kvs unless the result is empty) with the header
-	// revision, count and more.
-	RangeStream(ctx context.Context, r *pb.RangeRequest, c Chunking, send func([]*mvccpb.KeyValue) error) (*pb.RangeResponse, error)
+	// roughly chunkBytes, except the last; the returned response carries
+	// the last chunk (as etcd's final message does, so it has kvs unless the
+	// result is empty) with the header revision, count and more.
+	RangeStream(ctx context.Context, r *pb.RangeRequest, chunkBytes int, send func([]*mvccpb.KeyValue) error) (*pb.RangeResponse, error)
 }
 
 // Member is one kvsql instance, as Cluster.MemberList reports it.

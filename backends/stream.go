@@ -8,26 +8,14 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// DefaultFirstChunk is the size in keys of RangeStream's first chunk when
-// Chunking.FirstKeys is 0 (etcd's); later chunks double or halve to land
-// near Chunking.Bytes.
-const DefaultFirstChunk = 10
-
-// Chunking sets the size of RangeStream's chunks.
-type Chunking struct {
-	// Bytes is the size chunks aim at: after a chunk under half of it the
-	// next one reads twice as many keys, after one over twice it half as
-	// many.
-	Bytes int
-	// FirstKeys is how many keys the first chunk reads (0:
-	// DefaultFirstChunk).
-	FirstKeys int64
-}
+// firstStreamChunk is the size in keys of RangeStream's first chunk; later
+// chunks double or halve to land near the requested chunk size.
+const firstStreamChunk = 10
 
 var _ RangeStreamer = (*Engine)(nil)
 
 // RangeStream implements RangeStreamer.
-func (e *Engine) RangeStream(ctx context.Context, r *pb.RangeRequest, c Chunking, send func([]*mvccpb.KeyValue) error) (*pb.RangeResponse, error) {
+func (e *Engine) RangeStream(ctx context.Context, r *pb.RangeRequest, chunkBytes int, send func([]*mvccpb.KeyValue) error) (*pb.RangeResponse, error) {
 	var resp *pb.RangeResponse
 	err := e.read(ctx, func(tx Tx) error {
 		cur, compact, err := tx.Revisions(ctx)
@@ -49,10 +37,7 @@ func (e *Engine) RangeStream(ctx context.Context, r *pb.RangeRequest, c Chunking
 		}
 		total := r.Limit // 0: everything
 		var sent int64
-		chunk := c.FirstKeys
-		if chunk <= 0 {
-			chunk = DefaultFirstChunk
-		}
+		chunk := int64(firstStreamChunk)
 		// As in etcd, the last chunk of kvs travels in the final message
 		// with the header, count and more: each chunk is held back until
 		// the next one is read, and the last one is returned in resp.Kvs.
@@ -113,9 +98,9 @@ func (e *Engine) RangeStream(ctx context.Context, r *pb.RangeRequest, c Chunking
 				size += proto.Size(kv)
 			}
 			switch {
-			case size < c.Bytes/2:
+			case size < chunkBytes/2:
 				chunk *= 2
-			case size > c.Bytes*2:
+			case size > chunkBytes*2:
 				chunk = max(chunk/2, 1)
 			}
 		}

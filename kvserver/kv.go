@@ -64,7 +64,7 @@ func (s *Server) rangeBudgeted(ctx context.Context, r *pb.RangeRequest, res *res
 	// As etcd, order NONE sorts by any target but the key (ascending).
 	keyOrder := r.SortTarget == pb.RangeRequest_KEY && r.SortOrder != pb.RangeRequest_DESCEND
 	filters := r.MinModRevision != 0 || r.MaxModRevision != 0 || r.MinCreateRevision != 0 || r.MaxCreateRevision != 0
-	if !ok || !keyOrder || filters || r.CountOnly || (r.Limit > 0 && r.Limit <= rangeFirstChunk) {
+	if !ok || !keyOrder || filters || r.CountOnly || (r.Limit > 0 && r.Limit <= onePageKeys) {
 		resp, err := s.be.Range(ctx, r)
 		if err != nil {
 			return nil, err
@@ -88,7 +88,7 @@ func (s *Server) rangeBudgeted(ctx context.Context, r *pb.RangeRequest, res *res
 		enc.bytes += len(b)
 		return err
 	}
-	resp, err := rs.RangeStream(ctx, r, backends.Chunking{Bytes: rangeChunkBytes, FirstKeys: rangeFirstChunk}, add)
+	resp, err := rs.RangeStream(ctx, r, rangeChunkBytes, add)
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +135,7 @@ func (k *kvService) RangeStream(r *pb.RangeRequest, stream pb.KV_RangeStreamServ
 			k.s.releaseMemory()
 		}
 	}()
-	resp, err := rs.RangeStream(stream.Context(), r, backends.Chunking{Bytes: k.s.cfg.MaxRequestBytes}, func(kvs []*mvccpb.KeyValue) error {
+	resp, err := rs.RangeStream(stream.Context(), r, k.s.cfg.MaxRequestBytes, func(kvs []*mvccpb.KeyValue) error {
 		for _, kv := range kvs {
 			sent += len(kv.Key) + len(kv.Value)
 		}

@@ -34,12 +34,13 @@ const (
 	// etcd's too): a Range whose response would exceed it fails as soon
 	// as it is known, not after it was built.
 	maxResponseBytes = 1<<31 - 1
-	// rangeFirstChunk is how many keys the first read of a Range asks for;
-	// a Range whose limit is at most this reads in one statement, as
-	// before (a Kubernetes list page is 500 keys).
-	rangeFirstChunk = 500
-	// rangeChunkBytes is the size the further reads of a large Range aim
-	// at: the budget is taken chunk by chunk.
+	// onePageKeys: a Range limited to this many keys reads them in one
+	// statement, as before the budget (a Kubernetes list page is 500
+	// keys); a larger or unlimited one reads chunks, the first of a few
+	// keys (values can be 1.5 MiB each), the next ones growing or
+	// shrinking to about rangeChunkBytes. The budget is taken chunk by
+	// chunk.
+	onePageKeys     = 500
 	rangeChunkBytes = 4 << 20
 	// unpooledMessageBytes: gRPC keeps the buffers of sent messages in a
 	// pool for reuse; a pool entry survives a garbage collection, so a

@@ -102,7 +102,7 @@ func TestRangeBudget(t *testing.T) {
 	big.release()
 }
 
-// chunkedBackend serves RangeStream from kvs in chunks of FirstKeys keys;
+// chunkedBackend serves RangeStream from kvs in chunks of chunkKeys keys;
 // a call whose gate is set sends its first chunk, then waits for the gate.
 type chunkedBackend struct {
 	backends.Backend
@@ -110,14 +110,16 @@ type chunkedBackend struct {
 	gates chan chan struct{} // one per call, nil: no wait
 }
 
-func (f *chunkedBackend) RangeStream(ctx context.Context, r *pb.RangeRequest, c backends.Chunking, send func([]*mvccpb.KeyValue) error) (*pb.RangeResponse, error) {
+const chunkKeys = 100
+
+func (f *chunkedBackend) RangeStream(ctx context.Context, r *pb.RangeRequest, chunkBytes int, send func([]*mvccpb.KeyValue) error) (*pb.RangeResponse, error) {
 	gate := <-f.gates
 	kvs := f.kvs
-	for i := 0; len(kvs) > int(c.FirstKeys); i++ {
-		if err := send(kvs[:c.FirstKeys]); err != nil {
+	for i := 0; len(kvs) > chunkKeys; i++ {
+		if err := send(kvs[:chunkKeys]); err != nil {
 			return nil, err
 		}
-		kvs = kvs[c.FirstKeys:]
+		kvs = kvs[chunkKeys:]
 		if i == 0 && gate != nil {
 			<-gate
 		}
@@ -131,10 +133,10 @@ func (f *chunkedBackend) RangeStream(ctx context.Context, r *pb.RangeRequest, c 
 func TestRangeWaitsForTheBudget(t *testing.T) {
 	t.Parallel()
 	be := &chunkedBackend{gates: make(chan chan struct{}, 2)}
-	for i := range 3 * rangeFirstChunk {
+	for i := range 3 * chunkKeys {
 		be.kvs = append(be.kvs, &mvccpb.KeyValue{Key: fmt.Appendf(nil, "k%04d", i), Value: make([]byte, 100), ModRevision: 2})
 	}
-	s := &Server{cfg: Config{}, be: be, ranges: newRangeBudget(kvsBytes(be.kvs[:rangeFirstChunk]))}
+	s := &Server{cfg: Config{}, be: be, ranges: newRangeBudget(kvsBytes(be.kvs[:chunkKeys]))}
 	k := &kvService{s: s}
 	req := &pb.RangeRequest{Key: []byte("k"), RangeEnd: []byte("l")}
 	gate := make(chan struct{})

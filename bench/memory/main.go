@@ -63,14 +63,15 @@ func main() {
 }
 
 func run() error {
-	bin := flag.String("kvsql", "", "the kvsql binary to measure (required; build it without -race)")
+	bin := flag.String("kvsql", "", "the kvsql binary to measure (required; build it without -race); list: a comma-separated list compares binaries on the same data, alternating")
+	rounds := flag.Int("rounds", 1, "list: how many times to run each read with each binary")
 	which := flag.String("case", "list", "list, watchers or streams")
 	watchers := flag.Int("watchers", 10000, "watchers: how many watches")
 	streams := flag.Int("streams", 10, "watchers: watch streams to spread them over; streams: how many streams of each kind")
 	conns := flag.Int("conns", 4, "watchers, streams: client connections to spread the streams over")
 	events := flag.Int("events", 100, "watchers: how many puts to time")
 	rate := flag.Float64("rate", 20, "watchers: puts per second")
-	backend := flag.String("backend", "sqlite", "sqlite or postgres (a throwaway cluster from the machine's PostgreSQL binaries)")
+	backend := flag.String("backend", "sqlite", "sqlite, postgres (a throwaway cluster from the machine's PostgreSQL binaries), or etcd (-kvsql then names an etcd binary, to compare)")
 	keys := flag.Int("keys", 200000, "how many keys to load")
 	valueSize := flag.Int("value", 2048, "bytes per value (random, so incompressible)")
 	reads := flag.String("reads", "range,rangestream", "comma-separated reads to measure, in order: range, rangestream")
@@ -97,8 +98,18 @@ func run() error {
 	addr, metrics := freeAddr(), freeAddr()
 	args := []string{"--listen-client-urls=http://" + addr, "--data-dir=" + filepath.Join(dir, "data"),
 		"--listen-metrics-urls=http://" + metrics, "--enable-pprof", "--log-level=warn"}
+	bins := strings.Split(*bin, ",")
 	switch *backend {
 	case "sqlite":
+	case "etcd":
+		// The same case on etcd, for comparison: -kvsql names etcd's
+		// binary; its pprof handlers are on its client URL.
+		peer := freeAddr()
+		metrics = addr
+		args = []string{"--name=bench", "--data-dir=" + filepath.Join(dir, "etcd"),
+			"--listen-client-urls=http://" + addr, "--advertise-client-urls=http://" + addr,
+			"--listen-peer-urls=http://" + peer, "--initial-advertise-peer-urls=http://" + peer,
+			"--initial-cluster=bench=http://" + peer, "--enable-pprof", "--log-level=warn"}
 	case "postgres":
 		pg, err := testdb.NewPostgres()
 		if err != nil {
@@ -107,7 +118,7 @@ func run() error {
 		defer pg.Destroy()
 		args = append(args, "--endpoint="+pg.URL("postgres"))
 	default:
-		return fmt.Errorf("-backend %q: want sqlite or postgres", *backend)
+		return fmt.Errorf("-backend %q: want sqlite, postgres or etcd", *backend)
 	}
 	if *extra != "" {
 		args = append(args, strings.Fields(*extra)...)
@@ -129,10 +140,11 @@ func run() error {
 	defer conn.Close()
 	kv := pb.NewKVClient(conn)
 	ctx := context.Background()
-	// restart (re)starts kvsql and waits until it answers.
+	// restart (re)starts the server and waits until it answers.
+	current := bins[0]
 	restart := func() (int, error) {
 		stop()
-		cmd = exec.Command(*bin, args...)
+		cmd = exec.Command(current, args...)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Start(); err != nil {
 			return 0, err
@@ -164,8 +176,23 @@ func run() error {
 	}
 	fmt.Printf("after load: RSS %s, live heap %s\n", mb(rss(pid, "VmRSS")), mb(heap))
 
-	for _, read := range strings.Split(*reads, ",") {
-		if pid, err = restart(); err != nil {
+	for round := range *rounds {
+		for _, b := range bins {
+			current = b
+			if err := readOnce(ctx, restart, metrics, kv, *reads, delays, fmt.Sprintf("round %d, %s: ", round+1, filepath.Base(b))); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// readOnce runs each of reads (comma-separated) once on a freshly started
+// kvsql and prints what it measured, each line prefixed with label.
+func readOnce(ctx context.Context, restart func() (int, error), metrics string, kv pb.KVClient, reads string, delays []time.Duration, label string) error {
+	for _, read := range strings.Split(reads, ",") {
+		pid, err := restart()
+		if err != nil {
 			return err
 		}
 		before := rss(pid, "VmRSS")
@@ -186,8 +213,8 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("%s: %d keys, %s of kvs in %.1fs; RSS before %s, peak %s, after: %s; live heap after GC %s\n",
-			read, n, mb(bytes), took.Seconds(), mb(before), mb(peak), strings.Join(samples, ", "), mb(heap))
+		fmt.Printf("%s%s: %d keys, %s of kvs in %.1fs; RSS before %s, peak %s, after: %s; live heap after GC %s\n",
+			label, read, n, mb(bytes), took.Seconds(), mb(before), mb(peak), strings.Join(samples, ", "), mb(heap))
 	}
 	return nil
 }
