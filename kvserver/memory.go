@@ -223,7 +223,8 @@ func (h rpcStats) HandleRPC(ctx context.Context, st stats.RPCStats) {
 	hold.res, hold.resp = nil, nil
 	hold.mu.Unlock()
 	if resp != nil {
-		h.s.encoded.Delete(resp) // not sent: the RPC failed
+		// Still there if the codec never took it (the RPC failed first).
+		h.s.encoded.Delete(resp)
 	}
 	if res != nil && res.release() >= releaseAfterBytes {
 		h.s.releaseMemory()
@@ -233,9 +234,11 @@ func (h rpcStats) HandleRPC(ctx context.Context, st stats.RPCStats) {
 func (rpcStats) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
 func (rpcStats) HandleConn(context.Context, stats.ConnStats)                       {}
 
-// codec is gRPC's proto codec, except that it encodes a message larger than
+// codec is gRPC's proto codec, except for Range and Txn responses: it sends
+// a Range response whose key-values were encoded as they were read (see
+// rangeBudgeted) without copying them, encodes one larger than
 // unpooledMessageBytes into a buffer of its own (see there), and asks for
-// memory to be returned to the system once gRPC has sent a message of
+// memory to be returned to the system once gRPC has sent one of
 // releaseAfterBytes or more.
 type codec struct {
 	encoding.CodecV2
@@ -243,13 +246,18 @@ type codec struct {
 }
 
 func (c codec) Marshal(v any) (mem.BufferSlice, error) {
-	if r, ok := v.(*pb.RangeResponse); ok {
+	var m proto.Message
+	switch r := v.(type) {
+	case *pb.RangeResponse:
 		if enc, ok := c.s.encoded.LoadAndDelete(r); ok {
 			return c.s.marshalEncoded(r, enc.(*encodedKVs).chunks)
 		}
-	}
-	m, ok := v.(proto.Message)
-	if !ok {
+		m = r
+	case *pb.TxnResponse:
+		m = r // its range results can be large too
+	default:
+		// Watch responses and RangeStream chunks are about
+		// MaxRequestBytes; nothing else grows with the data.
 		return c.CodecV2.Marshal(v)
 	}
 	size := proto.Size(m)
