@@ -13,10 +13,12 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -32,6 +34,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kvsql/kvsql/kvserver"
 )
@@ -793,5 +796,103 @@ func TestHostileManyStreams(t *testing.T) {
 	// docs/benchmarks.md).
 	if perWatch > 96<<10 || perKeepAlive > 96<<10 {
 		t.Fatalf("a watch stream costs %d bytes, a keep-alive stream %d: over 96 KiB", perWatch, perKeepAlive)
+	}
+}
+
+// TestHostileStuckRangeStream: clients open more RangeStreams than the
+// database pool has connections and stop reading them. Other clients'
+// reads and writes are answered meanwhile (a stream lets its snapshot, and
+// its connection, go once its client has not taken a chunk for a moment);
+// writes then change, delete and add keys of the range; when the clients
+// read again, each gets exactly the range as it was at its stream's
+// revision, limited ones with etcd's count and more.
+func TestHostileStuckRangeStream(t *testing.T) {
+	t.Parallel()
+	for _, b := range []struct {
+		name  string
+		start starter
+	}{{"sqlite", startSQLite}, {"postgres", startPostgres}} {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			s := b.start(t, serverOptions{})
+			c := newClient(t, s)
+			v := strings.Repeat("v", 32<<10) // 200 keys: several chunks
+			for i := range 200 {
+				if _, err := c.Put(ctx, fmt.Sprintf("rs/%04d", i), v); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// More streams than the pools have connections (SQLite 8
+			// readers, PostgreSQL max(4, CPUs)).
+			n := 2 * max(8, runtime.NumCPU())
+			conn := rawConn(t, strings.TrimPrefix(s.Endpoint, "http://"))
+			streams := make([]pb.KV_RangeStreamClient, n)
+			reqs := make([]*pb.RangeRequest, n)
+			for i := range streams {
+				reqs[i] = &pb.RangeRequest{Key: []byte("rs/"), RangeEnd: []byte("rs0")}
+				if i%2 == 1 {
+					reqs[i].Limit = 150
+				}
+				st, err := pb.NewKVClient(conn).RangeStream(ctx, reqs[i])
+				if err != nil {
+					t.Fatal(err)
+				}
+				streams[i] = st
+			}
+			// Nobody reads them: another client is served all the same.
+			for i := range 50 {
+				pctx, pcancel := context.WithTimeout(ctx, time.Minute)
+				if _, err := c.Delete(pctx, fmt.Sprintf("rs/%04d", i)); err != nil {
+					t.Fatalf("delete while %d RangeStreams are not read: %v", n, err)
+				}
+				if _, err := c.Put(pctx, fmt.Sprintf("rs/%04d", 50+i), "changed"); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := c.Put(pctx, fmt.Sprintf("rs/%04d", 200+i), "new"); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := c.Get(pctx, "rs/0100"); err != nil {
+					t.Fatalf("get while %d RangeStreams are not read: %v", n, err)
+				}
+				pcancel()
+			}
+			for i, st := range streams {
+				got := &pb.RangeResponse{}
+				for {
+					m, err := st.Recv()
+					if errors.Is(err, io.EOF) {
+						break
+					}
+					if err != nil {
+						t.Fatalf("stream %d: %v", i, err)
+					}
+					rr := m.GetRangeResponse()
+					got.Kvs = append(got.Kvs, rr.GetKvs()...)
+					if rr.GetHeader() != nil {
+						got.Header, got.Count, got.More = rr.Header, rr.Count, rr.More
+					}
+				}
+				if got.Header == nil {
+					t.Fatalf("stream %d ended without a header", i)
+				}
+				want := proto.Clone(reqs[i]).(*pb.RangeRequest)
+				want.Revision = got.Header.Revision
+				exp, err := pb.NewKVClient(conn).Range(ctx, want)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(got.Kvs) != len(exp.Kvs) || got.Count != exp.Count || got.More != exp.More {
+					t.Fatalf("stream %d at revision %d: %d kvs, count %d, more %v; a Range at that revision: %d, %d, %v",
+						i, got.Header.Revision, len(got.Kvs), got.Count, got.More, len(exp.Kvs), exp.Count, exp.More)
+				}
+				for j := range got.Kvs {
+					if !proto.Equal(got.Kvs[j], exp.Kvs[j]) {
+						t.Fatalf("stream %d, key-value %d: %q at %d, want %q at %d", i, j, got.Kvs[j].Key, got.Kvs[j].ModRevision, exp.Kvs[j].Key, exp.Kvs[j].ModRevision)
+					}
+				}
+			}
+		})
 	}
 }

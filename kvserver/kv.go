@@ -5,8 +5,6 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -112,40 +110,6 @@ func kvsBytes(kvs []*mvccpb.KeyValue) int64 {
 		n += int64(protowire.SizeBytes(proto.Size(kv))) + 1 // field 2's tag, length and message
 	}
 	return n
-}
-
-// RangeStream streams a range from one snapshot in chunks of about
-// MaxRequestBytes. As in etcd, only the last message carries the header,
-// count and more, and it also carries the last chunk of kvs (there is no
-// separate trailer: kube-apiserver reads one more message after a chunk as
-// "more keys follow"); merging all messages gives the Range response.
-func (k *kvService) RangeStream(r *pb.RangeRequest, stream pb.KV_RangeStreamServer) error {
-	if err := checkRangeStream(r); err != nil {
-		return err
-	}
-	rs, ok := k.s.be.(backends.RangeStreamer)
-	if !ok {
-		return status.Error(codes.Unimplemented, "kvsql: this backend does not support RangeStream; use Range")
-	}
-	// Each chunk is garbage once sent; after a large stream, give the
-	// memory the collector keeps for the next one back to the system.
-	var sent int
-	defer func() {
-		if sent >= releaseAfterBytes {
-			k.s.releaseMemory()
-		}
-	}()
-	resp, err := rs.RangeStream(stream.Context(), r, k.s.cfg.MaxRequestBytes, func(kvs []*mvccpb.KeyValue) error {
-		for _, kv := range kvs {
-			sent += len(kv.Key) + len(kv.Value)
-		}
-		return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: kvs}})
-	})
-	if err != nil {
-		return toGRPC(err)
-	}
-	k.s.fill(resp.Header)
-	return stream.Send(&pb.RangeStreamResponse{RangeResponse: resp})
 }
 
 func (k *kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
