@@ -168,7 +168,10 @@ type RangeStreamer interface {
 	// one snapshot. send receives consecutive chunks of the result, each of
 	// roughly chunkBytes, except the last; the returned response carries
 	// the last chunk (as etcd's final message does, so it has kvs unless the
-	// result is empty) with the header revision, count and more.
+	// result is empty) with the header revision, count and more. If send
+	// fails, RangeStream returns its error and a response whose header
+	// holds the revision of the snapshot it read (the caller may read the
+	// rest at that revision).
 	RangeStream(ctx context.Context, r *pb.RangeRequest, chunkBytes int, send func([]*mvccpb.KeyValue) error) (*pb.RangeResponse, error)
 }
 

@@ -42,6 +42,9 @@ type serverOptions struct {
 	// RawGRPC makes the differential runner speak plain gRPC, without
 	// clientv3's interceptors (they retry auth errors, logging in again).
 	RawGRPC bool
+	// MaxRangeBytesInFlight, if set, replaces the budget of Range results
+	// in flight.
+	MaxRangeBytesInFlight int64
 }
 
 // starter starts a fresh, empty server for one test and stops it at cleanup.
@@ -96,6 +99,7 @@ func serveFrontend(t testing.TB, be backends.Backend, src interface {
 		MaxTxnOps:              opts.MaxTxnOps,
 		ProgressNotifyInterval: opts.ProgressNotifyInterval,
 		SafetyPoll:             opts.SafetyPoll,
+		MaxRangeBytesInFlight:  opts.MaxRangeBytesInFlight,
 		LeaseCheckInterval:     100 * time.Millisecond,
 		ForwardWrites:          true, // the binary's default
 		AuthToken:              opts.AuthToken,

@@ -7,8 +7,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/server/v3/auth"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kvsql/kvsql/backends"
@@ -27,7 +26,20 @@ func (k *kvService) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRes
 	err := k.s.auth.serialize(ctx, func(as auth.AuthStore, ai *auth.AuthInfo) error {
 		return as.IsRangePermitted(ai, r.Key, r.RangeEnd)
 	}, func() (err error) {
-		resp, err = k.s.be.Range(ctx, r)
+		if len(r.RangeEnd) == 0 {
+			// One key: at most one value, no budget.
+			resp, err = k.s.be.Range(ctx, r)
+			return err
+		}
+		// The response's bytes count in the budget until gRPC has taken it.
+		hold := rpcHoldOf(ctx)
+		res := k.s.ranges.reserve()
+		if hold != nil {
+			hold.keep(res)
+		} else {
+			defer res.release()
+		}
+		resp, err = k.s.rangeBudgeted(ctx, r, res, hold)
 		return err
 	})
 	if err != nil {
@@ -38,34 +50,71 @@ func (k *kvService) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRes
 	return resp, nil
 }
 
-// RangeStream streams a range from one snapshot in chunks of about
-// MaxRequestBytes. As in etcd, only the last message carries the header,
-// count and more, and it also carries the last chunk of kvs (there is no
-// separate trailer: kube-apiserver reads one more message after a chunk as
-// "more keys follow"); merging all messages gives the Range response.
-func (k *kvService) RangeStream(r *pb.RangeRequest, stream pb.KV_RangeStreamServer) error {
-	if err := checkRangeStream(r); err != nil {
-		return err
-	}
-	rs, ok := k.s.be.(backends.RangeStreamer)
-	if !ok {
-		return status.Error(codes.Unimplemented, "kvsql: this backend does not support RangeStream; use Range")
-	}
-	ctx := stream.Context()
-	err := k.s.auth.serialize(ctx, func(as auth.AuthStore, ai *auth.AuthInfo) error {
-		return as.IsRangePermitted(ai, r.Key, r.RangeEnd)
-	}, func() error {
-		resp, err := rs.RangeStream(ctx, r, k.s.cfg.MaxRequestBytes, func(kvs []*mvccpb.KeyValue) error {
-			return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: kvs}})
-		})
+// rangeBudgeted answers a Range over more than one key, taking the bytes
+// of its result from the budget (see rangeBudget). A range that may be
+// large is read in chunks from one snapshot, each taken before the next is
+// read; a result that is sorted otherwise than by key, filtered, counted
+// or limited to one chunk is read in one statement and counted after.
+//
+// When the Range is a gRPC call of this server (hold is not nil), each
+// chunk is encoded as soon as it is read and its key-values dropped: the
+// response never exists twice, as messages and encoded, and gRPC sends the
+// encoded chunks as they are (see codec). The returned response's Kvs are
+// then empty: an interceptor that wants its size finds it in
+// Server.encoded until the codec takes it.
+func (s *Server) rangeBudgeted(ctx context.Context, r *pb.RangeRequest, res *reservation, hold *rpcHold) (*pb.RangeResponse, error) {
+	rs, ok := s.be.(backends.RangeStreamer)
+	// As etcd, order NONE sorts by any target but the key (ascending).
+	keyOrder := r.SortTarget == pb.RangeRequest_KEY && r.SortOrder != pb.RangeRequest_DESCEND
+	filters := r.MinModRevision != 0 || r.MaxModRevision != 0 || r.MinCreateRevision != 0 || r.MaxCreateRevision != 0
+	if !ok || !keyOrder || filters || r.CountOnly || (r.Limit > 0 && r.Limit <= onePageKeys) {
+		resp, err := s.be.Range(ctx, r)
 		if err != nil {
+			return nil, err
+		}
+		return resp, res.take(ctx, kvsBytes(resp.Kvs), false)
+	}
+	var kvs []*mvccpb.KeyValue
+	enc := encodedKVs{}
+	add := func(chunk []*mvccpb.KeyValue) error {
+		n := kvsBytes(chunk)
+		if err := res.take(ctx, n, true); err != nil {
 			return err
 		}
-		k.s.count(func(m *Metrics) prometheus.Counter { return m.ranges })
-		k.s.fill(resp.Header)
-		return stream.Send(&pb.RangeStreamResponse{RangeResponse: resp})
-	})
-	return k.s.authErr(err)
+		if hold == nil {
+			kvs = append(kvs, chunk...)
+			return nil
+		}
+		b, err := encodeKVs(make([]byte, 0, n), chunk)
+		enc.chunks = append(enc.chunks, b)
+		enc.kvs += len(chunk)
+		enc.bytes += len(b)
+		return err
+	}
+	resp, err := rs.RangeStream(ctx, r, rangeChunkBytes, add)
+	if err != nil {
+		return nil, err
+	}
+	last := resp.Kvs
+	resp.Kvs = nil
+	if err := add(last); err != nil {
+		return nil, err
+	}
+	if hold == nil {
+		resp.Kvs = kvs
+	} else {
+		hold.keepEncoded(s, resp, &enc)
+	}
+	return resp, nil
+}
+
+// kvsBytes is the encoded size of kvs in a RangeResponse.
+func kvsBytes(kvs []*mvccpb.KeyValue) int64 {
+	var n int64
+	for _, kv := range kvs {
+		n += int64(protowire.SizeBytes(proto.Size(kv))) + 1 // field 2's tag, length and message
+	}
+	return n
 }
 
 // checkWriteAuth checks a write as etcd does around its size and quota

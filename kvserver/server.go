@@ -71,6 +71,10 @@ type Config struct {
 	SafetyPoll time.Duration
 	// LeaseCheckInterval is how often expired leases are revoked.
 	LeaseCheckInterval time.Duration
+	// MaxRangeBytesInFlight bounds the bytes of Range results being read
+	// or handed to gRPC at once (see rangeBudget); 0 means
+	// DefaultMaxRangeBytesInFlight.
+	MaxRangeBytesInFlight int64
 
 	// SnapshotDir is where Maintenance.Snapshot builds its temporary file
 	// (as large as the database's history); "" means os.TempDir().
@@ -123,6 +127,9 @@ type Server struct {
 	log       *slog.Logger
 	hub       *hub
 	history   *history // log reads for watchers older than the hub's window
+	ranges    *rangeBudget
+	encoded   sync.Map      // *pb.RangeResponse -> *encodedKVs (see codec)
+	release   chan struct{} // buffered(1): return unused memory to the system (releaser)
 	clusterID uint64
 	memberID  uint64
 	health    *health.Server
@@ -217,6 +224,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.StatsInterval <= 0 {
 		cfg.StatsInterval = DefaultStatsInterval
 	}
+	if cfg.MaxRangeBytesInFlight <= 0 {
+		cfg.MaxRangeBytesInFlight = DefaultMaxRangeBytesInFlight
+	}
 	s := &Server{
 		cfg:       cfg,
 		be:        cfg.Backend,
@@ -225,6 +235,8 @@ func New(cfg Config) (*Server, error) {
 		memberID:  idOf(cfg.ClusterName + "/" + cfg.Name + "/" + strings.Join(cfg.ClientURLs, ",")),
 		health:    health.NewServer(),
 		shutdown:  make(chan struct{}),
+		ranges:    newRangeBudget(cfg.MaxRangeBytesInFlight),
+		release:   make(chan struct{}, 1),
 
 		leasesReady: make(chan struct{}),
 		leadChanged: make(chan struct{}, 1),
@@ -289,7 +301,8 @@ func (s *Server) GRPCOptions() []grpc.ServerOption {
 	if m := s.cfg.Metrics; m != nil {
 		opts = append(opts, m.interceptors()...)
 	}
-	return append(opts, grpc.ChainUnaryInterceptor(s.slowRequests))
+	opts = append(opts, grpc.ChainUnaryInterceptor(s.slowRequests))
+	return append(opts, s.memoryOptions()...)
 }
 
 // Register registers every etcd service on g.
@@ -332,6 +345,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.heartbeat(ctx) })
 	g.Go(func() error { return s.auth.run(ctx, s.leading.Load) })
 	g.Go(func() error { return s.stats.run(ctx) })
+	g.Go(func() error { return s.releaser(ctx) })
 	err := g.Wait()
 	s.history.close()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)

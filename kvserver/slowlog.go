@@ -42,7 +42,7 @@ func (s *Server) slowRequests(ctx context.Context, req any, info *grpc.UnaryServ
 		prefix = "read-only range "
 	}
 	attrs := []any{"took", took, "expected-duration", s.cfg.WarningApplyDuration, "prefix", prefix,
-		"method", info.FullMethod, "request", summary, "response", summarizeResponse(resp)}
+		"method", info.FullMethod, "request", summary, "response", s.summarizeResponse(resp)}
 	if err != nil {
 		attrs = append(attrs, "err", err)
 	}
@@ -182,14 +182,21 @@ func writeTxn(b *strings.Builder, r *pb.TxnRequest) {
 	b.WriteString(">")
 }
 
-// summarizeResponse gives a response's size (and a range's count).
-func summarizeResponse(resp any) string {
+// summarizeResponse gives a response's size (and a range's count). A
+// large Range's key-values wait encoded in s.encoded until gRPC sends them
+// (see rangeBudgeted): they are counted from there.
+func (s *Server) summarizeResponse(resp any) string {
 	m, ok := resp.(proto.Message)
 	if !ok || m == nil {
 		return ""
 	}
 	if r, ok := resp.(*pb.RangeResponse); ok && r != nil {
-		return fmt.Sprintf("range_response_count:%d size:%d", len(r.Kvs), proto.Size(r))
+		n, size := len(r.Kvs), proto.Size(r)
+		if v, ok := s.encoded.Load(r); ok {
+			enc := v.(*encodedKVs)
+			n, size = n+enc.kvs, size+enc.bytes
+		}
+		return fmt.Sprintf("range_response_count:%d size:%d", n, size)
 	}
 	return fmt.Sprintf("size:%d", proto.Size(m))
 }

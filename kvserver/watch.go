@@ -21,7 +21,8 @@ const (
 	// (failed creates, RequestProgress answers).
 	invalidWatchID = -1
 	// maxEventsPerResponse caps the events one response carries (whole
-	// revisions are never split, so a response may exceed it).
+	// revisions are never split, so a response may exceed it); their bytes
+	// are capped at Config.MaxRequestBytes too (see deliver).
 	maxEventsPerResponse = 1000
 	// ctrlBuffer is how many client requests may queue before the receiver
 	// waits for the sender.
@@ -379,19 +380,33 @@ func (st *watchStream) deliver(ctx context.Context, w *watcher, rev int64) error
 			}
 		}
 		var out []*mvccpb.Event
-		for _, ev := range evs {
-			if ev.Kv.ModRevision < w.next || !w.match(ev) {
+		size, next := 0, upTo+1
+		for i, ev := range evs {
+			if ev.Kv.ModRevision < w.next {
+				continue
+			}
+			// Stop at a revision boundary once the response holds
+			// MaxRequestBytes: a watcher that reads slowly, or not at
+			// all, keeps one response of about that size blocked in
+			// this stream's Send, however far behind it is (the rest
+			// stays in the hub's window or the log, shared).
+			if size >= st.s.cfg.MaxRequestBytes && ev.Kv.ModRevision != evs[i-1].Kv.ModRevision {
+				next = ev.Kv.ModRevision
+				break
+			}
+			if !w.match(ev) {
 				continue
 			}
 			if ev.PrevKv != nil && (!w.prevKV || ev.Kv.ModRevision <= w.compactRev) {
 				ev = &mvccpb.Event{Type: ev.Type, Kv: ev.Kv}
 			}
 			out = append(out, ev)
+			size += backends.EventBytes(ev)
 		}
-		w.next = upTo + 1
+		w.next = next
 		if len(out) > 0 {
 			w.quiet = false
-			if err := st.sendEvents(w, max(rev, upTo), out); err != nil {
+			if err := st.sendEvents(w, max(rev, next-1), out); err != nil {
 				return err
 			}
 		}

@@ -56,6 +56,7 @@ type config struct {
 	endpoint       string
 	maxReqBytes    int
 	maxTxnOps      int
+	rangeBytes     int64
 	progressEvery  time.Duration
 	notifyMode     string
 	pollInterval   time.Duration
@@ -134,6 +135,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.sessionTimeout, "db-session-timeout", backends.DefaultSessionTimeout, "PostgreSQL/MySQL: how long the database waits for this instance's session that holds the write lock or the leader lock and went silent (the instance froze or lost its network) before ending it, so that the other instances take over (whole seconds on MySQL)")
 	fs.IntVar(&c.maxReqBytes, "max-request-bytes", kvserver.DefaultMaxRequestBytes, "maximum client request size in bytes")
 	fs.IntVar(&c.maxTxnOps, "max-txn-ops", kvserver.DefaultMaxTxnOps, "maximum operations per txn branch")
+	fs.Int64Var(&c.rangeBytes, "max-range-bytes-in-flight", kvserver.DefaultMaxRangeBytesInFlight, "bytes of Range results (encoded) the server reads and holds at once; a large Range that would exceed it waits for others to finish (the oldest always proceeds, so a larger one is served alone); the process needs up to about twice this in memory for them")
 	fs.DurationVar(&c.progressEvery, "watch-progress-notify-interval", kvserver.DefaultProgressNotifyInterval, "how often watches with progress_notify get a progress notification")
 	fs.StringVar(&c.certFile, "cert-file", "", "TLS certificate for https:// client URLs, read again at every new connection (replace the file to rotate it)")
 	fs.StringVar(&c.keyFile, "key-file", "", "TLS key for --cert-file")
@@ -384,6 +386,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ClientURLs:             strings.Split(advertise, ","),
 		MaxRequestBytes:        c.maxReqBytes,
 		MaxTxnOps:              c.maxTxnOps,
+		MaxRangeBytesInFlight:  c.rangeBytes,
 		ProgressNotifyInterval: c.progressEvery,
 		SafetyPoll:             c.safetyPoll,
 		Metrics:                metrics,
