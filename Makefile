@@ -10,6 +10,10 @@ ETCDCTL     ?=
 # snapshot tests), built the same way; ETCDUTL=/path overrides it.
 ETCDUTL_BIN := $(CACHE)/bin/etcdutl
 ETCDUTL     ?=
+# golangci-lint pinned here, built once into the cache (about 2 minutes
+# cold); its configuration is .golangci.yml.
+GOLANGCI_LINT_VERSION := v2.15.0
+GOLANGCI_LINT := $(CACHE)/bin/golangci-lint-$(GOLANGCI_LINT_VERSION)
 TEST_FLAGS  := -race -count=1 -timeout 45m
 ARGS        ?=
 # make fuzz: how long each fuzz target runs, and the targets (package:name).
@@ -44,7 +48,7 @@ kube-tools: ## build the pinned kube-apiserver and kubectl into ~/.cache/kvsql (
 test-deps: ## install the database servers and tools the tests need (as root), or name them
 	bash scripts/test-deps.sh
 
-test: test-deps $(if $(ETCDCTL),,etcdctl) $(if $(ETCDUTL),,etcdutl) ## run the whole suite with -race, the Kubernetes storage and kube-apiserver tests included (what CI runs)
+test: lint test-deps $(if $(ETCDCTL),,etcdctl) $(if $(ETCDUTL),,etcdutl) ## lint, then the whole suite with -race, the Kubernetes storage and kube-apiserver tests included (what CI runs)
 	kine=$$(bash scripts/kine.sh) && ETCDCTL=$(or $(ETCDCTL),$(ETCDCTL_BIN)) ETCDUTL=$(or $(ETCDUTL),$(ETCDUTL_BIN)) \
 		KINE=$$kine/kine $(GO) test $(TEST_FLAGS) ./...
 	kube=$$(bash scripts/kube-tools.sh) && kine=$$(bash scripts/kine.sh) && cd integration/k8s && \
@@ -62,10 +66,16 @@ fuzz: test-deps ## run each fuzz target for FUZZTIME (default 60s); `make test` 
 		$(GO) test -count=1 -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -parallel 1 $$pkg; \
 	done
 
-lint: ## gofmt -l and go vet
+$(GOLANGCI_LINT):
+	GOBIN=$(CACHE)/lint-build $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	mkdir -p $(dir $@) && mv $(CACHE)/lint-build/golangci-lint $@
+
+lint: $(GOLANGCI_LINT) ## gofmt -l, go vet and golangci-lint (.golangci.yml) on both modules
 	@out=$$(gofmt -l $(GOFILES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	cd integration/k8s && $(GO) vet ./...
+	$(GOLANGCI_LINT) run ./...
+	cd integration/k8s && $(GOLANGCI_LINT) run --config ../../.golangci.yml ./...
 
 fmt: ## gofmt -w the tree
 	gofmt -w $(GOFILES)

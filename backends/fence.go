@@ -46,7 +46,7 @@ import (
 // --bump-revision 1000000000 --mark-compacted).
 const FenceJump = 1_000_000_000
 
-// ErrNewTimeline: the database's history is no longer the one this
+// ErrNewTimeline means that the database's history is no longer the one this
 // instance read. Its revision went below one already seen (a failover to a
 // replica that was behind, a restore from a backup), and this instance or
 // another fenced it: every revision handed out before is compacted.

@@ -7,7 +7,7 @@ import (
 	"math"
 )
 
-// ErrNotEmpty: a bulk load was asked of a database that already holds data.
+// ErrNotEmpty is the error of a bulk load into a database that already holds data.
 var ErrNotEmpty = errors.New("database is not empty")
 
 // Loader is implemented by backends that can bulk-load a whole history

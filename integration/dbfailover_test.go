@@ -404,7 +404,7 @@ func collectUntilCancel(ctx context.Context, wch clientv3.WatchChan, upTo <-chan
 			if wr.CompactRevision != 0 {
 				r.compactRev = wr.CompactRevision
 				if !errors.Is(wr.Err(), rpctypes.ErrCompacted) {
-					r.err = fmt.Errorf("cancelled at compact revision %d with %v, want ErrCompacted", wr.CompactRevision, wr.Err())
+					r.err = fmt.Errorf("cancelled at compact revision %d with %w, want ErrCompacted", wr.CompactRevision, wr.Err())
 				}
 				return r
 			}

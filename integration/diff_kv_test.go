@@ -278,7 +278,6 @@ func TestDiffTxn(t *testing.T) {
 		d.txn(&pb.TxnRequest{})
 		d.txn(&pb.TxnRequest{Compare: []*pb.Compare{cmpValue("a", "", pb.Compare_EQUAL, "nope")}})
 		// nested txns: compares see the state before the outer txn
-		cur = d.currentRev()
 		d.txn(&pb.TxnRequest{
 			Compare: []*pb.Compare{cmpInt("n", "", pb.Compare_VERSION, pb.Compare_EQUAL, 0)},
 			Success: []*pb.RequestOp{

@@ -47,7 +47,7 @@ func etcdctlBinary(t testing.TB) string {
 		cmd := exec.Command(goTool(), "build", "-buildvcs=false", "-o", path, "go.etcd.io/etcd/etcdctl/v3")
 		cmd.Dir = filepath.Join(root, "tools", "etcdctl")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			etcdctlErr = fmt.Errorf("%v\n%s", err, out)
+			etcdctlErr = fmt.Errorf("%w\n%s", err, out)
 			return
 		}
 		etcdctlPath = path

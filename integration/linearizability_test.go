@@ -477,7 +477,7 @@ func resumedWatch(ctx context.Context, clients []*clientv3.Client, first int, up
 			case wr, ok := <-wch:
 				if !ok || wr.Err() != nil {
 					cancel()
-					return append(recs, rec), fmt.Errorf("%s: watch ended: %v", rec.name, wr.Err())
+					return append(recs, rec), fmt.Errorf("%s: watch ended: %w", rec.name, wr.Err())
 				}
 				rec.resps = append(rec.resps, wr)
 				if n := len(wr.Events); n > 0 {

@@ -242,8 +242,8 @@ func TestMultiInstanceWatchAndCAS(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if min := instances * writersPer * incsPer * 2; len(logEvs) < min {
-				t.Fatalf("kv_log has %d events up to revision %d; the writers alone made at least %d", len(logEvs), rev, min)
+			if least := instances * writersPer * incsPer * 2; len(logEvs) < least {
+				t.Fatalf("kv_log has %d events up to revision %d; the writers alone made at least %d", len(logEvs), rev, least)
 			}
 			named := map[string][]*clientv3.Event{}
 			for _, w := range watches {

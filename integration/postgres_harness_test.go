@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"sync"
 	"syscall"
 	"testing"
 
@@ -21,8 +20,6 @@ func skipOrFail(t testing.TB, err error) {
 	t.Helper()
 	testdb.SkipOrFail(t, err)
 }
-
-func freePort() (int, error) { return testdb.FreePort() }
 
 // newPGServer initialises and starts a cluster.
 func newPGServer() (*pgServer, error) {
@@ -55,15 +52,6 @@ func ownPostgres(t *testing.T) (*pgServer, string) {
 	t.Cleanup(p.destroy)
 	return p, freshPostgresURLOn(t, p)
 }
-
-// sharedPG is one cluster for every test that only needs a fresh database.
-var sharedPG = sync.OnceValues(func() (*pgServer, error) {
-	p, err := testdb.SharedPostgres()
-	if err != nil {
-		return nil, err
-	}
-	return &pgServer{p}, nil
-})
 
 // freshPostgresURL returns the URL of a new, empty database: on
 // $TEST_POSTGRES_URL's server if set, else on the shared throwaway cluster.

@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -59,7 +58,7 @@ func goTool() string {
 	if p, err := exec.LookPath("go"); err == nil {
 		return p
 	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
+	return "/usr/local/go/bin/go" // where CI installs Go
 }
 
 // repoRoot is the module root; tests run in integration/.
@@ -85,7 +84,7 @@ func kvsqlBinary(t testing.TB) string {
 		cmd := exec.Command(goTool(), append(args, "./cmd/kvsql")...)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
-			kvsqlBinErr = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+			kvsqlBinErr = fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
 			return
 		}
 		kvsqlBinPath = path

@@ -53,7 +53,7 @@ func etcdutlBinary(t testing.TB) string {
 		cmd := exec.Command(goTool(), "build", "-buildvcs=false", "-o", path, "go.etcd.io/etcd/etcdutl/v3")
 		cmd.Dir = filepath.Join(root, "tools", "etcdutl")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			etcdutlErr = fmt.Errorf("%v\n%s", err, out)
+			etcdutlErr = fmt.Errorf("%w\n%s", err, out)
 			return
 		}
 		etcdutlPath = path

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"io"
 	"net"
 	"net/url"
 	"regexp"
@@ -97,10 +96,7 @@ func (p *tcpProxy) pipe(src, dst net.Conn) {
 			}
 		}
 		if err != nil {
-			if err != io.EOF {
-				return
-			}
-			return
+			return // EOF or a closed connection: both sides go
 		}
 	}
 }

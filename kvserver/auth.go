@@ -583,7 +583,7 @@ func isAuthError(err error) bool {
 		return true
 	}
 	for _, e := range etcdAuthErrors {
-		if err == e {
+		if errors.Is(err, e) {
 			return true
 		}
 	}
@@ -609,7 +609,7 @@ func authErr(err error) error {
 		return e
 	}
 	for _, e := range etcdAuthErrors {
-		if err == e {
+		if errors.Is(err, e) {
 			return status.Error(codes.Unknown, err.Error())
 		}
 	}

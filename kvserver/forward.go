@@ -301,7 +301,7 @@ func (f *forwarder) count(outcome string) {
 // while the write was in flight). A write that was itself forwarded is
 // written here (ok false) if it names this member, and refused unapplied
 // (ok, FailedPrecondition) if it names another.
-func forward[Req, Resp any](s *Server, ctx context.Context, r Req, call func(pb.KVClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (resp Resp, ok bool, err error) {
+func forward[Req, Resp any](ctx context.Context, s *Server, r Req, call func(pb.KVClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (resp Resp, ok bool, err error) {
 	if target, ok := forwardedTo(ctx); ok {
 		if target != strconv.FormatUint(s.memberID, 16) {
 			return resp, true, status.Errorf(codes.FailedPrecondition, "%s%s, but this is member %x; not applied", wrongMemberPrefix, target, s.memberID)

@@ -190,7 +190,7 @@ func TestForwardOutcomes(t *testing.T) {
 				tc.during()
 			})
 		}
-		resp, ok, err := forward(s, ctx, &pb.PutRequest{Key: []byte("k")}, pb.KVClient.Put)
+		resp, ok, err := forward(ctx, s, &pb.PutRequest{Key: []byte("k")}, pb.KVClient.Put)
 		during.Wait()
 		if tc.during == nil {
 			if to := <-stub.forwarded; to != "2" {

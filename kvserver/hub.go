@@ -130,10 +130,10 @@ func (h *hub) waitRev(ctx context.Context, rev int64) error {
 	}
 }
 
-// read returns up to max events (whole revisions) after revision after that
+// read returns up to most events (whole revisions) after revision after that
 // are in the window, and the revision they reach. ok is false when after is
 // older than the window.
-func (h *hub) read(after int64, max int) (evs []*mvccpb.Event, upTo int64, ok bool) {
+func (h *hub) read(after int64, most int) (evs []*mvccpb.Event, upTo int64, ok bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if after < h.start {
@@ -143,7 +143,7 @@ func (h *hub) read(after int64, max int) (evs []*mvccpb.Event, upTo int64, ok bo
 		return nil, after, true
 	}
 	i := sort.Search(len(h.events), func(i int) bool { return h.events[i].Kv.ModRevision > after })
-	j := min(i+max, len(h.events))
+	j := min(i+most, len(h.events))
 	// never split a revision
 	for j < len(h.events) && j > i && h.events[j].Kv.ModRevision == h.events[j-1].Kv.ModRevision {
 		j++

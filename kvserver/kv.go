@@ -157,7 +157,7 @@ func (k *kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse,
 	}); err != nil {
 		return nil, err
 	}
-	if out, ok, err := forward(k.s, ctx, r, pb.KVClient.Put); ok {
+	if out, ok, err := forward(ctx, k.s, r, pb.KVClient.Put); ok {
 		if err != nil {
 			return nil, err
 		}
@@ -183,7 +183,7 @@ func (k *kvService) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (
 	}); err != nil {
 		return nil, err
 	}
-	if out, ok, err := forward(k.s, ctx, r, pb.KVClient.DeleteRange); ok {
+	if out, ok, err := forward(ctx, k.s, r, pb.KVClient.DeleteRange); ok {
 		if err != nil {
 			return nil, err
 		}
@@ -228,7 +228,7 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 		if err := k.s.checkWriteAuth(ctx, r, chk); err != nil {
 			return nil, err
 		}
-		if out, ok, err := forward(k.s, ctx, r, pb.KVClient.Txn); ok {
+		if out, ok, err := forward(ctx, k.s, r, pb.KVClient.Txn); ok {
 			if err != nil {
 				return nil, err
 			}

@@ -170,10 +170,3 @@ func (st *stats) admit(cost, quota int64) (ok bool, size int64) {
 	}
 	return true, size
 }
-
-// sizes returns the last measurement.
-func (st *stats) sizes() (total, inUse int64, ok bool) {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	return st.total, st.inUse, st.measured
-}

@@ -2,7 +2,6 @@ package migrate_test
 
 import (
 	"context"
-	"database/sql"
 	"path/filepath"
 	"testing"
 
@@ -109,5 +108,4 @@ func TestFromKineRows(t *testing.T) {
 		t.Errorf("kine's table after the migration: %d rows, %v; want it untouched", n, err)
 	}
 	var _ backends.Loader = dst
-	var _ *sql.DB = db
 }

@@ -27,7 +27,7 @@ const (
 	defaultWindowBytes = 64 << 20
 )
 
-// ErrNoChecksum: the file has no SHA-256 appended (it was copied from a
+// ErrNoChecksum means that the file has no SHA-256 appended (it was copied from a
 // data directory rather than saved through the Snapshot RPC).
 var ErrNoChecksum = errors.New("snapshot file has no SHA-256 checksum")
 

@@ -374,7 +374,7 @@ func migrate(ctx context.Context, db *sql.DB, lock string) error {
 	defer c.Close()
 	var got sql.NullInt64
 	if err := c.QueryRowContext(ctx, qGetLock, lock, 60).Scan(&got); err != nil || got.Int64 != 1 {
-		return fmt.Errorf("take migration lock %s: %v (another instance may be stuck migrating)", lock, err)
+		return fmt.Errorf("take migration lock %s (another instance may be stuck migrating): %w", lock, cmpErr(err, errors.New("not granted within 60 s")))
 	}
 	defer func() { _, _ = c.ExecContext(context.WithoutCancel(ctx), qReleaseLck, lock) }()
 	if _, err := c.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS kv_schema (version INT NOT NULL) ENGINE=InnoDB`); err != nil {
@@ -404,6 +404,14 @@ func migrate(ctx context.Context, db *sql.DB, lock string) error {
 		}
 	}
 	return nil
+}
+
+// cmpErr returns err, or other when err is nil.
+func cmpErr(err, other error) error {
+	if err != nil {
+		return err
+	}
+	return other
 }
 
 // alreadyApplied reports whether a migration statement failed only because

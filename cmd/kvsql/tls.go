@@ -180,7 +180,9 @@ func forwardTLS(info *transport.TLSInfo) (*tls.Config, error) {
 	// client certificates (CRL, allowed CNs and hostnames).
 	client := *info
 	client.ClientCertAuth, client.CRLFile = false, ""
-	client.AllowedCN, client.AllowedCNs, client.AllowedHostname, client.AllowedHostnames = "", nil, "", nil
+	client.AllowedCNs, client.AllowedHostnames = nil, nil
+	//nolint:staticcheck // the deprecated single-value fields must be cleared too: TLSInfo still reads them
+	client.AllowedCN, client.AllowedHostname = "", ""
 	tc, err := client.ClientConfig()
 	if err != nil {
 		return nil, fmt.Errorf("TLS for forwarding writes: %w", err)

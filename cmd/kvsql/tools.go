@@ -260,7 +260,7 @@ Flags:
 func openKine(from string) (*sql.DB, migrate.Flavor, string, error) {
 	scheme, rest, ok := strings.Cut(from, "://")
 	if !ok {
-		return nil, 0, "", errors.New("--from: want kine+sqlite://PATH, kine+postgres://... or kine+mysql://...")
+		return nil, 0, "", errors.New("--from: want a kine+sqlite://PATH, kine+postgres:// or kine+mysql:// URL")
 	}
 	switch scheme {
 	case "kine+sqlite":
@@ -277,7 +277,7 @@ func openKine(from string) (*sql.DB, migrate.Flavor, string, error) {
 		u := "postgres://" + rest
 		cfg, err := pgx.ParseConfig(u)
 		if err != nil {
-			return nil, 0, "", fmt.Errorf("--from kine+%s does not parse; want kine+postgres://USER:PASSWORD@HOST:PORT/DB?sslmode=...", describeEndpoint(u))
+			return nil, 0, "", fmt.Errorf("--from kine+%s does not parse; want kine+postgres://USER:PASSWORD@HOST:PORT/DB with sslmode and other settings in the query", describeEndpoint(u))
 		}
 		return stdlib.OpenDB(*cfg), migrate.Postgres, "kine+" + describeEndpoint(u), nil
 	case "kine+mysql":

@@ -256,7 +256,7 @@ func (e *env) checkStorageInvariants() storagetesting.KeyValidation {
 		if obj.ResourceVersion != "" {
 			t.Errorf("stored object should have empty resource version")
 		}
-		if obj.SelfLink != "" {
+		if obj.SelfLink != "" { //nolint:staticcheck // the storage tests check that the legacy field stays empty
 			t.Errorf("stored output should have empty selfLink")
 		}
 	}

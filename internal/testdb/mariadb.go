@@ -361,7 +361,7 @@ func (m *MariaDB) PromoteReplica() error {
 	}
 	var waited int
 	if err := db.QueryRow(`SELECT MASTER_GTID_WAIT(?, 60)`, st["Gtid_IO_Pos"]).Scan(&waited); err != nil || waited != 0 {
-		return fmt.Errorf("wait for the replica to apply what it received (%s): %d, %v", st["Gtid_IO_Pos"], waited, err)
+		return fmt.Errorf("wait for the replica to apply what it received (%s): %d: %w", st["Gtid_IO_Pos"], waited, err)
 	}
 	for _, q := range []string{"STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = 0"} {
 		if _, err := db.Exec(q); err != nil {

@@ -111,7 +111,7 @@ func Check(ctx context.Context, db *sql.DB) error {
 func checkGrants(ctx context.Context, db *sql.DB) error {
 	rows, err := db.QueryContext(ctx, `SHOW GRANTS`)
 	if err != nil {
-		return fmt.Errorf("cannot read the user's grants: %v", err)
+		return fmt.Errorf("cannot read the user's grants: %w", err)
 	}
 	defer rows.Close()
 	var all strings.Builder

@@ -28,7 +28,7 @@ func kineBinary(t *testing.T) string {
 		testdb.SkipOrFail(t, fmt.Errorf("$KINE is not set: run `make test`, or set KINE to the kine binary in the directory `bash scripts/kine.sh` prints"))
 	}
 	if _, err := os.Stat(p); err != nil {
-		testdb.SkipOrFail(t, fmt.Errorf("$KINE: %v", err))
+		testdb.SkipOrFail(t, fmt.Errorf("$KINE: %w", err))
 	}
 	return p
 }
@@ -231,8 +231,11 @@ func TestRestoreFromEtcd(t *testing.T) {
 	// let the compactor record a compaction, so the snapshot has one
 	if err := eventually(30*time.Second, func() error {
 		r, err := ec.Get(ctx(t), "compact_rev_key")
-		if err != nil || len(r.Kvs) == 0 || r.Kvs[0].Version < 2 {
-			return fmt.Errorf("compact_rev_key %v, %v: no compaction yet", r, err)
+		if err != nil {
+			return err
+		}
+		if len(r.Kvs) == 0 || r.Kvs[0].Version < 2 {
+			return fmt.Errorf("compact_rev_key %v: no compaction yet", r)
 		}
 		return nil
 	}); err != nil {
@@ -285,8 +288,11 @@ func TestRestoreFromEtcd(t *testing.T) {
 	kc := newEtcdClient(t, k.url)
 	if err := eventually(60*time.Second, func() error {
 		r, err := kc.Get(ctx(t), "compact_rev_key")
-		if err != nil || len(r.Kvs) == 0 || r.Kvs[0].Version <= restoredVersion {
-			return fmt.Errorf("compact_rev_key on kvsql %v, %v: still at the restored version %d", r, err, restoredVersion)
+		if err != nil {
+			return err
+		}
+		if len(r.Kvs) == 0 || r.Kvs[0].Version <= restoredVersion {
+			return fmt.Errorf("compact_rev_key on kvsql %v: still at the restored version %d", r, restoredVersion)
 		}
 		return nil
 	}); err != nil {

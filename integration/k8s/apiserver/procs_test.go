@@ -45,7 +45,7 @@ func kubeBinaries(t *testing.T) binaries {
 			testdb.SkipOrFail(t, fmt.Errorf("$%s is not set: run `make test`, or set KUBE_APISERVER and KUBECTL to the binaries `bash scripts/kube-tools.sh` prints the directory of", name))
 		}
 		if _, err := os.Stat(p); err != nil {
-			testdb.SkipOrFail(t, fmt.Errorf("$%s: %v", name, err))
+			testdb.SkipOrFail(t, fmt.Errorf("$%s: %w", name, err))
 		}
 	}
 	return b
@@ -62,7 +62,7 @@ var kvsqlBinary = sync.OnceValues(func() (string, error) {
 	cmd.Dir = filepath.Join("..", "..", "..")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/kvsql: %v\n%s", err, out)
+		return "", fmt.Errorf("go build ./cmd/kvsql: %w\n%s", err, out)
 	}
 	return bin, nil
 })
@@ -406,7 +406,7 @@ func (a *apiServer) kubectl(stdin []byte, args ...string) (string, error) {
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Run(); err != nil {
-		return out.String(), fmt.Errorf("kubectl %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(errOut.String()))
+		return out.String(), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errOut.String()))
 	}
 	return out.String(), nil
 }
@@ -550,7 +550,7 @@ func eventually(d time.Duration, f func() error) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%w after %v: %v", errTimeout, d, err)
+			return fmt.Errorf("%w after %v: %w", errTimeout, d, err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -431,7 +431,7 @@ func (c *cluster) pagedList(t *testing.T) {
 			}
 			rv, err := strconv.ParseInt(got.ResourceVersion, 10, 64)
 			if err != nil {
-				done <- fmt.Errorf("resourceVersion %q: %v", got.ResourceVersion, err)
+				done <- fmt.Errorf("resourceVersion %q: %w", got.ResourceVersion, err)
 				return
 			}
 			mu.Lock()
@@ -774,7 +774,7 @@ func (c *cluster) eventTTL(t *testing.T) {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
-		return fmt.Errorf("event still there: %v", err)
+		return fmt.Errorf("event still there: %w", err)
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -896,7 +896,7 @@ func (c *cluster) compaction(t *testing.T) {
 		if errors.Is(err, rpctypes.ErrCompacted) {
 			return nil
 		}
-		return fmt.Errorf("read at revision %d: %v", old, err)
+		return fmt.Errorf("read at revision %d: %w", old, err)
 	}); err != nil {
 		t.Fatalf("the apiserver's compactor (--etcd-compaction-interval=2s) did not compact past %d: %v", old, err)
 	}
