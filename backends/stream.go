@@ -108,7 +108,10 @@ func (e *Engine) RangeStream(ctx context.Context, r *pb.RangeRequest, chunkBytes
 	})
 	var ce callerError
 	if errors.As(err, &ce) {
-		return nil, ce.err // the client's stream failed, not the database
+		// The caller's send failed, not the database. The response so far
+		// (its header: the snapshot's revision) goes back with the error,
+		// so that a caller can resume the read at that revision.
+		return resp, ce.err
 	}
 	return resp, err
 }

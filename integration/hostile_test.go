@@ -402,7 +402,7 @@ func TestHostileStuckWatcher(t *testing.T) {
 				}
 			}
 			// From here on the stuck stream is never read.
-			a.waitMetric(t, "kvsql_watchers", healthyGauge+3, 30*time.Second)
+			a.waitMetric(t, "etcd_debugging_mvcc_watcher_total", healthyGauge+3, 30*time.Second)
 
 			h0 := a.live(t)
 			acked := putMany(t, ctx, ca, "busy/", perPhase, keys, valueSize)
@@ -417,7 +417,7 @@ func TestHostileStuckWatcher(t *testing.T) {
 
 			// The client goes away: its streams end on the server.
 			_ = conn.Close()
-			a.waitMetric(t, "kvsql_watchers", healthyGauge, 30*time.Second)
+			a.waitMetric(t, "etcd_debugging_mvcc_watcher_total", healthyGauge, 30*time.Second)
 			h3 := a.live(t)
 			t.Logf("%s: live memory with a stuck watcher: %s before the writes, %s after %d MiB of values (%d puts), %s after %d MiB; %s once the client closed; other watchers: %s",
 				b, mib(h0), mib(h1), perPhase*valueSize>>20, perPhase, mib(h2), 2*perPhase*valueSize>>20, mib(h3), latencies(lat))
@@ -671,7 +671,7 @@ func TestHostileManyWatchers(t *testing.T) {
 			wctx, wcancel := context.WithCancel(ctx)
 			defer wcancel()
 			openWatches(t, wctx, conns, watchers/shape.perStream, shape.perStream, "fan/", log)
-			p.waitMetric(t, "kvsql_watchers", watchers, time.Minute)
+			p.waitMetric(t, "etcd_debugging_mvcc_watcher_total", watchers, time.Minute)
 			open := p.live(t)
 			// One put at a time: the latency is that of one event's
 			// fan-out to every watcher.
@@ -691,7 +691,7 @@ func TestHostileManyWatchers(t *testing.T) {
 			for _, conn := range conns {
 				_ = conn.Close()
 			}
-			p.waitMetric(t, "kvsql_watchers", 0, time.Minute)
+			p.waitMetric(t, "etcd_debugging_mvcc_watcher_total", 0, time.Minute)
 			t.Logf("%s: live memory %s once the clients closed", shape.name, mib(p.live(t)))
 			// A generous bound: 2 KiB per watch and 64 KiB per stream
 			// (measured without the race detector: about 300 bytes and
@@ -727,7 +727,7 @@ func TestHostileManyStreams(t *testing.T) {
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
 	openWatches(t, wctx, conns, streams, 1, "streams/", log)
-	p.waitMetric(t, "kvsql_watchers", streams, time.Minute)
+	p.waitMetric(t, "etcd_debugging_mvcc_watcher_total", streams, time.Minute)
 	watching := p.live(t)
 
 	lease, err := other.Grant(ctx, 600)
@@ -788,7 +788,7 @@ func TestHostileManyStreams(t *testing.T) {
 	for _, conn := range conns {
 		_ = conn.Close()
 	}
-	p.waitMetric(t, "kvsql_watchers", 0, time.Minute)
+	p.waitMetric(t, "etcd_debugging_mvcc_watcher_total", 0, time.Minute)
 	t.Logf("%d watch streams: %d bytes each; %d keep-alive streams: %d bytes each (live memory %s before, %s with all open, %s once the client closed)",
 		streams, perWatch, streams, perKeepAlive, mib(before), mib(all), mib(p.live(t)))
 	// Generous bounds: a stream costs the server its goroutines' stacks
