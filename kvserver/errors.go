@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -14,8 +15,39 @@ import (
 )
 
 var (
-	errShuttingDown = status.Error(codes.Unavailable, "kvsql: server is shutting down; retry against another instance or after restart")
+	errShuttingDown = withReason(codes.Unavailable, reasonShuttingDown, "kvsql: server is shutting down; retry against another instance or after restart")
 )
+
+// errorDomain and the reasons below mark errors whose meaning another kvsql
+// instance acts on (see forward.go), in an ErrorInfo detail of the status:
+// gRPC's own way to carry a machine-readable cause, so that no caller has
+// to parse a message.
+const (
+	errorDomain = "kvsql"
+	// reasonShuttingDown: the server is stopping and applied nothing.
+	reasonShuttingDown = "SHUTTING_DOWN"
+	// reasonWrongMember: a write forwarded to another member; not applied.
+	reasonWrongMember = "WRONG_MEMBER"
+)
+
+// withReason returns a status error carrying reason in an ErrorInfo detail.
+func withReason(code codes.Code, reason, msg string) error {
+	st, err := status.New(code, msg).WithDetails(&errdetails.ErrorInfo{Domain: errorDomain, Reason: reason})
+	if err != nil {
+		return status.Error(code, msg) // cannot happen: ErrorInfo always marshals
+	}
+	return st.Err()
+}
+
+// reasonOf returns the kvsql reason an error carries, "" if none.
+func reasonOf(err error) string {
+	for _, d := range status.Convert(err).Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.Domain == errorDomain {
+			return ei.Reason
+		}
+	}
+	return ""
+}
 
 // toGRPC converts a backend error to the gRPC error etcd returns for it, so
 // that clients (clientv3, client-go) recognise it.

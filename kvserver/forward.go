@@ -304,7 +304,7 @@ func (f *forwarder) count(outcome string) {
 func forward[Req, Resp any](ctx context.Context, s *Server, r Req, call func(pb.KVClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (resp Resp, ok bool, err error) {
 	if target, ok := forwardedTo(ctx); ok {
 		if target != strconv.FormatUint(s.memberID, 16) {
-			return resp, true, status.Errorf(codes.FailedPrecondition, "%s%s, but this is member %x; not applied", wrongMemberPrefix, target, s.memberID)
+			return resp, true, withReason(codes.FailedPrecondition, reasonWrongMember, fmt.Sprintf("%s%s, but this is member %x; not applied", wrongMemberPrefix, target, s.memberID))
 		}
 		return resp, false, nil
 	}
@@ -330,7 +330,8 @@ func forward[Req, Resp any](ctx context.Context, s *Server, r Req, call func(pb.
 	// A fresh outgoing context: the client's own metadata (its token) is
 	// not passed on; the signature stands for the check made here.
 	fctx := metadata.NewOutgoingContext(ctx, metadata.Pairs(forwardedKey, strconv.FormatUint(p.id, 16), forwardMACKey, mac))
-	resp, err = call(p.kv, fctx, r, grpc.Peer(&sentTo))
+	var trailer metadata.MD
+	resp, err = call(p.kv, fctx, r, grpc.Peer(&sentTo), grpc.Trailer(&trailer))
 	if err == nil {
 		f.count(fwdForwarded)
 		s.observeForwarded(resp)
@@ -340,14 +341,14 @@ func forward[Req, Resp any](ctx context.Context, s *Server, r Req, call func(pb.
 		return resp, true, toGRPC(ctx.Err())
 	}
 	st, _ := status.FromError(err)
-	if st.Code() == codes.FailedPrecondition && strings.HasPrefix(st.Message(), wrongMemberPrefix) {
+	if reasonOf(err) == reasonWrongMember {
 		// Another kvsql now serves the leader's address: nothing was
 		// applied. Verify the address again before forwarding to it.
 		p.verified.Store(false)
 		f.count(fwdDirect)
 		return resp, false, nil
 	}
-	if st.Code() == codes.Unavailable && st.Message() == shuttingDownMsg {
+	if reasonOf(err) == reasonShuttingDown {
 		// The leader's backend refused the write unapplied (it is
 		// stopping, e.g. in a rolling restart): write it here instead.
 		f.count(fwdDirect)
@@ -359,7 +360,7 @@ func forward[Req, Resp any](ctx context.Context, s *Server, r Req, call func(pb.
 		f.count(fwdDirect)
 		return resp, false, nil
 	}
-	if st.Code() == codes.Unavailable && !fromServer(st.Message()) {
+	if st.Code() == codes.Unavailable && !answered(trailer, st.Message()) {
 		// The transport failed: the leader may have applied the write.
 		f.count(fwdLost)
 		s.log.Warn("forwarded write lost its connection to the leader; outcome unknown", "leader", p.url, "err", err)
@@ -381,13 +382,26 @@ func (s *Server) observeForwarded(resp any) {
 	}
 }
 
-// shuttingDownMsg is errShuttingDown's message: the leader refused a write
-// without applying it.
-var shuttingDownMsg = status.Convert(errShuttingDown).Message()
+// answeredByKey names the trailer every response of a kvsql server carries
+// (see markAnswered): an error with it is the server's answer, whatever it
+// says; an error without it is the transport's, and the request may or may
+// not have reached the server.
+const answeredByKey = "kvsql-answered-by"
 
-// fromServer reports whether an Unavailable message is an answer of the
-// leader's server (etcd's and kvsql's own errors) rather than of the
-// transport.
-func fromServer(msg string) bool {
+// markAnswered is a unary server interceptor that sets the answeredByKey
+// trailer on every response.
+func (s *Server) markAnswered(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	resp, err := handler(ctx, req)
+	_ = grpc.SetTrailer(ctx, metadata.Pairs(answeredByKey, strconv.FormatUint(s.memberID, 16)))
+	return resp, err
+}
+
+// answered reports whether a forwarded call's error is the leader server's
+// answer: its trailer says so. A leader of a kvsql version without the
+// trailer is recognised by the prefix of its own and etcd's messages.
+func answered(trailer metadata.MD, msg string) bool {
+	if len(trailer.Get(answeredByKey)) > 0 {
+		return true
+	}
 	return strings.HasPrefix(msg, "etcdserver: ") || strings.HasPrefix(msg, "kvsql: ")
 }

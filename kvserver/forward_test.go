@@ -103,7 +103,8 @@ func stubLeader(t *testing.T, kv *stubKV, st *stubStatus) (*grpc.Server, string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer()
+	// As a kvsql server, the stub marks its answers (see markAnswered).
+	gs := grpc.NewServer(grpc.ChainUnaryInterceptor((&Server{memberID: st.member}).markAnswered))
 	pb.RegisterKVServer(gs, kv)
 	pb.RegisterMaintenanceServer(gs, st)
 	go func() { _ = gs.Serve(lis) }()
@@ -174,8 +175,11 @@ func TestForwardOutcomes(t *testing.T) {
 		{"etcd error", func() (*pb.PutResponse, error) { return nil, rpctypes.ErrGRPCLeaseNotFound }, nil, true, rpctypes.ErrGRPCLeaseNotFound},
 		{"database error", func() (*pb.PutResponse, error) { return nil, toGRPC(errors.New("boom")) }, nil, true, toGRPC(errors.New("boom"))},
 		{"leader shutting down", func() (*pb.PutResponse, error) { return nil, errShuttingDown }, nil, false, nil},
+		// An Unavailable error the leader's server returned (its trailer
+		// says so), whatever its message: not a lost connection.
+		{"server's own Unavailable", func() (*pb.PutResponse, error) { return nil, status.Error(codes.Unavailable, "no such prefix") }, nil, true, status.Error(codes.Unavailable, "no such prefix")},
 		{"another member at the address", func() (*pb.PutResponse, error) {
-			return nil, status.Error(codes.FailedPrecondition, wrongMemberPrefix+"2, but this is member 3; not applied")
+			return nil, withReason(codes.FailedPrecondition, reasonWrongMember, wrongMemberPrefix+"2, but this is member 3; not applied")
 		}, nil, false, nil},
 		{"connection lost", func() (*pb.PutResponse, error) { <-release; return nil, nil }, func() { gs.Stop() }, true, errForwardLost},
 	} {

@@ -301,7 +301,7 @@ func (s *Server) GRPCOptions() []grpc.ServerOption {
 	if m := s.cfg.Metrics; m != nil {
 		opts = append(opts, m.interceptors()...)
 	}
-	opts = append(opts, grpc.ChainUnaryInterceptor(s.slowRequests))
+	opts = append(opts, grpc.ChainUnaryInterceptor(s.slowRequests, s.markAnswered))
 	return append(opts, s.memoryOptions()...)
 }
 
