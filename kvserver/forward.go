@@ -89,6 +89,9 @@ type forwarder struct {
 	peer       *peer // nil: write directly
 	warnedSelf bool
 	warnedDial string // the URL a dial failure was last logged for
+	// retiring counts the goroutines closing retired connections once
+	// their requests are done; close waits for them.
+	retiring sync.WaitGroup
 }
 
 // peer is a connection to one leader. inflight counts the requests using
@@ -211,11 +214,13 @@ func (f *forwarder) verify(p *peer) {
 	f.log.Info("forwarding writes to the leader", "leader", p.name, "url", p.url)
 }
 
-// close stops forwarding (at shutdown).
+// close stops forwarding (at shutdown): it retires the connection to the
+// leader and waits until every retired connection is closed.
 func (f *forwarder) close() {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.retireLocked()
+	f.mu.Unlock()
+	f.retiring.Wait()
 }
 
 func (f *forwarder) retireLocked() {
@@ -224,10 +229,10 @@ func (f *forwarder) retireLocked() {
 		return
 	}
 	f.peer = nil
-	go func() {
+	f.retiring.Go(func() {
 		p.inflight.Wait()
 		_ = p.conn.Close()
-	}()
+	})
 }
 
 // dial creates (without connecting) a client for an advertised client URL.

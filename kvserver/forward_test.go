@@ -133,8 +133,12 @@ func TestForwarderVerifiesLeader(t *testing.T) {
 		for !p.verified.Load() && !p.warned.Load() && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
-		if got := f.acquire() != nil; got != tc.want {
-			t.Errorf("%s: forwarding = %v, want %v", tc.name, got, tc.want)
+		got := f.acquire()
+		if (got != nil) != tc.want {
+			t.Errorf("%s: forwarding = %v, want %v", tc.name, got != nil, tc.want)
+		}
+		if got != nil {
+			got.inflight.Done()
 		}
 		f.close()
 	}

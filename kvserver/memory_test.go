@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -136,7 +137,12 @@ func TestRangeWaitsForTheBudget(t *testing.T) {
 	for i := range 3 * chunkKeys {
 		be.kvs = append(be.kvs, &mvccpb.KeyValue{Key: fmt.Appendf(nil, "k%04d", i), Value: make([]byte, 100), ModRevision: 2})
 	}
-	s := &Server{cfg: Config{}, be: be, ranges: newRangeBudget(kvsBytes(be.kvs[:chunkKeys]))}
+	// Auth off, as a Server has it before auth is enabled.
+	ag, err := newAuthGate(Config{Logger: slog.New(slog.DiscardHandler), AuthToken: "simple", AuthTokenTTL: DefaultAuthTokenTTL, BcryptCost: 4}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{cfg: Config{}, be: be, ranges: newRangeBudget(kvsBytes(be.kvs[:chunkKeys])), auth: ag}
 	k := &kvService{s: s}
 	req := &pb.RangeRequest{Key: []byte("k"), RangeEnd: []byte("l")}
 	gate := make(chan struct{})
