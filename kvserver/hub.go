@@ -168,7 +168,7 @@ func (h *hub) run(ctx context.Context) error {
 	}()
 	go func() {
 		defer close(done)
-		failWait := 50 * time.Millisecond
+		retry := newBackoff(50*time.Millisecond, 2*time.Second)
 		var lostAt time.Time // when the source failed; zero while it works
 		for ctx.Err() == nil {
 			h.mu.Lock()
@@ -185,18 +185,15 @@ func (h *hub) run(ctx context.Context) error {
 				if lostAt.IsZero() {
 					lostAt = time.Now()
 					h.log.Warn("database change stream lost; reconnecting", "err", err)
-				} else {
-					h.log.Debug("database change stream still down; retrying", "err", err, "retry_in", failWait)
 				}
-				select {
-				case <-time.After(failWait):
-				case <-ctx.Done():
+				wait := retry.NextBackOff()
+				h.log.Debug("database change stream still down; retrying", "err", err, "retry_in", wait)
+				if !sleepCtx(ctx, wait) {
 					return
 				}
-				failWait = min(failWait*2, 2*time.Second)
 				continue
 			}
-			failWait = 50 * time.Millisecond
+			retry.Reset()
 			if !lostAt.IsZero() {
 				h.log.Info("database change stream reconnected", "down_for", time.Since(lostAt).Round(time.Millisecond))
 				lostAt = time.Time{}
@@ -228,7 +225,7 @@ func (h *hub) run(ctx context.Context) error {
 	}()
 	t := time.NewTicker(h.poll)
 	defer t.Stop()
-	backoff := 10 * time.Millisecond
+	readRetry := newBackoff(10*time.Millisecond, 2*time.Second)
 	stuck := 0                // reads in a row that found nothing while behind
 	var readFailing time.Time // when reads started failing; zero while they work
 	for {
@@ -243,18 +240,15 @@ func (h *hub) run(ctx context.Context) error {
 			if readFailing.IsZero() {
 				readFailing = time.Now()
 				h.log.Warn("reading changes failed; retrying", "err", err)
-			} else {
-				h.log.Debug("reading changes failed again; retrying", "err", err, "retry_in", backoff)
 			}
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
+			wait := readRetry.NextBackOff()
+			h.log.Debug("reading changes failed; retrying", "err", err, "retry_in", wait)
+			if !sleepCtx(ctx, wait) {
 				return nil
 			}
-			backoff = min(backoff*2, 2*time.Second)
 			continue
 		}
-		backoff = 10 * time.Millisecond
+		readRetry.Reset()
 		if !readFailing.IsZero() {
 			h.log.Info("reading changes works again", "failed_for", time.Since(readFailing).Round(time.Millisecond))
 			readFailing = time.Time{}
@@ -474,13 +468,13 @@ func keyDelta(ev *mvccpb.Event) int64 {
 // it keep it current (publish), so this runs once per start or compaction
 // gap, never per request.
 func (h *hub) countKeys(ctx context.Context) {
-	backoff := 100 * time.Millisecond
 	for {
 		select {
 		case <-h.recount:
 		case <-ctx.Done():
 			return
 		}
+		retry := newBackoff(100*time.Millisecond, 10*time.Second)
 		for {
 			resp, err := h.be.Range(ctx, &pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}, CountOnly: true})
 			if err == nil && h.setKeys(resp.Count, resp.Header.Revision) {
@@ -492,12 +486,9 @@ func (h *hub) countKeys(ctx context.Context) {
 			if err != nil {
 				h.log.Debug("counting keys failed; retrying", "err", err)
 			}
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
+			if !sleepCtx(ctx, retry.NextBackOff()) {
 				return
 			}
-			backoff = min(backoff*2, 10*time.Second)
 		}
 	}
 }

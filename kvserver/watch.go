@@ -186,7 +186,7 @@ const watchRetryDelay = 500 * time.Millisecond
 // second: a watch stream outlives a database outage (its watches wait, as
 // they would for events) and ends only with its client or the server.
 func (st *watchStream) revisions(ctx context.Context) (cur, compact int64, err error) {
-	wait := 50 * time.Millisecond
+	retry := newBackoff(50*time.Millisecond, time.Second)
 	for {
 		cur, compact, err = st.s.be.Revisions(ctx)
 		switch {
@@ -197,6 +197,7 @@ func (st *watchStream) revisions(ctx context.Context) (cur, compact int64, err e
 		case errors.Is(err, backends.ErrClosed):
 			return 0, 0, errShuttingDown
 		}
+		wait := retry.NextBackOff()
 		st.s.log.Debug("watch stream cannot read the revision; retrying", "err", err, "retry_in", wait)
 		select {
 		case <-time.After(wait):
@@ -205,7 +206,6 @@ func (st *watchStream) revisions(ctx context.Context) (cur, compact int64, err e
 		case <-ctx.Done():
 			return 0, 0, rpctypes.ErrGRPCWatchCanceled
 		}
-		wait = min(2*wait, time.Second)
 	}
 }
 

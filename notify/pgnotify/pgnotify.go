@@ -16,11 +16,21 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/kvsql/kvsql/notify"
 )
+
+// newRetry spaces reconnects: from 50 ms, growing to 5 s, with jitter so
+// that instances reconnecting to one database spread out.
+func newRetry() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.MaxInterval = minBackoff, maxBackoff
+	b.Reset()
+	return b
+}
 
 const (
 	minBackoff = 50 * time.Millisecond
@@ -40,9 +50,10 @@ type Source struct {
 	channel string
 	log     *slog.Logger
 
-	mu      sync.Mutex // guards conn (Close may run during Next)
-	conn    *pgx.Conn
-	backoff time.Duration
+	mu   sync.Mutex // guards conn (Close may run during Next)
+	conn *pgx.Conn
+	// retry spaces reconnects; nil while the last connect worked.
+	retry *backoff.ExponentialBackOff
 }
 
 var _ notify.Source = (*Source)(nil)
@@ -74,19 +85,21 @@ func (s *Source) Next(ctx context.Context, after int64) (int64, error) {
 	conn := s.conn
 	s.mu.Unlock()
 	if conn == nil {
-		if s.backoff > 0 {
+		if s.retry != nil {
 			select {
-			case <-time.After(s.backoff):
+			case <-time.After(s.retry.NextBackOff()):
 			case <-ctx.Done():
 				return 0, ctx.Err()
 			}
 		}
 		c, err := s.connect(ctx)
 		if err != nil {
-			s.backoff = min(max(s.backoff*2, minBackoff), maxBackoff)
+			if s.retry == nil {
+				s.retry = newRetry()
+			}
 			return 0, fmt.Errorf("pgnotify: listen: %w", err)
 		}
-		s.backoff = 0
+		s.retry = nil
 		s.mu.Lock()
 		s.conn = c
 		s.mu.Unlock()
@@ -117,7 +130,7 @@ func (s *Source) Next(ctx context.Context, after int64) (int64, error) {
 			s.conn = nil
 			s.mu.Unlock()
 			_ = conn.Close(context.Background())
-			s.backoff = minBackoff
+			s.retry = newRetry()
 			return 0, fmt.Errorf("pgnotify: connection lost: %w", err)
 		}
 		rev, perr := strconv.ParseInt(n.Payload, 10, 64)
