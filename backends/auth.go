@@ -265,3 +265,108 @@ func UnmarshalRole(data []byte) (*authpb.Role, error) {
 func MarshalAuth(m proto.Message) ([]byte, error) {
 	return proto.MarshalOptions{Deterministic: true}.Marshal(m)
 }
+
+// AuthSQL names a dialect's statements for the parts of an auth write, in
+// the argument order ApplyAuthWrite passes.
+type AuthSQL struct {
+	SetMeta          string // (enabled, revision)
+	PutUser, PutRole string // (name, stored data): insert or replace
+	DelUser, DelRole string // (name)
+	DropTokensOf     string // (user name)
+	DropAllTokens    string
+}
+
+// ApplyAuthWrite runs w through exec, one statement at a time: the meta
+// row, users, roles, then tokens. A name longer than maxName bytes (0: no
+// limit) is refused before anything runs, naming the limit; an error from
+// exec is returned naming the table it was writing.
+func ApplyAuthWrite(w *AuthWrite, q AuthSQL, maxName int, exec func(query string, args ...any) error) error {
+	if maxName > 0 {
+		for _, u := range w.PutUsers {
+			if len(u.Name) > maxName {
+				return fmt.Errorf("user name of %d bytes: this database stores names up to %d bytes", len(u.Name), maxName)
+			}
+		}
+		for _, r := range w.PutRoles {
+			if len(r.Name) > maxName {
+				return fmt.Errorf("role name of %d bytes: this database stores names up to %d bytes", len(r.Name), maxName)
+			}
+		}
+	}
+	run := func(what, query string, args ...any) error {
+		if err := exec(query, args...); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		return nil
+	}
+	if err := run("write auth_meta", q.SetMeta, w.Enabled, int64(w.Revision)); err != nil {
+		return err
+	}
+	for _, u := range w.PutUsers {
+		data, err := MarshalAuth(u)
+		if err != nil {
+			return err
+		}
+		if err := run("write auth_user", q.PutUser, u.Name, data); err != nil {
+			return err
+		}
+	}
+	for _, name := range w.DeleteUsers {
+		if err := run("delete from auth_user", q.DelUser, name); err != nil {
+			return err
+		}
+	}
+	for _, r := range w.PutRoles {
+		data, err := MarshalAuth(r)
+		if err != nil {
+			return err
+		}
+		if err := run("write auth_role", q.PutRole, r.Name, data); err != nil {
+			return err
+		}
+	}
+	for _, name := range w.DeleteRoles {
+		if err := run("delete from auth_role", q.DelRole, name); err != nil {
+			return err
+		}
+	}
+	if w.DropAllTokens {
+		if err := run("delete from auth_token", q.DropAllTokens); err != nil {
+			return err
+		}
+	}
+	for _, name := range w.DropTokensOf {
+		if err := run("delete from auth_token", q.DropTokensOf, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ReadUsersAndRoles fills s's users and roles from their stored forms;
+// query runs usersQ or rolesQ and returns the one column of its rows.
+func ReadUsersAndRoles(s *AuthState, query func(q string) ([][]byte, error), usersQ, rolesQ string) error {
+	users, err := query(usersQ)
+	if err != nil {
+		return fmt.Errorf("read auth_user: %w", err)
+	}
+	for _, b := range users {
+		u, err := UnmarshalUser(b)
+		if err != nil {
+			return err
+		}
+		s.Users = append(s.Users, u)
+	}
+	roles, err := query(rolesQ)
+	if err != nil {
+		return fmt.Errorf("read auth_role: %w", err)
+	}
+	for _, b := range roles {
+		r, err := UnmarshalRole(b)
+		if err != nil {
+			return err
+		}
+		s.Roles = append(s.Roles, r)
+	}
+	return nil
+}

@@ -1,6 +1,7 @@
 package backends
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"io/fs"
@@ -288,4 +289,22 @@ func (m *MemberID) Scan(src any) error {
 		return fmt.Errorf("member id: unexpected %T", src)
 	}
 	return nil
+}
+
+// QueryBlobs runs q in tx and returns the one column of its rows.
+func QueryBlobs(ctx context.Context, tx *sql.Tx, q string) ([][]byte, error) {
+	rows, err := tx.QueryContext(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = rows.Close() }()
+	var out [][]byte
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, rows.Err()
 }

@@ -20,6 +20,14 @@ var (
 	_ backends.AuthTxReader = (*txn)(nil)
 )
 
+// authSQL is this dialect's auth write (backends.ApplyAuthWrite).
+var authSQL = backends.AuthSQL{
+	SetMeta: qAuthSetMeta,
+	PutUser: qAuthPutUser, PutRole: qAuthPutRole,
+	DelUser: qAuthDelUser, DelRole: qAuthDelRole,
+	DropTokensOf: qTokenDropFor, DropAllTokens: qTokenDropAll,
+}
+
 // ReadAuth reads the auth state in a read transaction's snapshot.
 func (t *txn) ReadAuth(ctx context.Context) (backends.AuthState, error) {
 	if t.tx == nil {
@@ -52,29 +60,8 @@ func loadAuth(ctx context.Context, tx pgx.Tx, meta string) (backends.AuthState, 
 		return s, fmt.Errorf("read auth_meta: %w", err)
 	}
 	s.Revision = uint64(rev)
-	users, err := queryBlobs(ctx, tx, qAuthUsers)
-	if err != nil {
-		return s, fmt.Errorf("read auth_user: %w", err)
-	}
-	for _, b := range users {
-		u, err := backends.UnmarshalUser(b)
-		if err != nil {
-			return s, err
-		}
-		s.Users = append(s.Users, u)
-	}
-	roles, err := queryBlobs(ctx, tx, qAuthRoles)
-	if err != nil {
-		return s, fmt.Errorf("read auth_role: %w", err)
-	}
-	for _, b := range roles {
-		r, err := backends.UnmarshalRole(b)
-		if err != nil {
-			return s, err
-		}
-		s.Roles = append(s.Roles, r)
-	}
-	return s, nil
+	err := backends.ReadUsersAndRoles(&s, func(q string) ([][]byte, error) { return queryBlobs(ctx, tx, q) }, qAuthUsers, qAuthRoles)
+	return s, err
 }
 
 func queryBlobs(ctx context.Context, tx pgx.Tx, q string) ([][]byte, error) {
@@ -100,32 +87,12 @@ func (d *dialect) UpdateAuth(ctx context.Context, fn func(backends.AuthState) (*
 		return err
 	}
 	b := &pgx.Batch{}
-	b.Queue(qAuthSetMeta, w.Enabled, int64(w.Revision))
-	for _, u := range w.PutUsers {
-		data, err := backends.MarshalAuth(u)
-		if err != nil {
-			return err
-		}
-		b.Queue(qAuthPutUser, u.Name, data)
-	}
-	for _, name := range w.DeleteUsers {
-		b.Queue(qAuthDelUser, name)
-	}
-	for _, r := range w.PutRoles {
-		data, err := backends.MarshalAuth(r)
-		if err != nil {
-			return err
-		}
-		b.Queue(qAuthPutRole, r.Name, data)
-	}
-	for _, name := range w.DeleteRoles {
-		b.Queue(qAuthDelRole, name)
-	}
-	if w.DropAllTokens {
-		b.Queue(qTokenDropAll)
-	}
-	for _, name := range w.DropTokensOf {
-		b.Queue(qTokenDropFor, name)
+	err = backends.ApplyAuthWrite(w, authSQL, 0, func(q string, args ...any) error {
+		b.Queue(q, args...)
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("write auth state: %w", err)

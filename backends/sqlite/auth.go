@@ -19,6 +19,14 @@ var (
 	_ backends.AuthTxReader = (*txn)(nil)
 )
 
+// authSQL is this dialect's auth write (backends.ApplyAuthWrite).
+var authSQL = backends.AuthSQL{
+	SetMeta: qAuthSetMeta,
+	PutUser: qAuthPutUser, PutRole: qAuthPutRole,
+	DelUser: qAuthDelUser, DelRole: qAuthDelRole,
+	DropTokensOf: qTokenDropFor, DropAllTokens: qTokenDropAll,
+}
+
 // ReadAuth reads the auth state in a read transaction's snapshot.
 func (t *txn) ReadAuth(ctx context.Context) (backends.AuthState, error) {
 	if t.tx == nil {
@@ -48,46 +56,8 @@ func loadAuth(ctx context.Context, tx *sql.Tx) (backends.AuthState, error) {
 	if err := tx.QueryRowContext(ctx, qAuthMeta).Scan(&s.Enabled, &s.Revision); err != nil {
 		return s, fmt.Errorf("read auth_meta: %w", err)
 	}
-	users, err := queryBlobs(ctx, tx, qAuthUsers)
-	if err != nil {
-		return s, fmt.Errorf("read auth_user: %w", err)
-	}
-	for _, b := range users {
-		u, err := backends.UnmarshalUser(b)
-		if err != nil {
-			return s, err
-		}
-		s.Users = append(s.Users, u)
-	}
-	roles, err := queryBlobs(ctx, tx, qAuthRoles)
-	if err != nil {
-		return s, fmt.Errorf("read auth_role: %w", err)
-	}
-	for _, b := range roles {
-		r, err := backends.UnmarshalRole(b)
-		if err != nil {
-			return s, err
-		}
-		s.Roles = append(s.Roles, r)
-	}
-	return s, nil
-}
-
-func queryBlobs(ctx context.Context, tx *sql.Tx, q string) ([][]byte, error) {
-	rows, err := tx.QueryContext(ctx, q)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out [][]byte
-	for rows.Next() {
-		var b []byte
-		if err := rows.Scan(&b); err != nil {
-			return nil, err
-		}
-		out = append(out, b)
-	}
-	return out, rows.Err()
+	err := backends.ReadUsersAndRoles(&s, func(q string) ([][]byte, error) { return backends.QueryBlobs(ctx, tx, q) }, qAuthUsers, qAuthRoles)
+	return s, err
 }
 
 func (d *dialect) UpdateAuth(ctx context.Context, fn func(backends.AuthState) (*backends.AuthWrite, error)) error {
@@ -104,46 +74,12 @@ func (d *dialect) UpdateAuth(ctx context.Context, fn func(backends.AuthState) (*
 	if err != nil || w == nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, qAuthSetMeta, w.Enabled, w.Revision); err != nil {
-		return fmt.Errorf("write auth_meta: %w", err)
-	}
-	for _, u := range w.PutUsers {
-		data, err := backends.MarshalAuth(u)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, qAuthPutUser, u.Name, data); err != nil {
-			return fmt.Errorf("write auth_user: %w", err)
-		}
-	}
-	for _, name := range w.DeleteUsers {
-		if _, err := tx.ExecContext(ctx, qAuthDelUser, name); err != nil {
-			return fmt.Errorf("delete from auth_user: %w", err)
-		}
-	}
-	for _, r := range w.PutRoles {
-		data, err := backends.MarshalAuth(r)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, qAuthPutRole, r.Name, data); err != nil {
-			return fmt.Errorf("write auth_role: %w", err)
-		}
-	}
-	for _, name := range w.DeleteRoles {
-		if _, err := tx.ExecContext(ctx, qAuthDelRole, name); err != nil {
-			return fmt.Errorf("delete from auth_role: %w", err)
-		}
-	}
-	if w.DropAllTokens {
-		if _, err := tx.ExecContext(ctx, qTokenDropAll); err != nil {
-			return fmt.Errorf("delete from auth_token: %w", err)
-		}
-	}
-	for _, name := range w.DropTokensOf {
-		if _, err := tx.ExecContext(ctx, qTokenDropFor, name); err != nil {
-			return fmt.Errorf("delete from auth_token: %w", err)
-		}
+	err = backends.ApplyAuthWrite(w, authSQL, 0, func(q string, args ...any) error {
+		_, err := tx.ExecContext(ctx, q, args...)
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	return tx.Commit()
 }
