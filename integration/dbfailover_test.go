@@ -515,6 +515,27 @@ func (r *failoverRun) logs() string {
 	return b.String()
 }
 
+// onEachCluster runs fn in parallel subtests on a PostgreSQL and a MariaDB
+// primary with a replica (replicating synchronously if sync), with three
+// minutes for the whole subtest.
+func onEachCluster(t *testing.T, sync bool, fn func(t *testing.T, ctx context.Context, c *dbCluster)) {
+	t.Parallel()
+	for _, db := range []struct {
+		name  string
+		start func(t *testing.T, sync bool) *dbCluster
+	}{
+		{"postgres", newPostgresCluster},
+		{"mariadb", newMariaDBCluster},
+	} {
+		t.Run(db.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			fn(t, ctx, db.start(t, sync))
+		})
+	}
+}
+
 // fenceLogRE matches the error an instance logs when it fences the
 // database: the revision it had seen and the database's.
 var fenceLogRE = regexp.MustCompile(`revision went backwards.* seen_rev=(\d+) database_rev=(\d+)`)
@@ -526,58 +547,45 @@ var fenceLogRE = regexp.MustCompile(`revision went backwards.* seen_rev=(\d+) da
 // write is lost, every watch continues and gets every event once, in
 // order, without restarting kvsql, and nothing is fenced.
 func TestDatabaseFailoverSynchronous(t *testing.T) {
-	t.Parallel()
-	for _, db := range []struct {
-		name  string
-		start func(t *testing.T) *dbCluster
-	}{
-		{"postgres", func(t *testing.T) *dbCluster { return newPostgresCluster(t, true) }},
-		{"mariadb", func(t *testing.T) *dbCluster { return newMariaDBCluster(t, true) }},
-	} {
-		t.Run(db.name, func(t *testing.T) {
-			t.Parallel()
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-			defer cancel()
-			c := db.start(t)
-			r := startFailoverRun(t, ctx, c)
-			// A lease kept alive across the failover.
-			lease, err := r.clients[1].Grant(ctx, 20)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r.waitAcked(t, 30)
-			c.checkSync(t)
+	onEachCluster(t, true, func(t *testing.T, ctx context.Context, c *dbCluster) {
+		r := startFailoverRun(t, ctx, c)
+		// A lease kept alive across the failover.
+		lease, err := r.clients[1].Grant(ctx, 20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.waitAcked(t, 30)
+		c.checkSync(t)
 
-			killed, promoted := c.failover(t)
-			r.waitAcked(t, 30)
-			r.logOutages(t, killed, promoted)
-			if _, err := r.clients[1].KeepAliveOnce(ctx, lease.ID); err != nil {
-				t.Errorf("keeping the lease granted before the failover alive: %v", err)
-			}
-			final := r.finish(t, ctx)
+		killed, promoted := c.failover(t)
+		r.waitAcked(t, 30)
+		r.logOutages(t, killed, promoted)
+		if _, err := r.clients[1].KeepAliveOnce(ctx, lease.ID); err != nil {
+			t.Errorf("keeping the lease granted before the failover alive: %v", err)
+		}
+		final := r.finish(t, ctx)
 
-			watches := map[string][]*clientv3.Event{}
-			for i, res := range r.watches {
-				r.upTo[i] <- final
-				w := <-res
-				if w.err != nil || w.compactRev != 0 {
-					t.Fatalf("watch on instance %s across the failover: %v (compact revision %d)", r.names[i], w.err, w.compactRev)
-				}
-				watches["watch on instance "+r.names[i]] = w.evs
+		watches := map[string][]*clientv3.Event{}
+		for i, res := range r.watches {
+			r.upTo[i] <- final
+			w := <-res
+			if w.err != nil || w.compactRev != 0 {
+				t.Fatalf("watch on instance %s across the failover: %v (compact revision %d)", r.names[i], w.err, w.compactRev)
 			}
-			var acked []ackedPut
-			for _, w := range r.writers {
-				acked = append(acked, w.acked(time.Now(), false)...)
-			}
-			checkHistory(t, ctx, r.clients[0], c.open(t, c.direct()), acked, watches, final)
-			if tl := c.timeline(t); tl != 0 {
-				t.Errorf("kv_meta.timeline = %d after a synchronous failover, want 0 (nothing fenced)", tl)
-			}
-			if logs := r.logs(); strings.Contains(logs, "revision went backwards") || strings.Contains(logs, "fenced onto a new timeline") {
-				t.Errorf("an instance fenced the database after a synchronous failover:\n%s", logs)
-			}
-		})
-	}
+			watches["watch on instance "+r.names[i]] = w.evs
+		}
+		var acked []ackedPut
+		for _, w := range r.writers {
+			acked = append(acked, w.acked(time.Now(), false)...)
+		}
+		checkHistory(t, ctx, r.clients[0], c.open(t, c.direct()), acked, watches, final)
+		if tl := c.timeline(t); tl != 0 {
+			t.Errorf("kv_meta.timeline = %d after a synchronous failover, want 0 (nothing fenced)", tl)
+		}
+		if logs := r.logs(); strings.Contains(logs, "revision went backwards") || strings.Contains(logs, "fenced onto a new timeline") {
+			t.Errorf("an instance fenced the database after a synchronous failover:\n%s", logs)
+		}
+	})
 }
 
 // TestDatabaseFailoverAsynchronousBehind: with asynchronous replication,
@@ -591,175 +599,162 @@ func TestDatabaseFailoverSynchronous(t *testing.T) {
 // is fenced once, and after clients list again watches and writes work,
 // every watcher getting every new event once, in order.
 func TestDatabaseFailoverAsynchronousBehind(t *testing.T) {
-	t.Parallel()
-	for _, db := range []struct {
-		name  string
-		start func(t *testing.T) *dbCluster
-	}{
-		{"postgres", func(t *testing.T) *dbCluster { return newPostgresCluster(t, false) }},
-		{"mariadb", func(t *testing.T) *dbCluster { return newMariaDBCluster(t, false) }},
-	} {
-		t.Run(db.name, func(t *testing.T) {
-			t.Parallel()
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-			defer cancel()
-			c := db.start(t)
-			r := startFailoverRun(t, ctx, c)
-			kept, err := r.clients[1].Grant(ctx, 60)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r.waitAcked(t, 20)
+	onEachCluster(t, false, func(t *testing.T, ctx context.Context, c *dbCluster) {
+		r := startFailoverRun(t, ctx, c)
+		kept, err := r.clients[1].Grant(ctx, 60)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.waitAcked(t, 20)
 
-			// The replica stops receiving; the primary goes on committing.
-			c.cutReplication()
-			lost, err := r.clients[1].Grant(ctx, 60)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r.waitAcked(t, 30)
-			killed, promoted := c.failover(t)
+		// The replica stops receiving; the primary goes on committing.
+		c.cutReplication()
+		lost, err := r.clients[1].Grant(ctx, 60)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.waitAcked(t, 30)
+		killed, promoted := c.failover(t)
 
-			// Every watch open across the failover is cancelled as
-			// compacted; what it got before is ordered and unique.
-			var seen int64 // the highest revision any client saw before
-			for _, w := range r.writers {
-				for _, a := range w.acked(killed, false) {
-					seen = max(seen, a.rev)
-				}
+		// Every watch open across the failover is cancelled as
+		// compacted; what it got before is ordered and unique.
+		var seen int64 // the highest revision any client saw before
+		for _, w := range r.writers {
+			for _, a := range w.acked(killed, false) {
+				seen = max(seen, a.rev)
 			}
-			var compactRev int64
-			for i, res := range r.watches {
-				var w watchResult
-				select {
-				case w = <-res:
-				case <-time.After(time.Minute): // a hang guard, far above the seconds it takes
-					r.waitAcked(t, 5)
-					for _, w := range r.writers {
-						for _, a := range w.acked(killed, true) {
-							if a.rev <= seen {
-								t.Errorf("writer %s: put after the failover acknowledged at revision %d, which clients had seen before", w.name, a.rev)
-								break
-							}
+		}
+		var compactRev int64
+		for i, res := range r.watches {
+			var w watchResult
+			select {
+			case w = <-res:
+			case <-time.After(time.Minute): // a hang guard, far above the seconds it takes
+				r.waitAcked(t, 5)
+				for _, w := range r.writers {
+					for _, a := range w.acked(killed, true) {
+						if a.rev <= seen {
+							t.Errorf("writer %s: put after the failover acknowledged at revision %d, which clients had seen before", w.name, a.rev)
+							break
 						}
 					}
-					t.Fatalf("watch on instance %s was not cancelled within a minute of the failover", r.names[i])
 				}
-				if w.err != nil || w.compactRev == 0 {
-					t.Fatalf("watch on instance %s across the failover: %v, compact revision %d; want a cancellation as compacted", r.names[i], w.err, w.compactRev)
-				}
-				for j, ev := range w.evs {
-					if j > 0 && ev.Kv.ModRevision <= w.evs[j-1].Kv.ModRevision {
-						t.Fatalf("watch on instance %s: event at revision %d after one at %d", r.names[i], ev.Kv.ModRevision, w.evs[j-1].Kv.ModRevision)
-					}
-					seen = max(seen, ev.Kv.ModRevision)
-				}
-				compactRev = max(compactRev, w.compactRev)
+				t.Fatalf("watch on instance %s was not cancelled within a minute of the failover", r.names[i])
 			}
-			if compactRev <= seen {
-				t.Fatalf("watches cancelled at compact revision %d, not above revision %d clients saw", compactRev, seen)
+			if w.err != nil || w.compactRev == 0 {
+				t.Fatalf("watch on instance %s across the failover: %v, compact revision %d; want a cancellation as compacted", r.names[i], w.err, w.compactRev)
 			}
+			for j, ev := range w.evs {
+				if j > 0 && ev.Kv.ModRevision <= w.evs[j-1].Kv.ModRevision {
+					t.Fatalf("watch on instance %s: event at revision %d after one at %d", r.names[i], ev.Kv.ModRevision, w.evs[j-1].Kv.ModRevision)
+				}
+				seen = max(seen, ev.Kv.ModRevision)
+			}
+			compactRev = max(compactRev, w.compactRev)
+		}
+		if compactRev <= seen {
+			t.Fatalf("watches cancelled at compact revision %d, not above revision %d clients saw", compactRev, seen)
+		}
 
-			// An instance logged what happened, once.
-			var dbRev int64
-			pollUntil(t, 30*time.Second, "an instance logs the fence", func() bool { return fenceLogRE.MatchString(r.logs()) })
-			m := fenceLogRE.FindAllStringSubmatch(r.logs(), -1)
-			if len(m) != 1 {
-				t.Errorf("%d fences logged, want 1", len(m))
-			}
-			seenLogged, _ := strconv.ParseInt(m[0][1], 10, 64)
-			dbRev, _ = strconv.ParseInt(m[0][2], 10, 64)
-			t.Logf("fenced: an instance had seen revision %d, the new primary was at %d; clients had seen up to %d", seenLogged, dbRev, seen)
-			if dbRev >= seen {
-				t.Fatalf("the new primary was at revision %d, not behind revision %d clients saw: the test did not cut replication", dbRev, seen)
-			}
-			for i, p := range r.procs {
-				pollUntil(t, 30*time.Second, "instance "+r.names[i]+" reports the new timeline", func() bool {
-					return strings.Contains(p.log.String(), "fenced onto a new timeline")
-				})
-			}
-			if tl := c.timeline(t); tl != 1 {
-				t.Errorf("kv_meta.timeline = %d, want 1 (one fence)", tl)
-			}
+		// An instance logged what happened, once.
+		var dbRev int64
+		pollUntil(t, 30*time.Second, "an instance logs the fence", func() bool { return fenceLogRE.MatchString(r.logs()) })
+		m := fenceLogRE.FindAllStringSubmatch(r.logs(), -1)
+		if len(m) != 1 {
+			t.Errorf("%d fences logged, want 1", len(m))
+		}
+		seenLogged, _ := strconv.ParseInt(m[0][1], 10, 64)
+		dbRev, _ = strconv.ParseInt(m[0][2], 10, 64)
+		t.Logf("fenced: an instance had seen revision %d, the new primary was at %d; clients had seen up to %d", seenLogged, dbRev, seen)
+		if dbRev >= seen {
+			t.Fatalf("the new primary was at revision %d, not behind revision %d clients saw: the test did not cut replication", dbRev, seen)
+		}
+		for i, p := range r.procs {
+			pollUntil(t, 30*time.Second, "instance "+r.names[i]+" reports the new timeline", func() bool {
+				return strings.Contains(p.log.String(), "fenced onto a new timeline")
+			})
+		}
+		if tl := c.timeline(t); tl != 1 {
+			t.Errorf("kv_meta.timeline = %d, want 1 (one fence)", tl)
+		}
 
-			// The lost revisions are compacted; so is everything before.
-			for _, rev := range []int64{dbRev, dbRev + 1, seen} {
-				if _, err := r.clients[0].Get(ctx, "w/", clientv3.WithPrefix(), clientv3.WithRev(rev)); !errors.Is(err, rpctypes.ErrCompacted) {
-					t.Errorf("read at revision %d after the fence: %v, want ErrCompacted", rev, err)
-				}
+		// The lost revisions are compacted; so is everything before.
+		for _, rev := range []int64{dbRev, dbRev + 1, seen} {
+			if _, err := r.clients[0].Get(ctx, "w/", clientv3.WithPrefix(), clientv3.WithRev(rev)); !errors.Is(err, rpctypes.ErrCompacted) {
+				t.Errorf("read at revision %d after the fence: %v, want ErrCompacted", rev, err)
 			}
-			// Leases: the one granted before the cut survives, the one
-			// granted after it is gone, as after an etcd restore.
-			if _, err := r.clients[1].KeepAliveOnce(ctx, kept.ID); err != nil {
-				t.Errorf("keeping the lease granted before replication was cut alive: %v", err)
-			}
-			if _, err := r.clients[1].KeepAliveOnce(ctx, lost.ID); !errors.Is(err, rpctypes.ErrLeaseNotFound) {
-				t.Errorf("keeping the lease granted after replication was cut alive: %v, want ErrLeaseNotFound", err)
-			}
+		}
+		// Leases: the one granted before the cut survives, the one
+		// granted after it is gone, as after an etcd restore.
+		if _, err := r.clients[1].KeepAliveOnce(ctx, kept.ID); err != nil {
+			t.Errorf("keeping the lease granted before replication was cut alive: %v", err)
+		}
+		if _, err := r.clients[1].KeepAliveOnce(ctx, lost.ID); !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			t.Errorf("keeping the lease granted after replication was cut alive: %v, want ErrLeaseNotFound", err)
+		}
 
-			// Clients list again and watch from there; writes go on.
-			list, err := r.clients[1].Get(ctx, "w/", clientv3.WithPrefix())
-			if err != nil {
-				t.Fatal(err)
+		// Clients list again and watch from there; writes go on.
+		list, err := r.clients[1].Get(ctx, "w/", clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		relist := list.Header.Revision
+		if relist <= seen {
+			t.Fatalf("list after the failover at revision %d, not above revision %d clients saw", relist, seen)
+		}
+		for _, kv := range list.Kvs {
+			if kv.ModRevision > dbRev && kv.ModRevision <= seen {
+				t.Errorf("listed %s at revision %d, which the new primary (at %d) never had", kv.Key, kv.ModRevision, dbRev)
+				break
 			}
-			relist := list.Header.Revision
-			if relist <= seen {
-				t.Fatalf("list after the failover at revision %d, not above revision %d clients saw", relist, seen)
-			}
-			for _, kv := range list.Kvs {
-				if kv.ModRevision > dbRev && kv.ModRevision <= seen {
-					t.Errorf("listed %s at revision %d, which the new primary (at %d) never had", kv.Key, kv.ModRevision, dbRev)
-					break
-				}
-			}
-			var relisted []chan watchResult
-			var upTo []chan int64
-			for _, cl := range r.clients {
-				res, u := make(chan watchResult, 1), make(chan int64, 1)
-				wch := cl.Watch(ctx, "w/", clientv3.WithPrefix(), clientv3.WithRev(relist+1))
-				go func() { res <- collectUntilCancel(ctx, wch, u) }()
-				relisted, upTo = append(relisted, res), append(upTo, u)
-			}
-			r.waitAcked(t, 30)
-			r.logOutages(t, killed, promoted)
-			final := r.finish(t, ctx)
+		}
+		var relisted []chan watchResult
+		var upTo []chan int64
+		for _, cl := range r.clients {
+			res, u := make(chan watchResult, 1), make(chan int64, 1)
+			wch := cl.Watch(ctx, "w/", clientv3.WithPrefix(), clientv3.WithRev(relist+1))
+			go func() { res <- collectUntilCancel(ctx, wch, u) }()
+			relisted, upTo = append(relisted, res), append(upTo, u)
+		}
+		r.waitAcked(t, 30)
+		r.logOutages(t, killed, promoted)
+		final := r.finish(t, ctx)
 
-			// No client saw a revision go backwards, and none given out
-			// after the failover had been seen before.
-			for _, w := range r.writers {
-				var prev int64
-				for _, a := range w.acked(time.Now(), false) {
-					if a.rev <= prev {
-						t.Fatalf("writer %s: put acknowledged at revision %d after one at %d", w.name, a.rev, prev)
-					}
-					prev = a.rev
+		// No client saw a revision go backwards, and none given out
+		// after the failover had been seen before.
+		for _, w := range r.writers {
+			var prev int64
+			for _, a := range w.acked(time.Now(), false) {
+				if a.rev <= prev {
+					t.Fatalf("writer %s: put acknowledged at revision %d after one at %d", w.name, a.rev, prev)
 				}
-				for _, a := range w.acked(killed, true) {
-					if a.rev <= seen {
-						t.Fatalf("writer %s: put after the failover acknowledged at revision %d, which clients had seen before", w.name, a.rev)
-					}
+				prev = a.rev
+			}
+			for _, a := range w.acked(killed, true) {
+				if a.rev <= seen {
+					t.Fatalf("writer %s: put after the failover acknowledged at revision %d, which clients had seen before", w.name, a.rev)
 				}
 			}
-			watches := map[string][]*clientv3.Event{}
-			for i, res := range relisted {
-				upTo[i] <- final
-				w := <-res
-				if w.err != nil || w.compactRev != 0 {
-					t.Fatalf("watch on instance %s after the relist: %v (compact revision %d)", r.names[i], w.err, w.compactRev)
-				}
-				watches["watch on instance "+r.names[i]+" after the relist"] = w.evs
+		}
+		watches := map[string][]*clientv3.Event{}
+		for i, res := range relisted {
+			upTo[i] <- final
+			w := <-res
+			if w.err != nil || w.compactRev != 0 {
+				t.Fatalf("watch on instance %s after the relist: %v (compact revision %d)", r.names[i], w.err, w.compactRev)
 			}
-			var after []ackedPut
-			for _, w := range r.writers {
-				for _, a := range w.acked(killed, true) {
-					if a.rev > relist {
-						after = append(after, a)
-					}
+			watches["watch on instance "+r.names[i]+" after the relist"] = w.evs
+		}
+		var after []ackedPut
+		for _, w := range r.writers {
+			for _, a := range w.acked(killed, true) {
+				if a.rev > relist {
+					after = append(after, a)
 				}
 			}
-			checkHistoryAfter(t, ctx, r.clients[0], c.open(t, c.direct()), after, watches, relist, final)
-		})
-	}
+		}
+		checkHistoryAfter(t, ctx, r.clients[0], c.open(t, c.direct()), after, watches, relist, final)
+	})
 }
 
 // checkHistoryAfter is checkHistory for the history after revision from:
