@@ -239,6 +239,12 @@ func TestAuthJWTAcrossInstances(t *testing.T) {
 			srvs, _ := b.start(t, 2, serverOptions{BcryptCost: 4, AuthToken: spec})
 			setupTenantsVia(t, ctx, newClient(t, srvs[0]))
 			connA, connB := rawConn(t, srvs[0]), rawConn(t, srvs[1])
+			// B enforces auth within --auth-refresh-interval of its enabling
+			// through A (docs/auth.md).
+			pollUntil(t, 10*time.Second, "B enforces the auth enabled through A", func() bool {
+				_, err := pb.NewKVClient(connB).Range(ctx, &pb.RangeRequest{Key: []byte("/t1/jwt")})
+				return errors.Is(rpctypes.Error(err), rpctypes.ErrUserEmpty)
+			})
 			ar, err := pb.NewAuthClient(connA).Authenticate(ctx, &pb.AuthenticateRequest{Name: "u1", Password: "pw1"})
 			if err != nil {
 				t.Fatal(err)

@@ -187,7 +187,7 @@ func (h *hub) run(ctx context.Context) error {
 					h.log.Warn("database change stream lost; reconnecting", "err", err)
 				}
 				wait := retry.NextBackOff()
-				h.log.Debug("database change stream still down; retrying", "err", err, "retry_in", wait)
+				h.log.Debug("database change stream down; retrying", "err", err, "retry_in", wait)
 				if !sleepCtx(ctx, wait) {
 					return
 				}
@@ -242,7 +242,7 @@ func (h *hub) run(ctx context.Context) error {
 				h.log.Warn("reading changes failed; retrying", "err", err)
 			}
 			wait := readRetry.NextBackOff()
-			h.log.Debug("reading changes failed; retrying", "err", err, "retry_in", wait)
+			h.log.Debug("reading changes failed; retrying after a wait", "err", err, "retry_in", wait)
 			if !sleepCtx(ctx, wait) {
 				return nil
 			}
