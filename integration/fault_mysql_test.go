@@ -123,6 +123,7 @@ func runFaultLoad(t *testing.T, clients []*clientv3.Client, be backends.Backend,
 	for i, fault := range faults {
 		waitForRevision(t, ctx, clients[i%len(clients)], rev)
 		fault()
+		logRecovery(t, ctx, clients)
 		rev += 30
 	}
 	waitForRevision(t, ctx, clients[0], rev)
@@ -141,6 +142,24 @@ func runFaultLoad(t *testing.T, clients []*clientv3.Client, be backends.Backend,
 		all = append(all, a...)
 	}
 	checkHistory(t, ctx, clients[0], be, all, results, resp.Header.Revision)
+}
+
+// logRecovery logs how long after a fault ended a put through each
+// instance is acknowledged again (puts of 1 s deadline, retried at once).
+func logRecovery(t *testing.T, ctx context.Context, clients []*clientv3.Client) {
+	t.Helper()
+	ended := time.Now()
+	for i, c := range clients {
+		for ctx.Err() == nil {
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			_, err := c.Put(pctx, fmt.Sprintf("w/recovered/%d", i), "v") // watched: the checks count it
+			cancel()
+			if err == nil {
+				t.Logf("a put through instance %d acknowledged %v after the fault ended", i, time.Since(ended).Round(time.Millisecond))
+				break
+			}
+		}
+	}
 }
 
 // TestMySQLReplicationConnectionKilled kills the binlog dump threads; the
