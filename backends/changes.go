@@ -20,93 +20,53 @@ func (e *Engine) TailChanges(ctx context.Context, afterRev, maxRevs int64) ([]*m
 	return e.changes(ctx, afterRev, maxRevs, true)
 }
 
+// changes reads through the dialect's ChangesReader: ReadChanges for
+// Changes, TailChanges (bounded by WriteTimeout) for the tailer. A database
+// found below a revision seen before is fenced (fence.go): Changes then
+// reads once more, TailChanges reports the new timeline (checkTail).
 func (e *Engine) changes(ctx context.Context, afterRev, maxRevs int64, tail bool) ([]*mvccpb.Event, error) {
-	if cr, ok := e.d.(ChangesReader); ok {
-		select {
-		case <-e.stop:
-			return nil, ErrClosed
-		default:
+	select {
+	case <-e.stop:
+		return nil, ErrClosed
+	default:
+	}
+	read := e.d.ReadChanges
+	if tail {
+		// The tailer has no client deadline; a read that hangs on a
+		// dead connection would stop every watch on this instance.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, e.cfg.WriteTimeout)
+		defer cancel()
+		read = e.d.TailChanges
+	}
+	for attempt := 0; ; attempt++ {
+		floor := e.seen.Load()
+		cur, compact, evs, err := read(ctx, afterRev, afterRev+maxRevs, e.cfg.ChangesBytes)
+		if err != nil {
+			return nil, e.dbErr(err)
 		}
-		read := cr.ReadChanges
 		if tail {
-			// The tailer has no client deadline; a read that hangs on a
-			// dead connection would stop every watch on this instance.
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, e.cfg.WriteTimeout)
-			defer cancel()
-			read = cr.TailChanges
-		}
-		for attempt := 0; ; attempt++ {
-			floor := e.seen.Load()
-			cur, compact, evs, err := read(ctx, afterRev, afterRev+maxRevs, e.cfg.ChangesBytes)
-			if err != nil {
+			if err := e.checkTail(ctx, floor, afterRev, cur, compact); err != nil {
 				return nil, e.dbErr(err)
-			}
-			if tail {
-				if err := e.checkTail(ctx, floor, afterRev, cur, compact); err != nil {
-					return nil, e.dbErr(err)
-				}
-				return evs, nil
-			}
-			if cur < floor {
-				re := &regressedError{seen: floor, cur: cur}
-				if attempt > 0 {
-					return nil, e.dbErr(fmt.Errorf("after fencing: %w", re))
-				}
-				if err := e.fence(ctx); err != nil {
-					return nil, err
-				}
-				continue
-			}
-			e.observe(cur)
-			if afterRev+1 < compact {
-				return nil, ErrCompacted
 			}
 			return evs, nil
 		}
-	}
-	var evs []*mvccpb.Event
-	readAt := func(tx Tx, cur, compact int64) error {
-		if afterRev+1 < compact {
-			return ErrCompacted
-		}
-		upTo := min(cur, afterRev+maxRevs)
-		if upTo <= afterRev {
-			return nil
-		}
-		var err error
-		evs, err = tx.Changes(ctx, afterRev, upTo, e.cfg.ChangesBytes)
-		return err
-	}
-	if !tail {
-		err := e.read(ctx, func(tx Tx) error {
-			cur, compact, err := e.revisions(ctx, tx)
-			if err != nil {
-				return err
+		if cur < floor {
+			re := &regressedError{seen: floor, cur: cur}
+			if attempt > 0 {
+				return nil, e.dbErr(fmt.Errorf("after fencing: %w", re))
 			}
-			return readAt(tx, cur, compact)
-		})
-		return evs, err
-	}
-	floor := e.seen.Load()
-	var cur, compact int64
-	err := e.readOnce(ctx, func(tx Tx) error {
-		var err error
-		if cur, compact, err = tx.Revisions(ctx); err != nil {
-			return err
+			if err := e.fence(ctx); err != nil {
+				return nil, err
+			}
+			continue
 		}
-		if cur < floor || afterRev+1 < compact {
-			return nil // checkTail tells
+		e.observe(cur)
+		if afterRev+1 < compact {
+			return nil, ErrCompacted
 		}
-		return readAt(tx, cur, compact)
-	})
-	if err != nil {
-		return nil, err
+		return evs, nil
 	}
-	if err := e.checkTail(ctx, floor, afterRev, cur, compact); err != nil {
-		return nil, e.dbErr(err)
-	}
-	return evs, nil
 }
 
 // eventsBytes sums EventBytes over evs.

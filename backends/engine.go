@@ -83,7 +83,7 @@ type Engine struct {
 	// compactMu serialises compactions on this instance.
 	compactMu sync.Mutex
 
-	// gets serves plain Gets if the dialect is a LatestGetter (else nil).
+	// gets serves plain Gets.
 	gets *getBatcher
 
 	// seen is the highest revision this instance has read from the
@@ -122,9 +122,7 @@ func NewEngine(d Dialect, cfg EngineConfig) *Engine {
 
 		tailTimeline: -1,
 	}
-	if g, ok := d.(LatestGetter); ok {
-		e.gets = &getBatcher{g: g, slots: cmp.Or(cfg.GetsInFlight, DefaultGetsInFlight)}
-	}
+	e.gets = &getBatcher{g: d, slots: cmp.Or(cfg.GetsInFlight, DefaultGetsInFlight)}
 	go e.writeLoop()
 	return e
 }
@@ -144,14 +142,8 @@ func (e *Engine) Close() error {
 
 var _ PoolReporter = (*Engine)(nil)
 
-// PoolStats implements PoolReporter for dialects that report their pools
-// (nil otherwise).
-func (e *Engine) PoolStats() []PoolStats {
-	if pr, ok := e.d.(PoolReporter); ok {
-		return pr.PoolStats()
-	}
-	return nil
-}
+// PoolStats implements PoolReporter: the dialect's pools.
+func (e *Engine) PoolStats() []PoolStats { return e.d.PoolStats() }
 
 // Size implements Backend.
 func (e *Engine) Size(ctx context.Context) (int64, int64, error) {

@@ -63,7 +63,7 @@ func (e *Engine) Revisions(ctx context.Context) (current, compact int64, err err
 
 // Range implements Backend.
 func (e *Engine) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
-	if e.gets != nil && isPlainGet(r) {
+	if isPlainGet(r) {
 		return e.getLatest(ctx, r)
 	}
 	var resp *pb.RangeResponse
@@ -84,7 +84,7 @@ func (e *Engine) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRespon
 }
 
 // isPlainGet reports whether r reads one key's latest version with no
-// filter, so that a LatestGetter can answer it in one statement.
+// filter, so that the dialect's GetLatest can answer it in one statement.
 func isPlainGet(r *pb.RangeRequest) bool {
 	return r.Revision <= 0 && len(r.RangeEnd) == 0 && !r.CountOnly &&
 		r.MinModRevision == 0 && r.MaxModRevision == 0 && r.MinCreateRevision == 0 && r.MaxCreateRevision == 0

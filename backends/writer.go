@@ -35,10 +35,11 @@ type BatchStats struct {
 	// Took is the whole transaction, from asking for the write lock to
 	// the end of the commit.
 	Took time.Duration
-	// Commit is the commit step alone: SQLite's COMMIT (the WAL write and
-	// fsync), or on PostgreSQL and MySQL the round trip that carries the
-	// batch's rows and COMMIT, which the server answers after its WAL or
-	// redo-log flush. Zero if the batch failed before it.
+	// Commit is the commit step alone (Tx.CommitBatch): the batch's rows,
+	// its revision and COMMIT — on PostgreSQL and MySQL the round trip
+	// that carries them, which the server answers after its WAL or
+	// redo-log flush; on SQLite the statements in process and COMMIT (the
+	// WAL write and fsync). Zero if the batch failed before it.
 	Commit time.Duration
 	// Err is the database error that failed the batch, if any.
 	Err error
@@ -264,66 +265,33 @@ func (e *Engine) applyBatch(batch []*writeReq) (results []error, st BatchStats, 
 }
 
 // beginBatch opens a batch's write transaction (taking the write lock) and
-// loads the latest versions of keys into a new overlay: in one round trip
-// where the dialect is a BatchBeginner.
+// loads the latest versions of keys into a new overlay (see BatchBeginner).
 func (e *Engine) beginBatch(ctx context.Context, keys [][]byte) (Tx, *overlay, error) {
-	if bb, ok := e.d.(BatchBeginner); ok {
-		missing := newOverlay(nil).unknown(keys)
-		tx, kvs, err := bb.BeginBatch(ctx, missing)
-		if err != nil {
-			return nil, nil, fmt.Errorf("begin write transaction: %w", err)
-		}
-		o := newOverlay(tx)
-		o.load(missing, kvs)
-		return tx, o, nil
-	}
-	tx, err := e.d.BeginWrite(ctx)
+	missing := newOverlay(nil).unknown(keys)
+	tx, kvs, err := e.d.BeginBatch(ctx, missing)
 	if err != nil {
 		return nil, nil, fmt.Errorf("begin write transaction: %w", err)
 	}
 	o := newOverlay(tx)
-	if err := o.prefetch(ctx, keys); err != nil {
-		_ = tx.Rollback()
-		return nil, nil, fmt.Errorf("load keys: %w", err)
-	}
+	o.load(missing, kvs)
 	return tx, o, nil
 }
 
 // finishBatch writes the batch's queued rows, stores its newest revision
-// rev (if it is past start) and commits: in one round trip where the
-// transaction is a BatchCommitter. On error the transaction is over.
-// commitTook receives the duration of the commit step (see
-// BatchStats.Commit).
+// rev (if it is past start) and commits (see BatchCommitter). On error the
+// transaction is over. commitTook receives the duration of the commit step
+// (see BatchStats.Commit).
 func (e *Engine) finishBatch(ctx context.Context, tx Tx, o *overlay, start, rev int64, commitTook *time.Duration) error {
-	if bc, ok := tx.(BatchCommitter); ok {
-		newRev := int64(0)
-		if rev != start {
-			newRev = rev
-		}
-		t := time.Now()
-		err := bc.CommitBatch(ctx, o.take(), newRev)
-		*commitTook = time.Since(t)
-		if err != nil {
-			_ = tx.Rollback()
-			return fmt.Errorf("commit revisions %d..%d: %w", start+1, rev, err)
-		}
-		return nil
-	}
-	if err := o.flush(ctx); err != nil {
-		_ = tx.Rollback()
-		return fmt.Errorf("write revisions %d..%d: %w", start+1, rev, err)
-	}
+	newRev := int64(0)
 	if rev != start {
-		if err := tx.SetRevision(ctx, rev); err != nil {
-			_ = tx.Rollback()
-			return fmt.Errorf("store revision %d: %w", rev, err)
-		}
+		newRev = rev
 	}
 	t := time.Now()
-	err := tx.Commit()
+	err := tx.CommitBatch(ctx, o.take(), newRev)
 	*commitTook = time.Since(t)
 	if err != nil {
-		return fmt.Errorf("commit revision %d: %w", rev, err)
+		_ = tx.Rollback()
+		return fmt.Errorf("commit revisions %d..%d: %w", start+1, rev, err)
 	}
 	return nil
 }

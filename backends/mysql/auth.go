@@ -14,11 +14,6 @@ import (
 // run in READ COMMITTED, so every later read of the transaction sees what
 // the previous holder of the lock committed.
 
-var (
-	_ backends.AuthStore    = (*dialect)(nil)
-	_ backends.AuthTxReader = (*txn)(nil)
-)
-
 // ReadAuth reads the auth state in a read transaction's snapshot.
 func (t *txn) ReadAuth(ctx context.Context) (backends.AuthState, error) {
 	if t.tx == nil {

@@ -15,11 +15,6 @@ import (
 // READ COMMITTED every later statement of the transaction then sees what
 // the previous holder of the lock committed.
 
-var (
-	_ backends.AuthStore    = (*dialect)(nil)
-	_ backends.AuthTxReader = (*txn)(nil)
-)
-
 // ReadAuth reads the auth state in a read transaction's snapshot.
 func (t *txn) ReadAuth(ctx context.Context) (backends.AuthState, error) {
 	if t.tx == nil {

@@ -14,11 +14,6 @@ import (
 // (BEGIN IMMEDIATE: the database's write lock); one process owns the file,
 // so token expiry uses this process's clock.
 
-var (
-	_ backends.AuthStore    = (*dialect)(nil)
-	_ backends.AuthTxReader = (*txn)(nil)
-)
-
 // ReadAuth reads the auth state in a read transaction's snapshot.
 func (t *txn) ReadAuth(ctx context.Context) (backends.AuthState, error) {
 	if t.tx == nil {
