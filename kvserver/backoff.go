@@ -8,12 +8,12 @@ import (
 )
 
 // newBackoff returns the waits of a retry loop (a reconnect, a read the
-// database could not serve): from initial, growing to at most max, with
+// database could not serve): from initial, growing to at most longest, with
 // jitter so that instances retrying against one database spread out.
-func newBackoff(initial, max time.Duration) *backoff.ExponentialBackOff {
+func newBackoff(initial, longest time.Duration) *backoff.ExponentialBackOff {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = initial
-	b.MaxInterval = max
+	b.MaxInterval = longest
 	b.Reset()
 	return b
 }
