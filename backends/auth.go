@@ -91,8 +91,8 @@ type AuthStore interface {
 	ClusterSecret(ctx context.Context) ([]byte, error)
 }
 
-// AuthTxReader is implemented by a dialect's read transactions that can
-// read the auth state in their own snapshot (SnapshotView.Auth).
+// AuthTxReader reads the auth state in a transaction's own snapshot
+// (SnapshotView.Auth); every dialect's transactions implement it.
 type AuthTxReader interface {
 	ReadAuth(ctx context.Context) (AuthState, error)
 }
@@ -133,9 +133,6 @@ func ReplaceAuth(ctx context.Context, st AuthStore, s AuthState) error {
 	})
 }
 
-// errNoAuth is returned by an Engine whose dialect keeps no auth state.
-var errNoAuth = errors.New("this database backend does not store auth state")
-
 var _ AuthStore = (*Engine)(nil)
 
 func (e *Engine) authDialect() (AuthStore, error) {
@@ -144,11 +141,7 @@ func (e *Engine) authDialect() (AuthStore, error) {
 		return nil, ErrClosed
 	default:
 	}
-	a, ok := e.d.(AuthStore)
-	if !ok {
-		return nil, errNoAuth
-	}
-	return a, nil
+	return e.d, nil
 }
 
 // AuthMeta implements AuthStore.

@@ -45,34 +45,83 @@ type LogRow struct {
 	Value   []byte
 }
 
-// Dialect is one SQL database. Implementations live in backends/<database>.
+// Dialect is one SQL database: every role below, each implemented by every
+// dialect (each dialect asserts each role at compile time), so that the
+// Engine has one path for each step and what runs does not depend on which
+// database it is. Implementations live in backends/<database>.
 type Dialect interface {
+	ReadBeginner
+	BatchBeginner
+	CompactBeginner
+	LatestGetter
+	ChangesReader
+	ErrorClasser
+	PoolReporter
+	AuthStore
+	Maintainer
+	// Close closes the database.
+	Close() error
+}
+
+// ReadBeginner opens read transactions: Range, Txn without writes,
+// snapshots, Hash and historic reads.
+type ReadBeginner interface {
 	// BeginRead opens a read-only transaction on one consistent snapshot.
 	BeginRead(ctx context.Context) (Tx, error)
+}
+
+// BatchBeginner opens write transactions: the group-commit writer's, and a
+// snapshot restore's. The lock is taken by the transaction's first
+// statement, so the keys BeginBatch reads are read under it. Every round
+// trip spent under the lock is spent by every writer of every instance
+// waiting for it, so a dialect does in one round trip what it can
+// (PostgreSQL pipelines the statements, MySQL sends them as one
+// multi-statement query; SQLite is in-process).
+type BatchBeginner interface {
 	// BeginWrite opens a read-write transaction holding the global write
 	// lock (the kv_meta row) until Commit or Rollback, so that revisions
 	// commit in revision order.
 	BeginWrite(ctx context.Context) (Tx, error)
+	// BeginBatch is BeginWrite followed by Tx.Current(keys) in the new
+	// transaction. keys are distinct; with none, nothing is read.
+	BeginBatch(ctx context.Context, keys [][]byte) (Tx, []*mvccpb.KeyValue, error)
+}
+
+// CompactBeginner opens the transactions of compaction's cleanup.
+type CompactBeginner interface {
 	// BeginCompact opens a transaction of compaction's cleanup (see
 	// CompactTx); it does not take the global write lock.
 	BeginCompact(ctx context.Context) (CompactTx, error)
+}
+
+// ErrorClasser reads the database's errors.
+type ErrorClasser interface {
+	// ErrorClass returns err's class (an SQLSTATE class, an error number),
+	// or "" if the dialect cannot tell.
+	ErrorClass(err error) string
 	// RefusedWrite reports whether err, returned by a write transaction,
 	// is the database refusing one of its statements for what it writes
 	// (a value or key it cannot store, a constraint), after which the
 	// transaction is known not to have committed. A lost connection is not
 	// such a refusal: the outcome of its commit may be unknown.
 	RefusedWrite(err error) bool
+}
+
+// Maintainer answers Maintenance.Status and Defragment.
+type Maintainer interface {
 	// Size returns the database size in bytes and the part in use.
 	Size(ctx context.Context) (size, inUse int64, err error)
 	// Defragment reclaims free space.
 	Defragment(ctx context.Context) error
-	// Close closes the database.
-	Close() error
 }
 
 // Tx is one database transaction. Methods that write are called only on a
-// transaction from BeginWrite.
+// transaction from BeginWrite or BeginBatch.
 type Tx interface {
+	CurrentGetter
+	BatchCommitter
+	AuthTxReader
+
 	// Revisions reads kv_meta: the current and the compact revision.
 	Revisions(ctx context.Context) (current, compact int64, err error)
 	// SetRevision stores the current revision.
@@ -140,10 +189,10 @@ type Tx interface {
 	Rollback() error
 }
 
-// LatestGetter is implemented by dialects that can read the current
-// revision and the latest version of keys in a single statement (one
-// snapshot, one round trip): the common Get then skips a transaction, and
-// concurrent Gets share statements (see getBatcher).
+// LatestGetter reads the current revision and the latest version of keys
+// in a single statement (one snapshot, one round trip): the common Get then
+// skips a transaction, and concurrent Gets share statements (see
+// getBatcher).
 type LatestGetter interface {
 	// GetLatest returns the current revision and key's live version (nil
 	// if absent); keysOnly leaves the value empty.
@@ -151,4 +200,41 @@ type LatestGetter interface {
 	// GetLatestMany is GetLatest for up to MaxGetBatch keys, which may
 	// repeat: it returns the live ones among them, in any order.
 	GetLatestMany(ctx context.Context, keys [][]byte, keysOnly bool) (cur int64, kvs []*mvccpb.KeyValue, err error)
+}
+
+// ChangesReader answers Changes in one round trip where the database
+// allows. The watch tailer of every instance reads changes after every
+// commit of every instance, so its round trips are a direct part of watch
+// latency.
+type ChangesReader interface {
+	// ReadChanges reads, from one snapshot, the current and compact
+	// revisions and the events of revisions in (after, min(current, upTo)].
+	// Like Tx.Changes, it stops after the revision whose events reach
+	// maxBytes (0: no limit). If after+1 is below the compact revision the
+	// caller fails the read, so the events may be left out.
+	ReadChanges(ctx context.Context, after, upTo int64, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error)
+	// TailChanges is ReadChanges for the one caller that reads after every
+	// commit, the watch tailer: on a connection kept for it where the
+	// database has connections, so that under load it does not queue for
+	// a pooled connection behind client requests. Calls must not overlap.
+	TailChanges(ctx context.Context, after, upTo int64, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error)
+}
+
+// CurrentGetter reads the latest versions of many keys at once (in one
+// statement where the database allows): the writer loads every key a batch
+// names up front instead of one query per key.
+type CurrentGetter interface {
+	// Current returns the live versions of the keys that exist, in any order.
+	Current(ctx context.Context, keys [][]byte) ([]*mvccpb.KeyValue, error)
+}
+
+// BatchCommitter sends a batch's queued rows, its new revision and the
+// commit together (in one round trip where the database allows).
+type BatchCommitter interface {
+	// CommitBatch does Write(rows) if there are rows, SetRevision(rev) if
+	// rev > 0, and Commit. If it fails, nothing of the transaction is
+	// committed (unless the connection broke during the commit itself, which
+	// leaves the outcome as unknown as a failed Commit does); Rollback may
+	// still be called and then releases what is left.
+	CommitBatch(ctx context.Context, rows []LogRow, rev int64) error
 }

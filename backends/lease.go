@@ -5,6 +5,9 @@ import (
 	"fmt"
 )
 
+// expireBatch is how many expired leases one pass revokes.
+const expireBatch = 256
+
 // LeaseGrant implements Backend.
 func (e *Engine) LeaseGrant(ctx context.Context, id, ttl int64) (int64, error) {
 	var rev int64

@@ -95,20 +95,11 @@ func (e *Engine) SetAlarm(ctx context.Context, a *pb.AlarmMember, active bool) (
 	return changed, nil
 }
 
-// ErrorClasser is implemented by dialects that can name the class of
-// their database's errors (an SQLSTATE class, an error number).
-type ErrorClasser interface {
-	// ErrorClass returns err's class, or "" if the dialect cannot tell.
-	ErrorClass(err error) string
-}
-
 // ErrorClass implements Backend: the dialect's class if it names one,
 // else ErrorClass(err).
 func (e *Engine) ErrorClass(err error) string {
-	if c, ok := e.d.(ErrorClasser); ok {
-		if s := c.ErrorClass(err); s != "" {
-			return s
-		}
+	if s := e.d.ErrorClass(err); s != "" {
+		return s
 	}
 	return ErrorClass(err)
 }

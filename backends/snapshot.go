@@ -52,11 +52,7 @@ func (v *SnapshotView) Leases(ctx context.Context, afterID int64, limit int) ([]
 // Auth returns the auth state (users, roles, the enabled flag and the auth
 // revision) in this snapshot, users and roles in name order.
 func (v *SnapshotView) Auth(ctx context.Context) (AuthState, error) {
-	r, ok := v.tx.(AuthTxReader)
-	if !ok {
-		return AuthState{}, errNoAuth
-	}
-	s, err := r.ReadAuth(ctx)
+	s, err := v.tx.ReadAuth(ctx)
 	if err != nil {
 		return s, fmt.Errorf("read auth state: %w", err)
 	}

@@ -3,7 +3,6 @@ package kvserver
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/kvsql/kvsql/backends"
@@ -16,24 +15,6 @@ const (
 	memberTimeout     = 3 * heartbeatInterval
 )
 
-// leaderElector is implemented by backends that several instances share:
-// one instance at a time holds leadership and does the leader duties
-// (revoking expired leases). Backends without it are always leader.
-type leaderElector interface {
-	// TryLead reports whether member self holds the leader lock, taking
-	// it if it is free and no leader move to another member is under way.
-	TryLead(ctx context.Context, self uint64) (bool, error)
-}
-
-// leaderMover is implemented by backends whose leadership can be handed to
-// a named instance (Maintenance.MoveLeader).
-type leaderMover interface {
-	// MoveLeader lets only member target take the leader lock for ttl.
-	MoveLeader(ctx context.Context, target uint64, ttl time.Duration) error
-	// Resign gives up the leader lock if this instance holds it.
-	Resign(ctx context.Context) error
-}
-
 // memberRegistry is implemented by backends that several instances share,
 // so that MemberList reports every live instance.
 type memberRegistry interface {
@@ -44,22 +25,6 @@ type memberRegistry interface {
 
 func (s *Server) self() backends.Member {
 	return backends.Member{ID: s.memberID, Name: s.cfg.Name, ClientURLs: s.cfg.ClientURLs, Leader: s.leading.Load()}
-}
-
-// isLeader reports whether this instance should do the leader duties now.
-func (s *Server) isLeader(ctx context.Context) bool {
-	le, ok := s.be.(leaderElector)
-	if !ok {
-		return true
-	}
-	lead, err := le.TryLead(ctx, s.memberID)
-	if err != nil {
-		if ctx.Err() == nil {
-			s.log.Warn("leader election failed; will retry", "err", err)
-		}
-		return false
-	}
-	return lead
 }
 
 // heartbeat records this instance (and whether it leads) in the member
@@ -115,22 +80,6 @@ func (s *Server) heartbeat(ctx context.Context) error {
 		case <-t.C:
 		case <-s.leadChanged:
 		}
-	}
-}
-
-// observeLeader records the leader this instance sees (0: none). As in
-// etcd, a leader other than the last one seen counts as a leader change,
-// and so does the first; it is logged once, on the instance that sees it.
-func (s *Server) observeLeader(id uint64) {
-	prev := s.seenLeader.Swap(id)
-	if id != 0 && id != prev {
-		if m := s.cfg.Metrics; m != nil {
-			m.leaderChanges.Inc()
-		}
-		s.log.Info("leader changed", "leader", fmt.Sprintf("%x", id), "previous", fmt.Sprintf("%x", prev), "this_instance_leads", id == s.memberID)
-	}
-	if m := s.cfg.Metrics; m != nil {
-		m.setLeader(id != 0, s.leading.Load())
 	}
 }
 

@@ -14,11 +14,6 @@ import (
 // run in READ COMMITTED, so every later read of the transaction sees what
 // the previous holder of the lock committed.
 
-var (
-	_ backends.AuthStore    = (*dialect)(nil)
-	_ backends.AuthTxReader = (*txn)(nil)
-)
-
 // authSQL is this dialect's auth write (backends.ApplyAuthWrite).
 var authSQL = backends.AuthSQL{
 	SetMeta: qAuthSetMeta,

@@ -74,21 +74,80 @@ func alreadyApplied(err error) bool {
 	return errors.As(err, &me) && (me.Number == 1060 || me.Number == 1061) // ER_DUP_FIELDNAME, ER_DUP_KEYNAME
 }
 
-// splitStatements splits a schema file on semicolons that end a line,
-// dropping comment lines.
+// splitStatements splits a schema file into the statements MySQL runs one
+// by one (the server takes one statement per query here), on the
+// semicolons outside string literals, quoted identifiers and comments. It
+// reads MySQL's lexical rules: '...' and "..." with backslash escapes and
+// doubled quotes, `...` with doubled backticks, comments from "-- " (two
+// dashes and a space or control character) or "#" to the end of the line,
+// and /* ... */. Comments are dropped, except /*! ... */ and /*+ ... */,
+// which the server executes (version-conditional code, optimizer hints).
+// Statements are trimmed, without their semicolon; empty ones are skipped.
 func splitStatements(body string) []string {
 	var out []string
 	var cur strings.Builder
-	for _, line := range strings.Split(body, "\n") {
-		if t := strings.TrimSpace(line); t == "" || strings.HasPrefix(t, "--") {
-			continue
+	flush := func() {
+		if st := strings.TrimSpace(cur.String()); st != "" {
+			out = append(out, st)
 		}
-		cur.WriteString(line)
-		cur.WriteByte('\n')
-		if strings.HasSuffix(strings.TrimSpace(line), ";") {
-			out = append(out, strings.TrimSuffix(strings.TrimSpace(cur.String()), ";"))
-			cur.Reset()
+		cur.Reset()
+	}
+	for i := 0; i < len(body); i++ {
+		c := body[i]
+		switch {
+		case c == '\'' || c == '"' || c == '`':
+			end := quotedEnd(body, i)
+			cur.WriteString(body[i:end])
+			i = end - 1
+		case c == '#' || (c == '-' && strings.HasPrefix(body[i:], "--") && (i+2 == len(body) || body[i+2] <= ' ')):
+			end := strings.IndexByte(body[i:], '\n')
+			if end < 0 {
+				i = len(body)
+				continue
+			}
+			i += end - 1 // the newline itself is kept
+		case c == '/' && strings.HasPrefix(body[i:], "/*"):
+			end := strings.Index(body[i+2:], "*/")
+			if end < 0 {
+				end = len(body)
+			} else {
+				end += i + 4
+			}
+			if strings.HasPrefix(body[i:], "/*!") || strings.HasPrefix(body[i:], "/*+") {
+				cur.WriteString(body[i:end])
+			} else {
+				cur.WriteByte(' ') // a comment separates tokens
+			}
+			i = end - 1
+		case c == ';':
+			flush()
+		default:
+			cur.WriteByte(c)
 		}
 	}
+	flush()
 	return out
+}
+
+// quotedEnd returns the index just past the quoted string or identifier
+// that starts at body[start] (a quote character), or len(body) if it is
+// not closed. A quote is escaped by doubling it and, in strings (not in
+// backtick identifiers), by a backslash.
+func quotedEnd(body string, start int) int {
+	q := body[start]
+	for i := start + 1; i < len(body); i++ {
+		switch body[i] {
+		case '\\':
+			if q != '`' {
+				i++ // the escaped character, whatever it is
+			}
+		case q:
+			if i+1 < len(body) && body[i+1] == q {
+				i++ // a doubled quote stands for itself
+				continue
+			}
+			return i + 1
+		}
+	}
+	return len(body)
 }

@@ -199,12 +199,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return &Store{Engine: backends.NewEngine(d, cfg.Engine), d: d, db: db, cfg: dc, leader: leaderLock + "." + dc.DBName, log: log, sessionTimeout: sessionSecs}, nil
 }
 
-var _ backends.PoolReporter = (*Store)(nil)
-
 // PoolStats implements backends.PoolReporter: the pool of reads and
 // leases ("mysql") and the group-commit writer's ("mysql_writer").
-func (s *Store) PoolStats() []backends.PoolStats {
-	d := s.d
+func (d *dialect) PoolStats() []backends.PoolStats {
 	return []backends.PoolStats{backends.SQLPoolStats("mysql", d.db), backends.SQLPoolStats("mysql_writer", d.wdb)}
 }
 
@@ -244,7 +241,24 @@ type dialect struct {
 	tailStmt *sql.Stmt  // qChangesUpToCurrent prepared on tail
 }
 
-var _ backends.Dialect = (*dialect)(nil)
+// The roles of backends.Dialect, each implemented here.
+var (
+	_ backends.Dialect         = (*dialect)(nil)
+	_ backends.ReadBeginner    = (*dialect)(nil)
+	_ backends.BatchBeginner   = (*dialect)(nil)
+	_ backends.CompactBeginner = (*dialect)(nil)
+	_ backends.LatestGetter    = (*dialect)(nil)
+	_ backends.ChangesReader   = (*dialect)(nil)
+	_ backends.ErrorClasser    = (*dialect)(nil)
+	_ backends.PoolReporter    = (*dialect)(nil)
+	_ backends.AuthStore       = (*dialect)(nil)
+	_ backends.Maintainer      = (*dialect)(nil)
+
+	_ backends.Tx             = (*txn)(nil)
+	_ backends.CurrentGetter  = (*txn)(nil)
+	_ backends.BatchCommitter = (*txn)(nil)
+	_ backends.AuthTxReader   = (*txn)(nil)
+)
 
 func (d *dialect) BeginRead(ctx context.Context) (backends.Tx, error) {
 	tx, err := d.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
@@ -259,12 +273,6 @@ func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
 	return tx, err
 }
 
-var _ backends.BatchBeginner = (*dialect)(nil)
-
-var _ backends.LatestGetter = (*dialect)(nil)
-
-var _ backends.ErrorClasser = (*dialect)(nil)
-
 // ErrorClass implements backends.ErrorClasser: the server's error number
 // ("mysql error 1205" lock wait timeout, 1213 deadlock, 1040 too many
 // connections, ...), or "connection" for the driver's broken connection.
@@ -278,8 +286,6 @@ func (d *dialect) ErrorClass(err error) string {
 	}
 	return ""
 }
-
-var _ backends.ChangesReader = (*dialect)(nil)
 
 func (d *dialect) Close() error {
 	d.tailMu.Lock()
@@ -364,8 +370,6 @@ func (t *txn) release(err error) {
 	t.conn = nil
 }
 
-var _ backends.BatchCommitter = (*txn)(nil)
-
 func (t *txn) Revisions(ctx context.Context) (int64, int64, error) {
 	if t.locked {
 		return t.lockedRev, t.lockedCompact, nil
@@ -408,8 +412,6 @@ func (t *txn) Fence(ctx context.Context, rev int64) (int64, error) {
 	t.lockedRev, t.lockedCompact = rev, rev
 	return tl, nil
 }
-
-var _ backends.CurrentGetter = (*txn)(nil)
 
 func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, error) {
 	rows, err := t.st.Query(ctx, q, args...)

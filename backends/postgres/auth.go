@@ -15,11 +15,6 @@ import (
 // READ COMMITTED every later statement of the transaction then sees what
 // the previous holder of the lock committed.
 
-var (
-	_ backends.AuthStore    = (*dialect)(nil)
-	_ backends.AuthTxReader = (*txn)(nil)
-)
-
 // authSQL is this dialect's auth write (backends.ApplyAuthWrite).
 var authSQL = backends.AuthSQL{
 	SetMeta: qAuthSetMeta,

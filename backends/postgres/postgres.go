@@ -155,12 +155,10 @@ func hostList(c *pgx.ConnConfig) string {
 	return strings.Join(list, ",")
 }
 
-var _ backends.PoolReporter = (*Store)(nil)
-
 // PoolStats implements backends.PoolReporter: the pgxpool (the LISTEN,
 // tailer and leader connections are hijacked from it and not counted).
-func (s *Store) PoolStats() []backends.PoolStats {
-	st := s.pool.Stat()
+func (d *dialect) PoolStats() []backends.PoolStats {
+	st := d.pool.Stat()
 	return []backends.PoolStats{{Name: "postgres", MaxOpen: int(st.MaxConns()), Open: int(st.TotalConns()),
 		InUse: int(st.AcquiredConns()), Idle: int(st.IdleConns()), WaitCount: st.EmptyAcquireCount(), WaitDuration: st.EmptyAcquireWaitTime()}}
 }
@@ -191,7 +189,24 @@ type dialect struct {
 	tail   *pgx.Conn  // TailChanges' own connection; nil until first used
 }
 
-var _ backends.Dialect = (*dialect)(nil)
+// The roles of backends.Dialect, each implemented here.
+var (
+	_ backends.Dialect         = (*dialect)(nil)
+	_ backends.ReadBeginner    = (*dialect)(nil)
+	_ backends.BatchBeginner   = (*dialect)(nil)
+	_ backends.CompactBeginner = (*dialect)(nil)
+	_ backends.LatestGetter    = (*dialect)(nil)
+	_ backends.ChangesReader   = (*dialect)(nil)
+	_ backends.ErrorClasser    = (*dialect)(nil)
+	_ backends.PoolReporter    = (*dialect)(nil)
+	_ backends.AuthStore       = (*dialect)(nil)
+	_ backends.Maintainer      = (*dialect)(nil)
+
+	_ backends.Tx             = (*txn)(nil)
+	_ backends.CurrentGetter  = (*txn)(nil)
+	_ backends.BatchCommitter = (*txn)(nil)
+	_ backends.AuthTxReader   = (*txn)(nil)
+)
 
 func (d *dialect) BeginRead(ctx context.Context) (backends.Tx, error) {
 	tx, err := d.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
@@ -205,14 +220,6 @@ func (d *dialect) BeginWrite(ctx context.Context) (backends.Tx, error) {
 	tx, _, err := d.BeginBatch(ctx, nil)
 	return tx, err
 }
-
-var _ backends.BatchBeginner = (*dialect)(nil)
-
-var _ backends.ChangesReader = (*dialect)(nil)
-
-var _ backends.LatestGetter = (*dialect)(nil)
-
-var _ backends.ErrorClasser = (*dialect)(nil)
 
 // ErrorClass implements backends.ErrorClasser: the SQLSTATE class of a
 // server error ("sqlstate 08" connection exception, "40" transaction
@@ -306,8 +313,6 @@ func (t *txn) release() {
 	t.conn = nil
 }
 
-var _ backends.BatchCommitter = (*txn)(nil)
-
 func (t *txn) Revisions(ctx context.Context) (int64, int64, error) {
 	if t.locked {
 		return t.lockedRev, t.lockedCompact, nil
@@ -347,8 +352,6 @@ func (t *txn) Fence(ctx context.Context, rev int64) (int64, error) {
 	t.lockedRev, t.lockedCompact = rev, rev
 	return tl, nil
 }
-
-var _ backends.CurrentGetter = (*txn)(nil)
 
 func (t *txn) queryIDs(ctx context.Context, q string, args ...any) ([]int64, error) {
 	rows, err := t.q.Query(ctx, q, args...)

@@ -14,11 +14,6 @@ import (
 // (BEGIN IMMEDIATE: the database's write lock); one process owns the file,
 // so token expiry uses this process's clock.
 
-var (
-	_ backends.AuthStore    = (*dialect)(nil)
-	_ backends.AuthTxReader = (*txn)(nil)
-)
-
 // authSQL is this dialect's auth write (backends.ApplyAuthWrite).
 var authSQL = backends.AuthSQL{
 	SetMeta: qAuthSetMeta,

@@ -14,6 +14,11 @@ const (
 	// timeline (backends.Engine's fence).
 	qFence = `UPDATE kv_meta SET rev = ?1, compact_rev = ?1, timeline = timeline + 1 WHERE id = 1 RETURNING timeline`
 
+	// qGetLatest reads the revision and one key in one statement: one
+	// snapshot (backends.LatestGetter).
+	qGetLatest = `SELECT m.rev, c.create_rev, c.mod_rev, c.version, c.lease, CASE WHEN ?2 THEN x'' ELSE c.value END
+		FROM kv_meta m LEFT JOIN kv_current c ON c.key = ?1 WHERE m.id = 1`
+
 	curCols          = `key, create_rev, mod_rev, version, lease, CASE WHEN ?1 THEN x'' ELSE value END`
 	qCurrentSingle   = `SELECT ` + curCols + ` FROM kv_current WHERE key = ?2 LIMIT ?3`
 	qCurrentRange    = `SELECT ` + curCols + ` FROM kv_current WHERE key >= ?2 AND key < ?3 ORDER BY key LIMIT ?4`
@@ -100,7 +105,7 @@ const (
 
 // statements lists every statement a transaction runs, to prepare them once.
 var statements = []string{
-	qRevisions, qSetRevision, qSetCompact, qTimeline, qFence,
+	qRevisions, qSetRevision, qSetCompact, qTimeline, qFence, qGetLatest,
 	qCurrentSingle, qCurrentRange, qCurrentFromKey, qCountCurSingle, qCountCurRange, qCountCurFromKey,
 	qLogSingle, qLogRange, qLogFromKey, qCountLogSngl, qCountLogRange, qCountLogFrom,
 	qInsertLog, qUpsertCurrent, qDeleteCurrent, qChanges, qHistory,

@@ -65,7 +65,25 @@ type dialect struct {
 	rStmts *backends.Prepared
 }
 
-var _ backends.Dialect = (*dialect)(nil)
+// The roles of backends.Dialect, each implemented here.
+var (
+	_ backends.Dialect         = (*dialect)(nil)
+	_ backends.ReadBeginner    = (*dialect)(nil)
+	_ backends.BatchBeginner   = (*dialect)(nil)
+	_ backends.CompactBeginner = (*dialect)(nil)
+	_ backends.LatestGetter    = (*dialect)(nil)
+	_ backends.ChangesReader   = (*dialect)(nil)
+	_ backends.ErrorClasser    = (*dialect)(nil)
+	_ backends.PoolReporter    = (*dialect)(nil)
+	_ backends.AuthStore       = (*dialect)(nil)
+	_ backends.Maintainer      = (*dialect)(nil)
+
+	_ backends.Tx             = (*txn)(nil)
+	_ backends.CurrentGetter  = (*txn)(nil)
+	_ backends.BatchCommitter = (*txn)(nil)
+	_ backends.AuthTxReader   = (*txn)(nil)
+	_ backends.CompactTx      = (*txn)(nil)
+)
 
 func openDialect(ctx context.Context, cfg Config) (*dialect, error) {
 	if cfg.Path == "" {
@@ -252,8 +270,6 @@ func (d *dialect) Defragment(ctx context.Context) error {
 	}
 	return nil
 }
-
-var _ backends.ErrorClasser = (*dialect)(nil)
 
 // ErrorClass implements backends.ErrorClasser: SQLite's primary result
 // code (SQLITE_BUSY is 5, SQLITE_FULL 13, ...), where the driver reports one.

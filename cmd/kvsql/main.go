@@ -11,10 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/http/pprof"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -330,40 +326,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := kvserver.NewMetrics(reg)
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
-	var metricsSrv []*http.Server
-	metricsMux := http.NewServeMux()
-	if c.metricsURLs != "" {
-		metricsMux.Handle("/metrics", metricsHandler)
-		if c.enablePprof {
-			// Not /debug/pprof/cmdline: the command line may hold
-			// --endpoint's password.
-			metricsMux.HandleFunc("/debug/pprof/", pprof.Index)
-			metricsMux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-			metricsMux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-			metricsMux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-		}
-		for _, raw := range strings.Split(c.metricsURLs, ",") {
-			u, err := url.Parse(strings.TrimSpace(raw))
-			if err != nil || u.Scheme != "http" || u.Host == "" {
-				closeListeners()
-				return fmt.Errorf("--listen-metrics-urls %q: want http://host:port", raw)
-			}
-			ml, err := net.Listen("tcp", u.Host)
-			if err != nil {
-				closeListeners()
-				return fmt.Errorf("listen for metrics on %s: %w", u.Host, err)
-			}
-			hs := &http.Server{Handler: metricsMux, ReadHeaderTimeout: 10 * time.Second}
-			metricsSrv = append(metricsSrv, hs)
-			go func() { _ = hs.Serve(ml) }()
-			log.Info("serving metrics", "addr", ml.Addr().String())
-		}
-		defer func() {
-			for _, hs := range metricsSrv {
-				_ = hs.Close()
-			}
-		}()
+	metricsAddrs, err := parseMetricsURLs(c.metricsURLs)
+	if err != nil {
+		closeListeners()
+		return err
 	}
+	metricsSrv, err := kvserver.ListenMetrics(kvserver.MetricsServerConfig{
+		Addrs: metricsAddrs, Metrics: metricsHandler, Pprof: c.enablePprof, Logger: log,
+	})
+	if err != nil {
+		closeListeners()
+		return err
+	}
+	defer metricsSrv.Close()
 	be, src, err := openBackend(ctx, c, log, metrics)
 	if err != nil {
 		closeListeners()
@@ -404,7 +379,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		closeListeners()
 		return err
 	}
-	srv.HandleHealth(metricsMux) // etcd's metrics URLs answer health probes too
+	srv.HandleHealth(metricsSrv.Mux()) // etcd's metrics URLs answer health probes too
 	front, err := srv.NewFrontend(kvserver.FrontendConfig{Listeners: lns, TLS: tlsInfo, Metrics: metricsHandler})
 	if err != nil {
 		closeListeners()

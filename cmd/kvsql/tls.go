@@ -60,6 +60,23 @@ func parseClientURLs(c *config) ([]clientURL, error) {
 	return out, nil
 }
 
+// parseMetricsURLs parses --listen-metrics-urls into the addresses to
+// listen on (none if it is empty).
+func parseMetricsURLs(list string) ([]string, error) {
+	if list == "" {
+		return nil, nil
+	}
+	var addrs []string
+	for _, raw := range strings.Split(list, ",") {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil || u.Scheme != "http" || u.Host == "" {
+			return nil, fmt.Errorf("--listen-metrics-urls %q: want http://host:port", raw)
+		}
+		addrs = append(addrs, u.Host)
+	}
+	return addrs, nil
+}
+
 // clientTLS turns the TLS flags into etcd's TLSInfo (go.etcd.io/etcd/
 // client/pkg/v3/transport), which loads the certificate at every handshake
 // (so a rotated one is used at once), requires a client certificate

@@ -1,3 +1,7 @@
+// The write batch's overlay: an in-memory view of the single keys a batch
+// reads and writes, so that its point reads and writes cost no round trip
+// each while it holds the write lock.
+
 package backends
 
 import (
@@ -5,55 +9,6 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
-
-// CurrentGetter is implemented by transactions that can read the latest
-// versions of many keys in one statement; the writer then loads every key a
-// batch names up front instead of one query per key.
-type CurrentGetter interface {
-	// Current returns the live versions of the keys that exist, in any order.
-	Current(ctx context.Context, keys [][]byte) ([]*mvccpb.KeyValue, error)
-}
-
-// BatchBeginner is implemented by dialects that can open a write
-// transaction, take the global write lock and read the latest versions of a
-// batch's keys in one round trip (PostgreSQL pipelines the statements). The
-// lock is taken by the first statement, so the keys are read under it.
-// Every round trip spent under the lock is spent by every writer of every
-// instance waiting for it, so the engine uses this where it can.
-type BatchBeginner interface {
-	// BeginBatch is BeginWrite followed by CurrentGetter.Current(keys) in
-	// the new transaction. keys are distinct; with none, nothing is read.
-	BeginBatch(ctx context.Context, keys [][]byte) (Tx, []*mvccpb.KeyValue, error)
-}
-
-// BatchCommitter is implemented by write transactions that can send a
-// batch's queued rows, its new revision and the commit together, in one
-// round trip.
-type BatchCommitter interface {
-	// CommitBatch does Write(rows) if there are rows, SetRevision(rev) if
-	// rev > 0, and Commit. If it fails, nothing of the transaction is
-	// committed (unless the connection broke during the commit itself, which
-	// leaves the outcome as unknown as a failed Commit does); Rollback may
-	// still be called and then releases what is left.
-	CommitBatch(ctx context.Context, rows []LogRow, rev int64) error
-}
-
-// ChangesReader is implemented by dialects that can answer Changes in one
-// round trip and one statement. The watch tailer of every instance reads
-// changes after every commit of every instance, so its round trips are a
-// direct part of watch latency.
-type ChangesReader interface {
-	// ReadChanges reads, from one snapshot, the current and compact
-	// revisions and the events of revisions in (after, min(current, upTo)].
-	// Like Tx.Changes, it stops after the revision whose events reach
-	// maxBytes (0: no limit).
-	ReadChanges(ctx context.Context, after, upTo int64, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error)
-	// TailChanges is ReadChanges on a connection kept for the one caller
-	// that reads after every commit, the watch tailer: under load it must
-	// not queue for a pooled connection behind client requests. Calls must
-	// not overlap.
-	TailChanges(ctx context.Context, after, upTo int64, maxBytes int) (cur, compact int64, evs []*mvccpb.Event, err error)
-}
 
 // overlay is a database transaction plus, for single keys, an in-memory
 // view of their latest versions and a queue of writes not yet sent. Point
@@ -76,15 +31,11 @@ func newOverlay(tx Tx) *overlay {
 // prefetch loads the latest versions of keys not known yet, in one
 // statement where the dialect can.
 func (o *overlay) prefetch(ctx context.Context, keys [][]byte) error {
-	g, ok := o.tx.(CurrentGetter)
-	if !ok {
-		return nil
-	}
 	missing := o.unknown(keys)
 	if len(missing) == 0 {
 		return nil
 	}
-	kvs, err := g.Current(ctx, missing)
+	kvs, err := o.tx.Current(ctx, missing)
 	if err != nil {
 		return err
 	}
@@ -148,7 +99,7 @@ func (o *overlay) write(rows ...LogRow) {
 }
 
 // take returns the queued rows and empties the queue, for a transaction
-// that sends them itself (BatchCommitter).
+// that sends them itself (Tx.CommitBatch).
 func (o *overlay) take() []LogRow {
 	rows := o.pending
 	o.pending = nil
