@@ -119,6 +119,16 @@ const (
 	// its rows changed, and at OPTIMIZE or ANALYZE TABLE).
 	qSize = `SELECT COALESCE(SUM(data_length + index_length + data_free), 0), COALESCE(SUM(data_length + index_length), 0)
 		FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name LIKE 'kv\\_%'`
+	// qSizeFiles measures kvsql's tables from their tablespace files
+	// (MariaDB's innodb_sys_tablespaces, readable with the PROCESS
+	// privilege): allocated is each file's size, in use is that minus the
+	// tablespace's free extents (data_free, which InnoDB reads from the
+	// tablespace header when asked, not from statistics). Both follow the
+	// data at once: after a load, and after purge frees deleted rows.
+	qSizeFiles = `SELECT COALESCE(SUM(s.file_size), 0), COALESCE(SUM(GREATEST(s.file_size - t.data_free, 0)), 0)
+		FROM information_schema.tables t
+		JOIN information_schema.innodb_sys_tablespaces s ON s.name = CONCAT(t.table_schema, '/', t.table_name)
+		WHERE t.table_schema = DATABASE() AND t.table_name LIKE 'kv\\_%'`
 
 	// qOptimize rebuilds kvsql's growing tables, which gives their free
 	// space back to the file system (InnoDB recreates the table, online,
