@@ -16,7 +16,7 @@
 //     mod_revision = r then put else get) over every object for -cas-time
 //     and reports successful updates/s;
 //  6. opens -watchers watchers on one prefix over -watch-streams streams,
-//     puts -watch-events values of -value bytes at -watch-rate per second
+//     puts -watch-events values of -watch-value bytes at -watch-rate per second
 //     and reports the put (sent) -> event p99 over every watcher;
 //  7. runs -compact-writers CAS writers, compacts (physical) to the
 //     current revision after -compact-before, and reports the write p99 of
@@ -70,6 +70,7 @@ type config struct {
 	watchStreams     int
 	watchEvents      int
 	watchRate        float64
+	watchValue       int
 	page             int
 	compactWriters   int
 	compactBefore    time.Duration
@@ -93,6 +94,7 @@ func main() {
 	flag.IntVar(&c.watchStreams, "watch-streams", 10, "watch streams the watchers share")
 	flag.IntVar(&c.watchEvents, "watch-events", 100, "puts timed to every watcher")
 	flag.Float64Var(&c.watchRate, "watch-rate", 20, "puts per second while watching")
+	flag.IntVar(&c.watchValue, "watch-value", 0, "bytes per watched put (0: -value); every watcher receives every put")
 	flag.IntVar(&c.page, "page", 500, "keys per page of the paginated list")
 	flag.IntVar(&c.compactWriters, "compact-writers", 16, "CAS writers running while Compact runs")
 	flag.DurationVar(&c.compactBefore, "compact-before", 5*time.Second, "how long those writers run before Compact starts")
@@ -104,6 +106,9 @@ func main() {
 	c.phases = map[string]bool{"load": true}
 	for _, p := range strings.Split(phases, ",") {
 		c.phases[strings.TrimSpace(p)] = true
+	}
+	if c.watchValue == 0 {
+		c.watchValue = c.value
 	}
 	if c.quota == 0 && int64(c.objects)*int64(c.value) > 1<<30 {
 		c.quota = 8 << 30
@@ -750,7 +755,7 @@ func watchLatency(ctx context.Context, c config, conns []*grpc.ClientConn, kv pb
 	tick := time.NewTicker(time.Duration(float64(time.Second) / c.watchRate))
 	defer tick.Stop()
 	rnd := rand.New(rand.NewPCG(3, 3))
-	v := make([]byte, c.value)
+	v := make([]byte, c.watchValue)
 	for i := range c.watchEvents {
 		<-tick.C
 		fill(rnd, v)
@@ -842,7 +847,7 @@ func printTable(w *os.File, c config, results []*result) {
 		{"create load (keys/s)", func(r *result) float64 { return r.createPerSec }, "%.0f"},
 		{fmt.Sprintf("update CAS churn, %d writers (updates/s)", c.writers), func(r *result) float64 { return r.casPerSec }, "%.0f"},
 		{"CAS churn p99 (ms)", func(r *result) float64 { return r.casP99 }, "%.1f"},
-		{fmt.Sprintf("%d watchers: put -> event p99 (ms)", c.watchers), func(r *result) float64 { return r.watchP99 }, "%.1f"},
+		{fmt.Sprintf("%d watchers, %d puts of %d B at %.0f/s: put -> event p99 (ms)", c.watchers, c.watchEvents, c.watchValue, c.watchRate), func(r *result) float64 { return r.watchP99 }, "%.1f"},
 		{fmt.Sprintf("write p99 during Compact (ms; %d writers)", c.compactWriters), func(r *result) float64 { return r.compactP99 }, "%.1f"},
 		{"write p99 before Compact (ms)", func(r *result) float64 { return r.beforeP99 }, "%.1f"},
 		{"Compact duration (s)", func(r *result) float64 { return r.compactSecs }, "%.2f"},
