@@ -77,6 +77,7 @@ type config struct {
 	quota            int64
 	phases           map[string]bool
 	keepGoingOnError bool
+	kvsqlArgs        []string
 }
 
 func main() {
@@ -101,7 +102,9 @@ func main() {
 	flag.Int64Var(&c.quota, "quota", 0, "backend quota in bytes for every server (0: 8 GiB when the objects need more than 1 GiB, else each server's default)")
 	flag.StringVar(&phases, "phases", "load,disk,count,list,cas,watch,compact,range", "comma-separated phases to run (load always runs)")
 	flag.BoolVar(&c.keepGoingOnError, "k", false, "keep going with the next target when one fails")
+	kvsqlArgs := flag.String("kvsql-args", "", "extra kvsql flags, space-separated (e.g. --enable-pprof --listen-metrics-urls=http://127.0.0.1:9090 to profile it)")
 	flag.Parse()
+	c.kvsqlArgs = strings.Fields(*kvsqlArgs)
 	c.targets = strings.Split(targets, ",")
 	c.phases = map[string]bool{"load": true}
 	for _, p := range strings.Split(phases, ",") {
@@ -278,6 +281,9 @@ func start(c config, target string) (*server, error) {
 		}
 	default:
 		return s, fmt.Errorf("unknown target %q: want etcd, sqlite, postgres or mariadb", target)
+	}
+	if target != "etcd" {
+		args = append(args, c.kvsqlArgs...)
 	}
 	logf("starting %s %s", filepath.Base(bin), strings.Join(args, " "))
 	s.cmd = exec.Command(bin, args...)
