@@ -120,6 +120,8 @@ type Engine struct {
 
 	// gets serves plain Gets if the dialect is a LatestGetter (else nil).
 	gets *getBatcher
+	// counts carries paginated lists' counts from page to page.
+	counts countCache
 
 	// seen is the highest revision this instance has read from the
 	// database or handed out (see fence.go).
@@ -525,7 +527,7 @@ func (e *Engine) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRespon
 		if err := checkRev(max(r.Revision, 0), cur, compact); err != nil {
 			return err
 		}
-		resp, err = rangeAt(ctx, tx, r, cur, false)
+		resp, err = rangeAt(ctx, e.counts.reader(tx, cur), r, cur, false)
 		return err
 	})
 	return resp, err
