@@ -10,6 +10,9 @@ ETCDCTL     ?=
 # snapshot tests), built the same way; ETCDUTL=/path overrides it.
 ETCDUTL_BIN := $(CACHE)/bin/etcdutl
 ETCDUTL     ?=
+# etcd pinned in tools/etcd/go.mod, built once into the cache for the scale
+# benchmark (make bench-scale).
+ETCD_BIN    := $(CACHE)/bin/etcd
 # golangci-lint pinned here, built once into the cache (about 2 minutes
 # cold); its configuration is .golangci.yml.
 GOLANGCI_LINT_VERSION := v2.15.0
@@ -22,7 +25,7 @@ FUZZ_TARGETS := ./kvserver:FuzzValidate ./integration:FuzzDiffRequest ./integrat
 GOFILES      = $(shell find . -name '*.go' -not -path './.cache/*' -not -path './.git/*')
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test test-race test-deps etcdctl etcdutl kine kube-tools lint fmt bench readme fuzz
+.PHONY: help build run test test-race test-deps etcdctl etcdutl kine kube-tools lint fmt bench bench-scale readme fuzz
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -82,6 +85,13 @@ fmt: ## gofmt -w the tree
 
 bench: ## run the benchmarks (bench/run.sh)
 	@if [ -f bench/run.sh ]; then bash bench/run.sh; else echo "bench/run.sh does not exist yet"; fi
+
+$(ETCD_BIN):
+	cd tools/etcd && $(GO) build -buildvcs=false -o $(ETCD_BIN) go.etcd.io/etcd/server/v3
+
+bench-scale: $(ETCD_BIN) ## etcd and kvsql on SQLite, PostgreSQL and MariaDB at Kubernetes scale (bench/scale); flags in ARGS="-objects 200000"
+	CGO_ENABLED=0 $(GO) build -o bin/kvsql ./cmd/kvsql
+	$(GO) run ./bench/scale -etcd $(ETCD_BIN) -kvsql bin/kvsql $(ARGS)
 
 readme: ## regenerate README.md's flags table from kvsql --help
 	$(GO) test ./integration -run '^TestProcessReadmeFlags$$' -count=1 -update-readme

@@ -85,6 +85,8 @@ type Engine struct {
 
 	// gets serves plain Gets.
 	gets *getBatcher
+	// counts carries paginated lists' counts from page to page.
+	counts countCache
 
 	// seen is the highest revision this instance has read from the
 	// database or handed out (see fence.go).

@@ -77,7 +77,7 @@ func (e *Engine) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRespon
 		if err := checkRev(max(r.Revision, 0), cur, compact); err != nil {
 			return err
 		}
-		resp, err = rangeAt(ctx, tx, r, cur, false)
+		resp, err = rangeAt(ctx, e.counts.reader(tx, cur), r, cur, false)
 		return err
 	})
 	return resp, err

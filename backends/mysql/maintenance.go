@@ -71,10 +71,22 @@ func (c *compactTx) Commit() error { return c.tx.Commit() }
 
 func (c *compactTx) Rollback() error { return c.tx.Rollback() }
 
-// Size implements backends.Dialect (see qSize).
+// Size implements backends.Dialect: the tablespaces' file sizes and their
+// part not free (qSizeFiles), where the server lets this user read them,
+// else InnoDB's table statistics (qSize), which lag behind the data.
 func (d *dialect) Size(ctx context.Context) (int64, int64, error) {
 	var size, inUse int64
-	err := d.db.QueryRowContext(ctx, qSize).Scan(&size, &inUse)
+	err := d.db.QueryRowContext(ctx, qSizeFiles).Scan(&size, &inUse)
+	if err == nil && size > 0 {
+		return size, inUse, nil
+	}
+	if ctx.Err() != nil {
+		return 0, 0, ctx.Err()
+	}
+	// No such view (MySQL names it differently), no PROCESS privilege, or
+	// tablespace names this query does not match (a database name with
+	// characters InnoDB encodes in file names).
+	err = d.db.QueryRowContext(ctx, qSize).Scan(&size, &inUse)
 	return size, inUse, err
 }
 

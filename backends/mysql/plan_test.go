@@ -96,3 +96,85 @@ func TestLogStatementsUseIndexes(t *testing.T) {
 		}
 	}
 }
+
+// A paginated list counts the rest of its range on every page (etcd's
+// count): COUNT(*) over kv_current must read the narrow key index, not the
+// clustered index that holds every value (with 2 KiB values that is about
+// a hundred times the pages), while the range reads themselves keep
+// reading the clustered index in key order.
+func TestCurrentCountReadsTheKeyIndex(t *testing.T) {
+	ctx := context.Background()
+	endpoint := testdb.FreshMySQLEndpoint(t)
+	st, err := Open(ctx, Config{DSN: endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	dc, err := ParseEndpoint(endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := gomysql.NewConnector(dc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(conn)
+	defer db.Close()
+	// 20 000 keys of 2 KiB values.
+	for _, q := range []string{
+		`CREATE TEMPORARY TABLE digits (d INT NOT NULL)`,
+		`INSERT INTO digits VALUES (0), (1), (2), (3), (4), (5), (6), (7), (8), (9)`,
+		`INSERT INTO kv_current (k, create_rev, mod_rev, version, lease, v)
+			SELECT CONCAT('/registry/pods/default/pod-', LPAD(g, 7, '0')), g + 2, g + 2, 1, 0, REPEAT('v', 2048)
+			FROM (SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d AS g
+				FROM digits a, digits b, digits c, digits e, digits f WHERE f.d < 2) s`,
+		`ANALYZE TABLE kv_current`,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	bind := func(q string, args ...string) string {
+		for _, a := range args {
+			q = strings.Replace(q, "?", a, 1)
+		}
+		return q
+	}
+	const from, end = "'/registry/pods/default/pod-0010000'", "'/registry/pods0'"
+	for name, c := range map[string]struct{ q, key string }{
+		"qCountCurRange":   {bind(qCountCurRange, from, end), "kv_current_key"},
+		"qCountCurFromKey": {bind(qCountCurFromKey, from), "kv_current_key"},
+		"qCurrentRange":    {bind(qCurrentRange, "0", from, end, "501"), "PRIMARY"},
+		"qCurrentFromKey":  {bind(qCurrentFromKey, "0", from, "501"), "PRIMARY"},
+	} {
+		var key sql.NullString
+		var plan []string
+		rows, err := db.QueryContext(ctx, "EXPLAIN "+c.q)
+		if err != nil {
+			t.Fatalf("explain %s: %v", name, err)
+		}
+		cols, _ := rows.Columns()
+		for rows.Next() {
+			vals := make([]sql.NullString, len(cols))
+			ptrs := make([]any, len(cols))
+			for i := range vals {
+				ptrs[i] = &vals[i]
+			}
+			if err := rows.Scan(ptrs...); err != nil {
+				t.Fatal(err)
+			}
+			var line []string
+			for i, col := range cols {
+				if col == "key" {
+					key = vals[i]
+				}
+				line = append(line, col+"="+vals[i].String)
+			}
+			plan = append(plan, strings.Join(line, " "))
+		}
+		rows.Close()
+		if key.String != c.key {
+			t.Errorf("%s reads index %q, want %q; plan:\n\t%s", name, key.String, c.key, strings.Join(plan, "\n\t"))
+		}
+	}
+}

@@ -32,9 +32,12 @@ const (
 	// consistent read. Takes (keysOnly, key).
 	qGetLatest = `SELECT m.rev, c.create_rev, c.mod_rev, c.version, c.lease, IF(?, '', c.v)
 		FROM kv_meta m LEFT JOIN kv_current c ON c.k = ? WHERE m.id = 1`
-	qCountCurSingle  = `SELECT COUNT(*) FROM kv_current WHERE k = ?`
-	qCountCurRange   = `SELECT COUNT(*) FROM kv_current WHERE k >= ? AND k < ?`
-	qCountCurFromKey = `SELECT COUNT(*) FROM kv_current WHERE k >= ?`
+	qCountCurSingle = `SELECT COUNT(*) FROM kv_current WHERE k = ?`
+	// A range count reads the narrow key index (schema/008): the
+	// optimizer costs the clustered index the same and picks it, but that
+	// reads every value's page.
+	qCountCurRange   = `SELECT COUNT(*) FROM kv_current FORCE INDEX (kv_current_key) WHERE k >= ? AND k < ?`
+	qCountCurFromKey = `SELECT COUNT(*) FROM kv_current FORCE INDEX (kv_current_key) WHERE k >= ?`
 
 	// A key's state at rev is its newest kv_log row at or below rev, if
 	// that row is not a tombstone. These take rev twice.
@@ -116,6 +119,16 @@ const (
 	// its rows changed, and at OPTIMIZE or ANALYZE TABLE).
 	qSize = `SELECT COALESCE(SUM(data_length + index_length + data_free), 0), COALESCE(SUM(data_length + index_length), 0)
 		FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name LIKE 'kv\\_%'`
+	// qSizeFiles measures kvsql's tables from their tablespace files
+	// (MariaDB's innodb_sys_tablespaces, readable with the PROCESS
+	// privilege): allocated is each file's size, in use is that minus the
+	// tablespace's free extents (data_free, which InnoDB reads from the
+	// tablespace header when asked, not from statistics). Both follow the
+	// data at once: after a load, and after purge frees deleted rows.
+	qSizeFiles = `SELECT COALESCE(SUM(s.file_size), 0), COALESCE(SUM(GREATEST(s.file_size - t.data_free, 0)), 0)
+		FROM information_schema.tables t
+		JOIN information_schema.innodb_sys_tablespaces s ON s.name = CONCAT(t.table_schema, '/', t.table_name)
+		WHERE t.table_schema = DATABASE() AND t.table_name LIKE 'kv\\_%'`
 
 	// qOptimize rebuilds kvsql's growing tables, which gives their free
 	// space back to the file system (InnoDB recreates the table, online,
