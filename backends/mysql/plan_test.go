@@ -5,10 +5,6 @@ import (
 	"database/sql"
 	"strings"
 	"testing"
-
-	gomysql "github.com/go-sql-driver/mysql"
-
-	"github.com/kvsql/kvsql/internal/testdb"
 )
 
 // The watch tailer reads a few new revisions after every commit, a watch
@@ -17,22 +13,7 @@ import (
 // dialect's test of the same).
 func TestLogStatementsUseIndexes(t *testing.T) {
 	ctx := context.Background()
-	endpoint := testdb.FreshMySQLEndpoint(t)
-	st, err := Open(ctx, Config{DSN: endpoint})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	dc, err := ParseEndpoint(endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := gomysql.NewConnector(dc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := sql.OpenDB(conn)
-	defer db.Close()
+	_, db := openWithSQL(t)
 	// 1 000 000 revisions over 1000 keys, each row pointing at the key's
 	// previous revision.
 	for _, q := range []string{
@@ -104,22 +85,7 @@ func TestLogStatementsUseIndexes(t *testing.T) {
 // reading the clustered index in key order.
 func TestCurrentCountReadsTheKeyIndex(t *testing.T) {
 	ctx := context.Background()
-	endpoint := testdb.FreshMySQLEndpoint(t)
-	st, err := Open(ctx, Config{DSN: endpoint})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	dc, err := ParseEndpoint(endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := gomysql.NewConnector(dc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := sql.OpenDB(conn)
-	defer db.Close()
+	_, db := openWithSQL(t)
 	// 20 000 keys of 2 KiB values.
 	for _, q := range []string{
 		`CREATE TEMPORARY TABLE digits (d INT NOT NULL)`,

@@ -11,18 +11,17 @@ import (
 	"github.com/kvsql/kvsql/internal/testdb"
 )
 
-// Size follows the data at once: InnoDB's table statistics (what
-// information_schema.tables reports as data and index length) are only
-// recalculated after a tenth of a table changed, so that Status once
-// reported 0.2 MB in use after 24 MB were written.
-func TestSizeFollowsTheData(t *testing.T) {
-	ctx := context.Background()
+// openWithSQL opens a Store on a fresh database, and a plain connection
+// pool to the same database for the test's own statements; both are
+// closed when the test ends.
+func openWithSQL(t *testing.T) (*Store, *sql.DB) {
+	t.Helper()
 	endpoint := testdb.FreshMySQLEndpoint(t)
-	st, err := Open(ctx, Config{DSN: endpoint})
+	st, err := Open(context.Background(), Config{DSN: endpoint})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { _ = st.Close() })
 	dc, err := ParseEndpoint(endpoint)
 	if err != nil {
 		t.Fatal(err)
@@ -32,7 +31,17 @@ func TestSizeFollowsTheData(t *testing.T) {
 		t.Fatal(err)
 	}
 	db := sql.OpenDB(conn)
-	defer db.Close()
+	t.Cleanup(func() { _ = db.Close() })
+	return st, db
+}
+
+// Size follows the data at once: InnoDB's table statistics (what
+// information_schema.tables reports as data and index length) are only
+// recalculated after a tenth of a table changed, so that Status once
+// reported 0.2 MB in use after 24 MB were written.
+func TestSizeFollowsTheData(t *testing.T) {
+	ctx := context.Background()
+	st, db := openWithSQL(t)
 	size0, inUse0, err := st.Size(ctx)
 	if err != nil {
 		t.Fatal(err)
