@@ -421,13 +421,19 @@ func recordLinearizability(t *testing.T, clients []*clientv3.Client, be backends
 
 	// The final revision, read linearizably through every instance (each
 	// must be serving again, and none may be behind what was acknowledged).
+	// A write whose client gave up when the work stopped may still commit
+	// (as in etcd), so the revision is read until it holds still.
 	var final int64
-	for i, c := range clients {
-		resp, err := c.Get(ctx, linPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
-		if err != nil {
-			t.Fatalf("final read through instance %d: %v", i, err)
+	for prev := int64(-1); final != prev; {
+		prev = final
+		time.Sleep(300 * time.Millisecond)
+		for i, c := range clients {
+			resp, err := c.Get(ctx, linPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+			if err != nil {
+				t.Fatalf("final read through instance %d: %v", i, err)
+			}
+			final = max(final, resp.Header.Revision)
 		}
-		final = max(final, resp.Header.Revision)
 	}
 	log, err := readLog(ctx, be, final)
 	if err != nil {
