@@ -227,13 +227,23 @@ func (e *Engine) ClusterSecret(ctx context.Context) ([]byte, error) {
 // clusterSecretBytes is the length of a new ClusterSecret.
 const clusterSecretBytes = 32
 
-// NewClusterSecret returns random bytes for a new ClusterSecret.
-func NewClusterSecret() ([]byte, error) {
-	b := make([]byte, clusterSecretBytes)
-	if _, err := rand.Read(b); err != nil {
+// ReadOrCreateClusterSecret returns the stored cluster secret (read
+// reads it; empty while none is stored), storing a new random one first
+// if there is none. set must store its argument only where no secret is
+// stored yet: if another instance stored one first, that one is returned.
+func ReadOrCreateClusterSecret(read func() ([]byte, error), set func([]byte) error) ([]byte, error) {
+	secret, err := read()
+	if err != nil || len(secret) > 0 {
+		return secret, err
+	}
+	fresh := make([]byte, clusterSecretBytes)
+	if _, err := rand.Read(fresh); err != nil {
 		return nil, err
 	}
-	return b, nil
+	if err := set(fresh); err != nil {
+		return nil, err
+	}
+	return read()
 }
 
 // UnmarshalUser decodes a stored user.

@@ -139,23 +139,13 @@ func (d *dialect) PurgeAuthTokens(ctx context.Context) (int64, error) {
 }
 
 func (d *dialect) ClusterSecret(ctx context.Context) ([]byte, error) {
-	var secret []byte
-	if err := d.db.QueryRowContext(ctx, qSecret).Scan(&secret); err != nil {
-		return nil, err
-	}
-	if len(secret) > 0 {
-		return secret, nil
-	}
-	fresh, err := backends.NewClusterSecret()
-	if err != nil {
-		return nil, err
-	}
-	if _, err := d.db.ExecContext(ctx, qSecretSet, fresh); err != nil {
-		return nil, err
-	}
-	// Another instance may have set it first: its secret wins.
-	if err := d.db.QueryRowContext(ctx, qSecret).Scan(&secret); err != nil {
-		return nil, err
-	}
-	return secret, nil
+	return backends.ReadOrCreateClusterSecret(
+		func() (secret []byte, err error) {
+			err = d.db.QueryRowContext(ctx, qSecret).Scan(&secret)
+			return secret, err
+		},
+		func(fresh []byte) error {
+			_, err := d.db.ExecContext(ctx, qSecretSet, fresh)
+			return err
+		})
 }
