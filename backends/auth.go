@@ -26,7 +26,39 @@ var (
 	ErrAuthChanged = errors.New("auth state changed")
 	// ErrTokenNotFound: no such simple token, or it has expired.
 	ErrTokenNotFound = errors.New("auth token not found")
+	// ErrAuthOldRevision: a write was checked against an auth revision
+	// that is no longer the stored one when its batch took the write lock
+	// (a user, role or permission changed in between, through any
+	// instance). Nothing of the write was applied; etcd fails the request
+	// the same way (its ErrAuthOldRevision), and its clients check again
+	// and retry.
+	ErrAuthOldRevision = errors.New("the auth state changed after the write was checked")
 )
+
+// authRevisionKey is the context key of WithAuthRevision.
+type authRevisionKey struct{}
+
+// WithAuthRevision returns ctx for a write that was permitted by the auth
+// state at revision rev: the Engine applies it only if rev is still the
+// stored auth revision when its batch holds the write lock, and fails it
+// with ErrAuthOldRevision otherwise. Auth changes take the same lock
+// before they commit (every dialect's UpdateAuth), so a write never
+// commits after a change that would have refused it: the change binds
+// every instance at once, as etcd's apply-time check does. rev 0 (auth
+// disabled at the check) adds no condition.
+func WithAuthRevision(ctx context.Context, rev uint64) context.Context {
+	if rev == 0 {
+		return ctx
+	}
+	return context.WithValue(ctx, authRevisionKey{}, rev)
+}
+
+// AuthRevisionOf returns the auth revision ctx's write was checked
+// against (WithAuthRevision), 0 if none.
+func AuthRevisionOf(ctx context.Context) uint64 {
+	rev, _ := ctx.Value(authRevisionKey{}).(uint64)
+	return rev
+}
 
 // AuthState is the stored auth state, as etcd's auth buckets hold it.
 type AuthState struct {
@@ -67,8 +99,11 @@ type AuthStore interface {
 	LoadAuth(ctx context.Context) (AuthState, error)
 	// UpdateAuth takes the database's auth lock, reads the current state
 	// and calls fn with it; the write fn returns (nil: none) is applied and
-	// committed before the lock is released. An error from fn is returned
-	// as it is and nothing changes.
+	// committed before the lock is released. Before the commit it also
+	// takes the global write lock (briefly: fn has run by then), so that
+	// it commits between two write batches, never during one (see
+	// WithAuthRevision). An error from fn is returned as it is and nothing
+	// changes.
 	UpdateAuth(ctx context.Context, fn func(AuthState) (*AuthWrite, error)) error
 
 	// AddAuthToken stores a simple token for user, expiring ttl from now
@@ -95,6 +130,11 @@ type AuthStore interface {
 // (SnapshotView.Auth); every dialect's transactions implement it.
 type AuthTxReader interface {
 	ReadAuth(ctx context.Context) (AuthState, error)
+	// AuthRevision reads the stored auth revision. In a write transaction
+	// it is the one read right after the write lock was taken (in the same
+	// round trip), which no auth change can move until the transaction
+	// ends: UpdateAuth takes the write lock before it commits.
+	AuthRevision(ctx context.Context) (uint64, error)
 }
 
 // SortAuthState puts users and roles in name order, as etcd's buckets

@@ -25,5 +25,6 @@ func (e *Engine) dbErr(err error) error {
 func isUserErr(err error) bool {
 	return errors.Is(err, ErrCompacted) || errors.Is(err, ErrFutureRev) ||
 		errors.Is(err, ErrKeyNotFound) || errors.Is(err, ErrLeaseNotFound) ||
-		errors.Is(err, ErrLeaseExists) || errors.Is(err, ErrKeyTooLarge)
+		errors.Is(err, ErrLeaseExists) || errors.Is(err, ErrKeyTooLarge) ||
+		errors.Is(err, ErrAuthOldRevision)
 }

@@ -61,6 +61,10 @@ type writeReq struct {
 	// passes, lease promotion), which the Observer is not told of: it is
 	// no client's proposal.
 	internal bool
+	// authRev is the auth revision the write was permitted at
+	// (WithAuthRevision), 0 for none: the write applies only if it is
+	// still the stored one under the write lock.
+	authRev uint64
 }
 
 // write queues apply for the writer and waits for the batch to commit.
@@ -76,7 +80,7 @@ func (e *Engine) writeInternal(ctx context.Context, apply func(ctx context.Conte
 // writeKeys is write with the single keys apply will read, so that the
 // writer loads them for the whole batch in one statement.
 func (e *Engine) writeKeys(ctx context.Context, keys [][]byte, apply func(ctx context.Context, o *overlay, rev int64) (int64, error)) error {
-	return e.enqueue(ctx, &writeReq{ctx: ctx, keys: keys, apply: apply, done: make(chan error, 1)})
+	return e.enqueue(ctx, &writeReq{ctx: ctx, keys: keys, apply: apply, done: make(chan error, 1), authRev: AuthRevisionOf(ctx)})
 }
 
 // enqueue hands req to the writer and waits for its batch to end.
@@ -236,6 +240,7 @@ func (e *Engine) applyBatch(batch []*writeReq) (results []error, st BatchStats, 
 	}
 	rev := start
 	results = make([]error, len(batch))
+	var authRev uint64 // the stored auth revision, read once when a request needs it
 	for i, req := range batch {
 		if err := req.ctx.Err(); err != nil {
 			results[i] = err
@@ -243,6 +248,19 @@ func (e *Engine) applyBatch(batch []*writeReq) (results []error, st BatchStats, 
 				skipped++
 			}
 			continue
+		}
+		if req.authRev != 0 {
+			if authRev == 0 {
+				if authRev, err = tx.AuthRevision(ctx); err != nil {
+					_ = tx.Rollback()
+					return nil, st, fmt.Errorf("read auth revision: %w", err)
+				}
+			}
+			if req.authRev != authRev {
+				// Like a request's own failure: the batch carried it.
+				results[i] = ErrAuthOldRevision
+				continue
+			}
 		}
 		next, err := req.apply(ctx, o, rev)
 		if err != nil {

@@ -224,6 +224,56 @@ func TestAuthAcrossInstances(t *testing.T) {
 	}
 }
 
+// TestAuthRevokeBindsWritesAtOnce: a permission revoked through one
+// instance refuses the next write through every other instance, even one
+// that has not re-read the auth state (--auth-refresh-interval is an hour
+// here): a write applies only at the auth revision it was checked at, as
+// in etcd, and fails with ErrAuthOldRevision otherwise, after which
+// clientv3 logs in again and retries against the new state. Through A the
+// write is applied by A itself (the first instance leads); through C it is
+// forwarded to A, with C's revision.
+func TestAuthRevokeBindsWritesAtOnce(t *testing.T) {
+	t.Parallel()
+	for _, b := range sharedDBBackends {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			srvs, _ := b.start(t, 3, serverOptions{BcryptCost: 4, AuthRefreshInterval: time.Hour})
+			setupTenantsVia(t, ctx, newClient(t, srvs[0]))
+			u1A := newUserClient(t, "u1", "pw1", srvs[0].Endpoint)
+			u1C := newUserClient(t, "u1", "pw1", srvs[2].Endpoint)
+			for name, c := range map[string]*clientv3.Client{"A": u1A, "C": u1C} {
+				if _, err := c.Put(ctx, "/t1/before-"+name, "x"); err != nil {
+					t.Fatalf("u1 put through %s: %v", name, err)
+				}
+			}
+			root := newUserClient(t, "root", "rootpw", srvs[1].Endpoint)
+			if _, err := root.RoleRevokePermission(ctx, "t1", "/t1/", clientv3.GetPrefixRangeEnd("/t1/")); err != nil {
+				t.Fatal(err)
+			}
+			for name, c := range map[string]*clientv3.Client{"A": u1A, "C": u1C} {
+				key := "/t1/after-" + name
+				_, err := c.Put(ctx, key, "x")
+				if !errors.Is(err, rpctypes.ErrPermissionDenied) && !errors.Is(err, rpctypes.ErrAuthOldRevision) {
+					t.Fatalf("u1 put through %s after its permission was revoked through B: %v, want it refused", name, err)
+				}
+				resp, err := root.Get(ctx, key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(resp.Kvs) != 0 {
+					t.Fatalf("%s was written after the revoke: %v", key, resp.Kvs)
+				}
+				// The refusal brought the instance's auth state up to date.
+				if _, err := c.Put(ctx, key, "x"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+					t.Fatalf("u1's second put through %s: %v, want permission denied", name, err)
+				}
+			}
+		})
+	}
+}
+
 // TestAuthJWTAcrossInstances: with JWT tokens (the same keys on every
 // instance), a token issued by one instance is accepted by the others, and
 // after a change of roles through any instance every instance refuses it

@@ -39,6 +39,8 @@ type serverOptions struct {
 	AuthToken    string
 	AuthTokenTTL uint
 	BcryptCost   int
+	// AuthRefreshInterval, if set, replaces --auth-refresh-interval.
+	AuthRefreshInterval time.Duration
 	// RawGRPC makes the differential runner speak plain gRPC, without
 	// clientv3's interceptors (they retry auth errors, logging in again).
 	RawGRPC bool
@@ -105,6 +107,7 @@ func serveFrontend(t testing.TB, be backends.Backend, src interface {
 		AuthToken:              opts.AuthToken,
 		AuthTokenTTL:           time.Duration(opts.AuthTokenTTL) * time.Second,
 		BcryptCost:             opts.BcryptCost,
+		AuthRefreshInterval:    opts.AuthRefreshInterval,
 	})
 	if err != nil {
 		t.Fatal(err)

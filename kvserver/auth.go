@@ -42,9 +42,12 @@ import (
 //   - every AuthRefreshInterval each instance reads the stored enabled flag
 //     and auth revision (one small row) and loads a new generation when they
 //     differ from its own. This is the bound within which a change made
-//     through one instance binds the others. Auth RPCs that read auth state
-//     (AuthStatus, UserGet, ...) and Authenticate read the stored flag and
-//     revision first, so they are never stale.
+//     through one instance binds the others' reads. Writes are bound at
+//     once: each applies only at the auth revision it was checked at
+//     (checkWriteAuth), and one that fails for it reloads the generation.
+//     Auth RPCs that read auth state (AuthStatus, UserGet, ...) and
+//     Authenticate read the stored flag and revision first, so they are
+//     never stale.
 //
 // Simple tokens live in the database as well (backends.AuthStore), so that a
 // token from one instance works on every instance: an instance that does
@@ -67,6 +70,10 @@ const (
 	// forwardMACKey is the gRPC metadata key of a forwarded request's
 	// signature (see authGate.sign).
 	forwardMACKey = "kvsql-forward-mac"
+	// forwardAuthRevKey carries the auth revision a forwarded write was
+	// checked at (the signature covers it): the leader applies the write
+	// only if that is still the stored revision (backends.WithAuthRevision).
+	forwardAuthRevKey = "kvsql-forward-auth-revision"
 	// minTokenFlush and maxTokenFlush bound how often token expiries are
 	// pushed to the database (a tenth of the TTL).
 	minTokenFlush = 100 * time.Millisecond
@@ -515,8 +522,10 @@ func splitSimpleToken(token string) (string, uint64, bool) {
 
 // sign returns the signature of a request this instance forwards to member
 // target, or false if the cluster secret is not known yet. It binds the
-// target, the request's type and its content.
-func (a *authGate) sign(target uint64, m proto.Message) (string, bool) {
+// target, the request's type, its content and the auth revision its
+// permission check was made at (0: none, auth disabled; then the signature
+// is the one instances made before revisions were forwarded).
+func (a *authGate) sign(target uint64, m proto.Message, authRev uint64) (string, bool) {
 	sp := a.secret.Load()
 	if sp == nil {
 		return "", false
@@ -533,20 +542,36 @@ func (a *authGate) sign(target uint64, m proto.Message) (string, bool) {
 	h.Write([]byte(proto.MessageName(m)))
 	h.Write([]byte{0})
 	h.Write(b)
+	if authRev != 0 {
+		var rev [8]byte
+		binary.BigEndian.PutUint64(rev[:], authRev)
+		h.Write([]byte("\x00auth-revision\x00"))
+		h.Write(rev[:])
+	}
 	return hex.EncodeToString(h.Sum(nil)), true
 }
 
 // trusted reports whether a request was forwarded to this instance (self)
 // by another instance of the cluster, which checked the client's
 // permissions itself: it carries a valid signature. Anything else is
-// checked as a client request.
-func (a *authGate) trusted(ctx context.Context, self uint64, m proto.Message) bool {
+// checked as a client request. authRev is the auth revision the sender
+// checked the request at (0: none), which the signature covers.
+func (a *authGate) trusted(ctx context.Context, self uint64, m proto.Message) (authRev uint64, ok bool) {
 	v := metadata.ValueFromIncomingContext(ctx, forwardMACKey)
 	if len(v) != 1 {
-		return false
+		return 0, false
 	}
-	want, ok := a.sign(self, m)
-	return ok && hmac.Equal([]byte(v[0]), []byte(want))
+	if r := metadata.ValueFromIncomingContext(ctx, forwardAuthRevKey); len(r) == 1 {
+		var err error
+		if authRev, err = strconv.ParseUint(r[0], 10, 64); err != nil || authRev == 0 {
+			return 0, false
+		}
+	}
+	want, ok := a.sign(self, m, authRev)
+	if !ok || !hmac.Equal([]byte(v[0]), []byte(want)) {
+		return 0, false
+	}
+	return authRev, true
 }
 
 // authErrors maps etcd's auth errors to the gRPC errors etcd returns.

@@ -112,23 +112,36 @@ func TestForwardSignature(t *testing.T) {
 	secret := []byte("0123456789abcdef0123456789abcdef")
 	a.secret.Store(&secret)
 	put := &pb.PutRequest{Key: []byte("/t2/x"), Value: []byte("v")}
-	mac, ok := a.sign(7, put)
+	mac, ok := a.sign(7, put, 0)
 	if !ok {
 		t.Fatal("no signature with a secret")
 	}
-	in := func(mac string) context.Context {
-		return metadata.NewIncomingContext(context.Background(), metadata.Pairs(forwardMACKey, mac))
+	in := func(mac string, kv ...string) context.Context {
+		return metadata.NewIncomingContext(context.Background(), metadata.Pairs(append([]string{forwardMACKey, mac}, kv...)...))
 	}
-	if !a.trusted(in(mac), 7, put) {
+	trusted := func(ctx context.Context, self uint64, m proto.Message) bool {
+		_, ok := a.trusted(ctx, self, m)
+		return ok
+	}
+	if !trusted(in(mac), 7, put) {
 		t.Fatal("a valid signature is not trusted")
+	}
+	// A write checked at auth revision 5: the signature covers it.
+	mac5, _ := a.sign(7, put, 5)
+	if rev, ok := a.trusted(in(mac5, forwardAuthRevKey, "5"), 7, put); !ok || rev != 5 {
+		t.Fatalf("a signed write checked at auth revision 5: trusted %v at %d", ok, rev)
 	}
 	other := &pb.PutRequest{Key: []byte("/t2/y"), Value: []byte("v")}
 	for name, ok := range map[string]bool{
-		"another member":  a.trusted(in(mac), 8, put),
-		"another request": a.trusted(in(mac), 7, other),
-		"another type":    a.trusted(in(mac), 7, &pb.DeleteRangeRequest{Key: []byte("/t2/x")}),
-		"no signature":    a.trusted(context.Background(), 7, put),
-		"a bad signature": a.trusted(in("00"+mac[2:]), 7, put),
+		"another member":               trusted(in(mac), 8, put),
+		"another request":              trusted(in(mac), 7, other),
+		"another type":                 trusted(in(mac), 7, &pb.DeleteRangeRequest{Key: []byte("/t2/x")}),
+		"no signature":                 trusted(context.Background(), 7, put),
+		"a bad signature":              trusted(in("00"+mac[2:]), 7, put),
+		"another auth revision":        trusted(in(mac5, forwardAuthRevKey, "6"), 7, put),
+		"its auth revision left out":   trusted(in(mac5), 7, put),
+		"an auth revision added":       trusted(in(mac, forwardAuthRevKey, "5"), 7, put),
+		"an auth revision not decimal": trusted(in(mac5, forwardAuthRevKey, "0x5"), 7, put),
 	} {
 		if ok {
 			t.Errorf("%s: trusted", name)
@@ -136,7 +149,7 @@ func TestForwardSignature(t *testing.T) {
 	}
 	other2 := []byte("fedcba9876543210fedcba9876543210")
 	a.secret.Store(&other2)
-	if a.trusted(in(mac), 7, put) {
+	if trusted(in(mac), 7, put) {
 		t.Error("a signature made with another cluster's secret is trusted")
 	}
 }

@@ -16,8 +16,10 @@ import (
 // checks reads in its API layer (doSerialize), writes when it applies them
 // (with the identity the request carried), admin calls in both. kvsql has
 // no apply step: a write is checked just before it is written (or
-// forwarded), against the current generation, which gives etcd's answers,
-// ErrAuthOldRevision included. The functions return etcd's auth errors;
+// forwarded), against the current generation, and then applies only if
+// that generation's revision is still the stored one when its batch holds
+// the write lock (backends.WithAuthRevision), which gives etcd's answers,
+// ErrAuthOldRevision included, whichever instance changed the auth state. The functions return etcd's auth errors;
 // services convert them with authErr.
 
 // serialize is etcd's doSerialize: identity, check, read, then
@@ -42,17 +44,19 @@ func (a *authGate) serialize(ctx context.Context, chk func(as auth.AuthStore, ai
 }
 
 // writer is the identity a write carries to its check (nil: none);
-// trusted marks a write another instance forwarded after checking it.
+// trusted marks a write another instance forwarded after checking it, at
+// auth revision authRev (0: auth was disabled there).
 type writer struct {
 	ai      *auth.AuthInfo
 	trusted bool
+	authRev uint64
 }
 
 // identify returns the identity for a write request m (etcd reads it
 // before proposing the request).
 func (a *authGate) identify(ctx context.Context, self uint64, m proto.Message) (writer, error) {
-	if a.trusted(ctx, self, m) {
-		return writer{trusted: true}, nil
+	if rev, ok := a.trusted(ctx, self, m); ok {
+		return writer{trusted: true, authRev: rev}, nil
 	}
 	ai, _, err := a.info(ctx)
 	if err != nil {

@@ -71,6 +71,8 @@ func toGRPC(err error) error {
 		return rpctypes.ErrGRPCLeaseExist
 	case errors.Is(err, backends.ErrKeyTooLarge):
 		return status.Error(codes.InvalidArgument, "kvsql: "+err.Error())
+	case errors.Is(err, backends.ErrAuthOldRevision):
+		return rpctypes.ErrGRPCAuthOldRevision
 	case errors.Is(err, backends.ErrRefused):
 		return status.Error(codes.InvalidArgument, "kvsql: "+err.Error())
 	case errors.Is(err, backends.ErrClosed):
@@ -117,7 +119,7 @@ func isDatabaseError(err error) bool {
 		return false
 	}
 	for _, known := range []error{backends.ErrCompacted, backends.ErrFutureRev, backends.ErrKeyNotFound,
-		backends.ErrLeaseNotFound, backends.ErrLeaseExists, backends.ErrKeyTooLarge, backends.ErrClosed,
+		backends.ErrLeaseNotFound, backends.ErrLeaseExists, backends.ErrKeyTooLarge, backends.ErrClosed, backends.ErrAuthOldRevision,
 		context.Canceled, context.DeadlineExceeded} {
 		if errors.Is(err, known) {
 			return false

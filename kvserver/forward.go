@@ -83,7 +83,7 @@ type forwarder struct {
 	// sign signs a request for the member it is forwarded to (see
 	// authGate.sign): the leader then trusts the permission check this
 	// instance made, as it has no token of the client's.
-	sign func(target uint64, m proto.Message) (string, bool)
+	sign func(target uint64, m proto.Message, authRev uint64) (string, bool)
 
 	mu         sync.Mutex
 	peer       *peer // nil: write directly
@@ -188,7 +188,7 @@ func (f *forwarder) verify(p *peer) {
 	ctx, cancel := context.WithTimeout(context.Background(), verifyTimeout)
 	defer cancel()
 	req := &pb.StatusRequest{}
-	if mac, ok := f.sign(p.id, req); ok {
+	if mac, ok := f.sign(p.id, req, 0); ok {
 		// Status needs an identity once auth is enabled.
 		ctx = metadata.AppendToOutgoingContext(ctx, forwardMACKey, mac)
 	}
@@ -322,7 +322,8 @@ func forward[Req, Resp any](ctx context.Context, s *Server, r Req, call func(pb.
 		return resp, false, nil
 	}
 	defer p.inflight.Done()
-	mac, signed := f.sign(p.id, any(r).(proto.Message))
+	authRev := backends.AuthRevisionOf(ctx)
+	mac, signed := f.sign(p.id, any(r).(proto.Message), authRev)
 	if !signed {
 		// Without the cluster secret the leader could not tell this
 		// write was checked: write it here.
@@ -334,7 +335,12 @@ func forward[Req, Resp any](ctx context.Context, s *Server, r Req, call func(pb.
 	var sentTo grpcpeer.Peer
 	// A fresh outgoing context: the client's own metadata (its token) is
 	// not passed on; the signature stands for the check made here.
-	fctx := metadata.NewOutgoingContext(ctx, metadata.Pairs(forwardedKey, strconv.FormatUint(p.id, 16), forwardMACKey, mac))
+	md := metadata.Pairs(forwardedKey, strconv.FormatUint(p.id, 16), forwardMACKey, mac)
+	if authRev != 0 {
+		// The leader applies the write only at this auth revision.
+		md.Set(forwardAuthRevKey, strconv.FormatUint(authRev, 10))
+	}
+	fctx := metadata.NewOutgoingContext(ctx, md)
 	var trailer metadata.MD
 	resp, err = call(p.kv, fctx, r, grpc.Peer(&sentTo), grpc.Trailer(&trailer))
 	if err == nil {

@@ -22,7 +22,7 @@ import (
 )
 
 // testSign stands for authGate.sign in forwarder tests.
-func testSign(uint64, proto.Message) (string, bool) { return "signed", true }
+func testSign(uint64, proto.Message, uint64) (string, bool) { return "signed", true }
 
 // TestForwarderPicksLeader: a follower forwards to the instance marked as
 // leader, and writes directly when it leads itself, when nobody is marked,

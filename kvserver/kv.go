@@ -2,10 +2,12 @@ package kvserver
 
 import (
 	"context"
+	"errors"
 
 	"github.com/prometheus/client_golang/prometheus"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/server/v3/auth"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -120,53 +122,81 @@ func kvsBytes(kvs []*mvccpb.KeyValue) int64 {
 // checkWriteAuth checks a write as etcd does around its size and quota
 // checks: the caller's identity first (a bad token fails before anything
 // else), then size and quota (checkSizeAndQuota), then chk against the
-// current auth state, as etcd checks when it applies the write. A write
-// another instance forwarded was checked there (and is only measured
-// here).
-func (s *Server) checkWriteAuth(ctx context.Context, r proto.Message, chk func(as auth.AuthStore, ai *auth.AuthInfo) error) error {
+// current auth state. A write another instance forwarded was checked there
+// (and is only measured here). etcd checks when it applies the write; here
+// the check comes first, and the returned context carries the auth
+// revision it was made at (backends.WithAuthRevision), so that the write
+// applies only if no auth change committed in between, through any
+// instance; otherwise it fails with etcd's ErrAuthOldRevision (authOld).
+func (s *Server) checkWriteAuth(ctx context.Context, r proto.Message, chk func(as auth.AuthStore, ai *auth.AuthInfo) error) (context.Context, error) {
 	w, err := s.auth.identify(ctx, s.memberID, r)
 	if err != nil {
-		return s.authErr(err)
+		return ctx, s.authErr(err)
 	}
 	if err := s.checkSize(r, w.ai); err != nil {
-		return err
+		return ctx, err
 	}
 	if err := s.checkWrite(ctx, r); err != nil {
-		return err
+		return ctx, err
 	}
 	if w.trusted {
-		return nil
+		return backends.WithAuthRevision(ctx, w.authRev), nil
 	}
 	as, err := s.auth.current(ctx)
 	if err != nil {
-		return s.authErr(err)
+		return ctx, s.authErr(err)
 	}
 	ai := w.ai
 	if ai == nil {
 		ai = &auth.AuthInfo{}
 	}
-	return s.authErr(chk(as, ai))
+	if err := chk(as, ai); err != nil {
+		return ctx, s.authErr(err)
+	}
+	if !as.IsAuthEnabled() {
+		return ctx, nil
+	}
+	return backends.WithAuthRevision(ctx, as.Revision()), nil
+}
+
+// writeErr converts a write's error, from the backend or from the leader
+// it was forwarded to, for the client. A write that failed because the
+// auth state changed after its check (backends.ErrAuthOldRevision) first
+// brings this instance's auth state up to date, so that the client's retry
+// is checked against the new one.
+func (s *Server) writeErr(ctx context.Context, err error) error {
+	if errors.Is(err, backends.ErrAuthOldRevision) {
+		err = rpctypes.ErrGRPCAuthOldRevision
+	}
+	if errors.Is(rpctypes.Error(err), rpctypes.ErrAuthOldRevision) {
+		if _, serr := s.auth.sync(ctx); serr != nil {
+			s.log.Debug("re-reading the auth state after an old-revision write failed", "err", serr)
+		}
+		return err
+	}
+	return s.toGRPC(err)
 }
 
 func (k *kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
 	if err := checkPut(r); err != nil {
 		return nil, err
 	}
-	if err := k.s.checkWriteAuth(ctx, r, func(as auth.AuthStore, ai *auth.AuthInfo) error {
+	ctx, err := k.s.checkWriteAuth(ctx, r, func(as auth.AuthStore, ai *auth.AuthInfo) error {
 		return checkPutAuth(ctx, as, ai, k.s.leaseKeysOf(), r)
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
 	if out, ok, err := forward(ctx, k.s, r, pb.KVClient.Put); ok {
 		if err != nil {
-			return nil, err
+			return nil, k.s.writeErr(ctx, err)
 		}
 		out.Header = k.s.fill(out.Header)
 		return out, nil
 	}
 	resp, err := k.s.be.Txn(ctx, &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: r}}}})
 	if err != nil {
-		return nil, k.s.toGRPC(err)
+		return nil, k.s.writeErr(ctx, err)
 	}
 	k.s.count(func(m *Metrics) prometheus.Counter { return m.puts })
 	out := resp.Responses[0].GetResponsePut()
@@ -178,21 +208,22 @@ func (k *kvService) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (
 	if err := checkDelete(r); err != nil {
 		return nil, err
 	}
-	if err := k.s.checkWriteAuth(ctx, r, func(as auth.AuthStore, ai *auth.AuthInfo) error {
+	ctx, err := k.s.checkWriteAuth(ctx, r, func(as auth.AuthStore, ai *auth.AuthInfo) error {
 		return checkDeleteAuth(as, ai, r)
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
 	if out, ok, err := forward(ctx, k.s, r, pb.KVClient.DeleteRange); ok {
 		if err != nil {
-			return nil, err
+			return nil, k.s.writeErr(ctx, err)
 		}
 		out.Header = k.s.fill(out.Header)
 		return out, nil
 	}
 	resp, err := k.s.be.Txn(ctx, &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestDeleteRange{RequestDeleteRange: r}}}})
 	if err != nil {
-		return nil, k.s.toGRPC(err)
+		return nil, k.s.writeErr(ctx, err)
 	}
 	k.s.count(func(m *Metrics) prometheus.Counter { return m.deletes })
 	out := resp.Responses[0].GetResponseDeleteRange()
@@ -225,19 +256,19 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 			return nil, k.s.authErr(err)
 		}
 	} else {
-		if err := k.s.checkWriteAuth(ctx, r, chk); err != nil {
+		ctx, err := k.s.checkWriteAuth(ctx, r, chk)
+		if err != nil {
 			return nil, err
 		}
 		if out, ok, err := forward(ctx, k.s, r, pb.KVClient.Txn); ok {
 			if err != nil {
-				return nil, err
+				return nil, k.s.writeErr(ctx, err)
 			}
 			out.Header = k.s.fill(out.Header)
 			return out, nil
 		}
-		var err error
 		if resp, err = k.s.be.Txn(ctx, r); err != nil {
-			return nil, k.s.toGRPC(err)
+			return nil, k.s.writeErr(ctx, err)
 		}
 	}
 	if m := k.s.cfg.Metrics; m != nil {

@@ -40,7 +40,7 @@ var errLeaderTransferTimeout = status.Error(codes.Unknown, "etcdserver: request 
 func (m *maintenanceService) Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error) {
 	s := m.s
 	// Another instance checking who it forwards writes to signs its call.
-	if !s.auth.trusted(ctx, s.memberID, r) {
+	if _, ok := s.auth.trusted(ctx, s.memberID, r); !ok {
 		if err := s.auth.requireAuthInfo(ctx); err != nil {
 			return nil, s.authErr(err)
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/authpb"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kvsql/kvsql/backends"
@@ -195,5 +196,57 @@ func runAuthSerialised(t *testing.T, be backends.Backend) {
 	}
 	if _, rev, err := st.AuthMeta(ctx); err != nil || rev != 1+writers*each {
 		t.Fatalf("revision after %d increments = %d, %v", writers*each, rev, err)
+	}
+}
+
+// runAuthGuard: a write permitted at an auth revision
+// (backends.WithAuthRevision) applies while that is the stored revision
+// and fails with ErrAuthOldRevision, writing nothing, once an auth change
+// moved it; writes without one, or at the new revision, in the same batch,
+// are not affected.
+func runAuthGuard(t *testing.T, be backends.Backend) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st := authStore(t, be)
+	_, rev, err := st.AuthMeta(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := func(rev uint64) context.Context { return backends.WithAuthRevision(ctx, rev) }
+	if _, err := be.Txn(at(rev), put("/g/a", "1")); err != nil {
+		t.Fatalf("a write checked at the stored auth revision %d: %v", rev, err)
+	}
+	if err := st.UpdateAuth(ctx, func(s backends.AuthState) (*backends.AuthWrite, error) {
+		return &backends.AuthWrite{Enabled: s.Enabled, Revision: s.Revision + 1}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cur, _, err := be.Revisions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Alone and in a batch with others: only the old-revision write fails.
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	for i, ctx := range []context.Context{at(rev), at(rev + 1), ctx} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = be.Txn(ctx, put("/g/c"+string(rune('0'+i)), "1"))
+		}()
+	}
+	wg.Wait()
+	if !errors.Is(errs[0], backends.ErrAuthOldRevision) {
+		t.Fatalf("a write checked at auth revision %d after a change to %d: %v, want ErrAuthOldRevision", rev, rev+1, errs[0])
+	}
+	if errs[1] != nil || errs[2] != nil {
+		t.Fatalf("a write at the new auth revision: %v; one without: %v", errs[1], errs[2])
+	}
+	resp, err := be.Range(ctx, &pb.RangeRequest{Key: []byte("/g/c0")})
+	if err != nil || len(resp.Kvs) != 0 {
+		t.Fatalf("the refused write is stored: %v, %v", resp.GetKvs(), err)
+	}
+	if after, _, err := be.Revisions(ctx); err != nil || after != cur+2 {
+		t.Fatalf("revision after the two applied writes = %d, %v; want %d", after, err, cur+2)
 	}
 }

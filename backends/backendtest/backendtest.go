@@ -290,6 +290,10 @@ func Run(t *testing.T, open Opener) {
 		t.Parallel()
 		runAuthSerialised(t, open(t))
 	})
+	t.Run("WritesCheckedAtAnOldAuthRevisionFail", func(t *testing.T) {
+		t.Parallel()
+		runAuthGuard(t, open(t))
+	})
 	runReliability(t, open)
 	t.Run("Fence", func(t *testing.T) { runFence(t, open) })
 }

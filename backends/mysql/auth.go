@@ -30,6 +30,17 @@ func (t *txn) ReadAuth(ctx context.Context) (backends.AuthState, error) {
 	return loadAuth(ctx, t.tx, qAuthMeta)
 }
 
+// AuthRevision implements backends.AuthTxReader: in a write transaction,
+// the revision BeginBatch read right after the lock.
+func (t *txn) AuthRevision(ctx context.Context) (uint64, error) {
+	if t.locked {
+		return t.lockedAuthRev, nil
+	}
+	var rev uint64
+	err := t.st.QueryRow(ctx, qAuthRevision, nil, &rev)
+	return rev, err
+}
+
 func (d *dialect) AuthMeta(ctx context.Context) (bool, uint64, error) {
 	var enabled bool
 	var rev uint64
@@ -81,6 +92,12 @@ func (d *dialect) UpdateAuth(ctx context.Context, fn func(backends.AuthState) (*
 	})
 	if err != nil {
 		return err
+	}
+	// The write lock last (see backends.AuthStore.UpdateAuth): the change
+	// commits between two write batches.
+	var rev, compact int64
+	if err := tx.QueryRowContext(ctx, qLockMeta).Scan(&rev, &compact); err != nil {
+		return fmt.Errorf("lock kv_meta: %w", err)
 	}
 	return tx.Commit()
 }

@@ -332,7 +332,9 @@ type txn struct {
 	st                       stmtRunner
 	locked                   bool
 	lockedRev, lockedCompact int64
-	inlineBytes              int // write transactions: see inlineBudget
+	// lockedAuthRev is auth_meta's revision, read right after the lock.
+	lockedAuthRev uint64
+	inlineBytes   int // write transactions: see inlineBudget
 }
 
 func (t *txn) Commit() error {

@@ -12,9 +12,16 @@ const (
 	qLockMeta  = `SELECT rev, compact_rev FROM kv_meta WHERE id = 1 FOR UPDATE`
 	// qBeginWrite opens a write transaction and takes the write lock: one
 	// multi-statement query (see dialect.BeginBatch).
+	//
+	// Its last statement reads auth_meta's revision: a statement of its
+	// own, so that under READ COMMITTED its snapshot is taken after the lock
+	// was granted (every auth change that committed before is seen, and no
+	// other can commit until this transaction ends: UpdateAuth takes the
+	// lock too).
 	qBeginWrite = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
 		START TRANSACTION;
-		` + qLockMeta
+		` + qLockMeta + `;
+		` + qAuthRevision
 	qSetRevision = `UPDATE kv_meta SET rev = ? WHERE id = 1`
 	qSetCompact  = `UPDATE kv_meta SET compact_rev = ? WHERE id = 1`
 	qTimeline    = `SELECT timeline FROM kv_meta WHERE id = 1`
@@ -154,15 +161,16 @@ const (
 	qForgetMember  = `DELETE FROM kv_member WHERE id = ?`
 
 	// Auth state (see auth.go). qAuthLock is the auth write lock.
-	qAuthMeta    = `SELECT enabled, revision FROM auth_meta WHERE id = 1`
-	qAuthLock    = `SELECT enabled, revision FROM auth_meta WHERE id = 1 FOR UPDATE`
-	qAuthUsers   = `SELECT data FROM auth_user ORDER BY name`
-	qAuthRoles   = `SELECT data FROM auth_role ORDER BY name`
-	qAuthSetMeta = `UPDATE auth_meta SET enabled = ?, revision = ? WHERE id = 1`
-	qAuthPutUser = `INSERT INTO auth_user (name, data) VALUES (?, ?) ON DUPLICATE KEY UPDATE data = VALUES(data)`
-	qAuthDelUser = `DELETE FROM auth_user WHERE name = ?`
-	qAuthPutRole = `INSERT INTO auth_role (name, data) VALUES (?, ?) ON DUPLICATE KEY UPDATE data = VALUES(data)`
-	qAuthDelRole = `DELETE FROM auth_role WHERE name = ?`
+	qAuthMeta     = `SELECT enabled, revision FROM auth_meta WHERE id = 1`
+	qAuthRevision = `SELECT revision FROM auth_meta WHERE id = 1`
+	qAuthLock     = `SELECT enabled, revision FROM auth_meta WHERE id = 1 FOR UPDATE`
+	qAuthUsers    = `SELECT data FROM auth_user ORDER BY name`
+	qAuthRoles    = `SELECT data FROM auth_role ORDER BY name`
+	qAuthSetMeta  = `UPDATE auth_meta SET enabled = ?, revision = ? WHERE id = 1`
+	qAuthPutUser  = `INSERT INTO auth_user (name, data) VALUES (?, ?) ON DUPLICATE KEY UPDATE data = VALUES(data)`
+	qAuthDelUser  = `DELETE FROM auth_user WHERE name = ?`
+	qAuthPutRole  = `INSERT INTO auth_role (name, data) VALUES (?, ?) ON DUPLICATE KEY UPDATE data = VALUES(data)`
+	qAuthDelRole  = `DELETE FROM auth_role WHERE name = ?`
 	// Simple tokens; expiry_ms is on the database clock.
 	qTokenDropFor = `DELETE FROM auth_token WHERE name = ?`
 	qTokenDropAll = `DELETE FROM auth_token`

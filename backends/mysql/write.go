@@ -55,7 +55,8 @@ func (d *dialect) BeginBatch(ctx context.Context, keys [][]byte) (backends.Tx, [
 }
 
 // begin runs BeginBatch's query: its result sets with columns are the
-// kv_meta row and, if withKeys, the keys' current rows.
+// kv_meta row, auth_meta's revision and, if withKeys, the keys' current
+// rows.
 func (t *txn) begin(ctx context.Context, q string, args []any, withKeys bool) ([]*mvccpb.KeyValue, error) {
 	rows, err := t.conn.QueryContext(ctx, q, args...)
 	if err != nil {
@@ -80,6 +81,18 @@ func (t *txn) begin(ctx context.Context, q string, args []any, withKeys bool) ([
 				for rows.Next() {
 				}
 			case 1:
+				if !rows.Next() {
+					if err := rows.Err(); err != nil {
+						return nil, err
+					}
+					return nil, fmt.Errorf("read auth_meta: %w", sql.ErrNoRows)
+				}
+				if err := rows.Scan(&t.lockedAuthRev); err != nil {
+					return nil, err
+				}
+				for rows.Next() {
+				}
+			case 2:
 				if kvs, err = backends.ScanKVs(rows); err != nil {
 					return nil, err
 				}
@@ -93,7 +106,7 @@ func (t *txn) begin(ctx context.Context, q string, args []any, withKeys bool) ([
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	if want := map[bool]int{false: 1, true: 2}[withKeys]; sets != want {
+	if want := map[bool]int{false: 2, true: 3}[withKeys]; sets != want {
 		return nil, fmt.Errorf("begin write: %d result sets, want %d", sets, want)
 	}
 	return kvs, nil

@@ -31,6 +31,17 @@ func (t *txn) ReadAuth(ctx context.Context) (backends.AuthState, error) {
 	return loadAuth(ctx, t.tx, qAuthMeta)
 }
 
+// AuthRevision implements backends.AuthTxReader: in a write transaction,
+// the revision BeginBatch read right after the lock.
+func (t *txn) AuthRevision(ctx context.Context) (uint64, error) {
+	if t.locked {
+		return uint64(t.lockedAuthRev), nil
+	}
+	var rev int64
+	err := t.q.QueryRow(ctx, qAuthRevision).Scan(&rev)
+	return uint64(rev), err
+}
+
 func (d *dialect) AuthMeta(ctx context.Context) (bool, uint64, error) {
 	var enabled bool
 	var rev int64
@@ -89,6 +100,9 @@ func (d *dialect) UpdateAuth(ctx context.Context, fn func(backends.AuthState) (*
 	if err != nil {
 		return err
 	}
+	// The write lock last (see backends.AuthStore.UpdateAuth): the change
+	// commits between two write batches.
+	b.Queue(qLockMeta)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("write auth state: %w", err)
 	}

@@ -263,6 +263,8 @@ type txn struct {
 	// (and locked) at begin; SetRevision/SetCompact keep these current.
 	locked                   bool
 	lockedRev, lockedCompact int64
+	// lockedAuthRev is auth_meta's revision, read right after the lock.
+	lockedAuthRev int64
 }
 
 // errCommitRolledBack: COMMIT answered ROLLBACK, as PostgreSQL does for a

@@ -189,6 +189,7 @@ const (
 	// expiry is on the database clock.
 	qAuthMeta     = `SELECT enabled, revision FROM auth_meta WHERE id = 1`
 	qAuthLock     = `SELECT enabled, revision FROM auth_meta WHERE id = 1 FOR UPDATE`
+	qAuthRevision = `SELECT revision FROM auth_meta WHERE id = 1`
 	qAuthUsers    = `SELECT data FROM auth_user ORDER BY name`
 	qAuthRoles    = `SELECT data FROM auth_role ORDER BY name`
 	qAuthSetMeta  = `UPDATE auth_meta SET enabled = $1, revision = $2 WHERE id = 1`

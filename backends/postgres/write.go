@@ -31,6 +31,11 @@ func (d *dialect) BeginBatch(ctx context.Context, keys [][]byte) (backends.Tx, [
 	// that a wait for it counts as well).
 	b.Queue(qIdleTxTimeout, d.sessionTimeout)
 	b.Queue(qLockMeta).QueryRow(func(r pgx.Row) error { return r.Scan(&t.lockedRev, &t.lockedCompact) })
+	// A statement of its own, so that its snapshot is taken after the lock
+	// was granted: every auth change that committed before is seen, and no
+	// other can commit until this transaction ends (UpdateAuth takes the
+	// lock too).
+	b.Queue(qAuthRevision).QueryRow(func(r pgx.Row) error { return r.Scan(&t.lockedAuthRev) })
 	var kvs []*mvccpb.KeyValue
 	if len(keys) > 0 {
 		b.Queue(qCurrentMany, keys).Query(func(rows pgx.Rows) error {

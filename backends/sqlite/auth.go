@@ -30,6 +30,15 @@ func (t *txn) ReadAuth(ctx context.Context) (backends.AuthState, error) {
 	return loadAuth(ctx, t.tx)
 }
 
+// AuthRevision implements backends.AuthTxReader. SQLite has one writer
+// connection: an auth change and a write batch never overlap.
+func (t *txn) AuthRevision(ctx context.Context) (uint64, error) {
+	var enabled bool
+	var rev uint64
+	err := t.st.QueryRow(ctx, qAuthMeta, nil, &enabled, &rev)
+	return rev, err
+}
+
 func (d *dialect) AuthMeta(ctx context.Context) (bool, uint64, error) {
 	var enabled bool
 	var rev uint64

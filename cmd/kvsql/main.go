@@ -147,7 +147,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.authToken, "auth-token", kvserver.DefaultAuthToken, "the tokens Authenticate hands out, as etcd's flag: simple (random, kept in the database so every instance accepts them) or jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256|RS384|RS512|PS256|...|ES256|...|EdDSA|HS256|...[,ttl=5m] (signed; every instance needs the same keys)")
 	fs.UintVar(&c.authTokenTTL, "auth-token-ttl", uint(kvserver.DefaultAuthTokenTTL/time.Second), "seconds a simple token stays valid after its last use")
 	fs.UintVar(&c.bcryptCost, "bcrypt-cost", uint(bcrypt.DefaultCost), "bcrypt cost of stored password hashes (4..31)")
-	fs.DurationVar(&c.authRefresh, "auth-refresh-interval", kvserver.DefaultAuthRefreshInterval, "several instances: how often each checks the database for user, role and permission changes made through another; such a change binds every instance within this interval")
+	fs.DurationVar(&c.authRefresh, "auth-refresh-interval", kvserver.DefaultAuthRefreshInterval, "several instances: how often each checks the database for user, role and permission changes made through another; such a change binds every instance's reads within this interval (writes at once)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&c.version, "version", false, "print the version and exit")
