@@ -3,11 +3,17 @@ package backends
 import (
 	"context"
 	"fmt"
+	"time"
 )
 
 // DefaultCompactStepRows is how many kv_log rows one cleanup step of a
 // compaction covers at most (a single revision with more rows is one step).
 const DefaultCompactStepRows = 1000
+
+// MinCompactStepRows is the fewest rows a step sized by CompactStepTime
+// covers, so that a slow disk (a commit slower than the target on its
+// own) still makes progress in steps of some size.
+const MinCompactStepRows = 32
 
 // CompactTx is a transaction of compaction's cleanup, from
 // Dialect.BeginCompact. It removes history that no read at a revision at or
@@ -97,12 +103,35 @@ func (e *Engine) cleanHistory(ctx context.Context, prev, compact int64) error {
 	if limit <= 0 {
 		limit = DefaultCompactStepRows
 	}
+	target := e.cfg.CompactStepTime
+	rows := limit
+	if target > 0 {
+		rows = min(MinCompactStepRows, limit)
+	}
 	for floor := prev; ; floor = compact + 1 {
-		done, err := e.cleanStep(ctx, floor, compact, limit)
+		began := time.Now()
+		done, err := e.cleanStep(ctx, floor, compact, rows)
 		if err != nil || done {
 			return err
 		}
+		if target > 0 {
+			rows = nextStepRows(rows, time.Since(began), target, limit)
+		}
 	}
+}
+
+// nextStepRows sizes the next cleanup step from the last one, which
+// covered rows and took took, so that a step takes about target: in
+// proportion when it took longer, twice as many when it took under half,
+// always between MinCompactStepRows (or limit, if lower) and limit.
+func nextStepRows(rows int, took, target time.Duration, limit int) int {
+	switch {
+	case took > target:
+		rows = int(float64(rows) * float64(target) / float64(took))
+	case took < target/2:
+		rows *= 2
+	}
+	return max(min(rows, limit), min(MinCompactStepRows, limit))
 }
 
 // cleanStep runs one cleanup step, from the recorded progress or floor if

@@ -47,6 +47,12 @@ type EngineConfig struct {
 	// CompactStepRows caps the kv_log rows one transaction of compaction's
 	// cleanup covers; 0 means DefaultCompactStepRows.
 	CompactStepRows int
+	// CompactStepTime, if set, is how long one cleanup step should take:
+	// the rows per step then adapt to it (between MinCompactStepRows and
+	// CompactStepRows), starting small. A dialect whose cleanup shares the
+	// writer's connection (SQLite) sets it, since every write queued
+	// meanwhile waits for the step; 0 keeps every step at CompactStepRows.
+	CompactStepTime time.Duration
 	// ChangesBytes caps the events (keys and values, prev_kv included) one
 	// read of the log returns, beyond the revision that reaches it; 0
 	// means DefaultChangesBytes.

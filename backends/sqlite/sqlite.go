@@ -45,6 +45,13 @@ type Config struct {
 	Engine backends.EngineConfig
 }
 
+// CompactStepTime is how long one step of compaction's cleanup takes on
+// SQLite (backends.EngineConfig.CompactStepTime): the steps and the group
+// commits take turns on the one writer connection, so a write that arrives
+// during a step waits for at most about this much more than without a
+// compaction running.
+const CompactStepTime = 5 * time.Millisecond
+
 // Open opens (creating and migrating if needed) the SQLite database at
 // cfg.Path and returns a running Engine on it.
 func Open(ctx context.Context, cfg Config) (*backends.Engine, error) {
@@ -54,6 +61,9 @@ func Open(ctx context.Context, cfg Config) (*backends.Engine, error) {
 	}
 	if cfg.Engine.Database == "" {
 		cfg.Engine.Database = "SQLite at " + cfg.Path
+	}
+	if cfg.Engine.CompactStepTime == 0 {
+		cfg.Engine.CompactStepTime = CompactStepTime
 	}
 	return backends.NewEngine(d, cfg.Engine), nil
 }
