@@ -65,6 +65,8 @@ type config struct {
 	phases           map[string]bool
 	keepGoingOnError bool
 	kvsqlArgs        []string
+	pgConf           []string // extra PostgreSQL settings, name=value
+	mariadbArgs      []string // extra mariadbd options, --name=value
 }
 
 func main() {
@@ -90,8 +92,12 @@ func main() {
 	flag.StringVar(&phases, "phases", "load,disk,count,list,cas,watch,compact,range", "comma-separated phases to run (load always runs)")
 	flag.BoolVar(&c.keepGoingOnError, "k", false, "keep going with the next target when one fails")
 	kvsqlArgs := flag.String("kvsql-args", "", "extra kvsql flags, space-separated (e.g. --enable-pprof --listen-metrics-urls=http://127.0.0.1:9090 to profile it)")
+	pgConf := flag.String("pg-conf", "", "extra PostgreSQL server settings, space-separated name=value (e.g. shared_buffers=1GB max_wal_size=8GB)")
+	mariadbArgs := flag.String("mariadb-args", "", "extra mariadbd options, space-separated (e.g. --innodb-log-file-size=1G)")
 	flag.Parse()
 	c.kvsqlArgs = strings.Fields(*kvsqlArgs)
+	c.pgConf = strings.Fields(*pgConf)
+	c.mariadbArgs = strings.Fields(*mariadbArgs)
 	c.targets = strings.Split(targets, ",")
 	c.phases = map[string]bool{"load": true}
 	for _, p := range strings.Split(phases, ",") {

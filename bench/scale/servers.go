@@ -92,7 +92,7 @@ func start(c config, target string) (*server, error) {
 		s.disk = duData
 	case "postgres":
 		// Durable as shipped; the caches bench/run.sh gives its server.
-		pg, err := testdb.NewPostgresConf("synchronous_commit=on", "shared_buffers=128MB")
+		pg, err := testdb.NewPostgresConf(append([]string{"synchronous_commit=on", "shared_buffers=128MB"}, c.pgConf...)...)
 		if err != nil {
 			return s, err
 		}
@@ -112,7 +112,12 @@ func start(c config, target string) (*server, error) {
 			return n, err
 		}
 	case "mariadb":
-		m, err := testdb.NewMariaDB()
+		var extra []string // nil: testdb's binlog settings
+		if len(c.mariadbArgs) > 0 {
+			// Options given replace testdb's binlog settings: repeat them.
+			extra = append([]string{"--log-bin=binlog", "--binlog-format=ROW", "--binlog-row-image=FULL", "--server-id=1"}, c.mariadbArgs...)
+		}
+		m, err := testdb.NewMariaDB(extra...)
 		if err != nil {
 			return s, err
 		}
