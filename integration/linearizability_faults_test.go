@@ -102,7 +102,9 @@ func TestLinearizabilityChangeStreamKilled(t *testing.T) {
 	})
 	t.Run("mysql", func(t *testing.T) {
 		t.Parallel()
-		servers, be := mysqlInstances(t, 3, opts)
+		// A server of its own, as TestMySQLReplicationConnectionKilled.
+		_, ep := ownMariaDB(t)
+		servers, be := mysqlInstancesOn(t, ep, 3, opts)
 		runLinearizabilityCheck(t, clientsFor(t, servers), be, func() {
 			killBinlogDumps(t, be.(*mysql.Store).DB(), 3)
 		})
