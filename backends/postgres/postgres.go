@@ -114,7 +114,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	timeout := strconv.FormatInt(sessionTimeout.Milliseconds(), 10)
-	d := &dialect{pool: pool, sessionTimeout: timeout}
+	d := &dialect{pool: pool, sessionTimeout: timeout, sessionMillis: sessionTimeout.Milliseconds()}
 	cfg.Engine.MaxKeyBytes = MaxKeyBytes
 	if cfg.Engine.Database == "" {
 		cfg.Engine.Database = fmt.Sprintf("PostgreSQL at %s/%s", hosts, pcfg.ConnConfig.Database)
@@ -184,6 +184,7 @@ type dialect struct {
 	// sessionTimeout is idle_in_transaction_session_timeout for write
 	// transactions (milliseconds, as a setting's text).
 	sessionTimeout string
+	sessionMillis  int64 // the same, as a number
 
 	tailMu sync.Mutex // guards tail
 	tail   *pgx.Conn  // TailChanges' own connection; nil until first used
@@ -265,6 +266,9 @@ type txn struct {
 	lockedRev, lockedCompact int64
 	// lockedAuthRev is auth_meta's revision, read right after the lock.
 	lockedAuthRev int64
+	// sessionMillis is the write transaction's idle timeout (see
+	// CommitBatch).
+	sessionMillis int64
 }
 
 // errCommitRolledBack: COMMIT answered ROLLBACK, as PostgreSQL does for a

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -23,7 +25,7 @@ func (d *dialect) BeginBatch(ctx context.Context, keys [][]byte) (backends.Tx, [
 	if err != nil {
 		return nil, nil, err
 	}
-	t := &txn{q: c, conn: c, locked: true}
+	t := &txn{q: c, conn: c, locked: true, sessionMillis: d.sessionMillis}
 	b := &pgx.Batch{}
 	b.Queue(qBeginWrite)
 	// A transaction holding the write lock whose instance goes silent is
@@ -59,6 +61,9 @@ func (t *txn) CommitBatch(ctx context.Context, rows []backends.LogRow, rev int64
 	if t.conn == nil {
 		return pgx.ErrTxClosed
 	}
+	if err := t.allowLargeCommit(ctx, rows); err != nil {
+		return err
+	}
 	b := &pgx.Batch{}
 	if len(rows) > 0 {
 		queueWrite(b, rows)
@@ -73,6 +78,40 @@ func (t *txn) CommitBatch(ctx context.Context, rows []backends.LogRow, rev int64
 	t.release()
 	if rev > 0 {
 		t.lockedRev = rev
+	}
+	return nil
+}
+
+// Large commits get more of idle_in_transaction_session_timeout: from
+// largeCommitBytes on, largeCommitAllowance per MiB, at most
+// maxCommitAllowance more.
+const (
+	largeCommitBytes     = 1 << 20
+	largeCommitAllowance = 250 * time.Millisecond
+	maxCommitAllowance   = 30 * time.Second
+)
+
+// allowLargeCommit raises the write transaction's idle timeout before a
+// commit of rows of largeCommitBytes or more. PostgreSQL runs that timer
+// from its last answer until the next message has arrived whole, so a
+// commit of tens of MiB that a client short of CPU encodes and sends for
+// longer than the session timeout had its session ended under it (the
+// client saw a broken pipe, TestLargeValuesInOneBatch under load). The
+// setting goes in a round trip of its own, which arrives at once; only
+// large commits pay it. The timeout stays bounded, so that an instance
+// frozen in the middle of a large commit still loses the write lock.
+func (t *txn) allowLargeCommit(ctx context.Context, rows []backends.LogRow) error {
+	n := 0
+	for _, r := range rows {
+		n += len(r.Key) + len(r.Value)
+	}
+	if n < largeCommitBytes {
+		return nil
+	}
+	extra := min(time.Duration(n>>20)*largeCommitAllowance, maxCommitAllowance)
+	ms := strconv.FormatInt(t.sessionMillis+extra.Milliseconds(), 10)
+	if _, err := t.conn.Exec(ctx, qIdleTxTimeout, ms); err != nil {
+		return fmt.Errorf("raise the idle timeout for a commit of %d bytes: %w", n, err)
 	}
 	return nil
 }
