@@ -2,6 +2,7 @@ package backends
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 )
 
@@ -38,8 +39,13 @@ func TestNewKeyRange(t *testing.T) {
 func TestPendingMigrations(t *testing.T) {
 	t.Parallel()
 	ms := []Migration{{Version: 1}, {Version: 3}, {Version: 4}, {Version: 6}}
-	got := Pending(ms, map[int]bool{1: true, 6: true})
-	if len(got) != 2 || got[0].Version != 3 || got[1].Version != 4 {
-		t.Fatalf("Pending = %v, want versions 3 and 4", got)
+	got, err := Pending(ms, map[int]bool{1: true, 6: true})
+	if err != nil || len(got) != 2 || got[0].Version != 3 || got[1].Version != 4 {
+		t.Fatalf("Pending = %v, %v; want versions 3 and 4", got, err)
+	}
+	// A database a newer kvsql migrated is refused, with what to do.
+	if got, err := Pending(ms, map[int]bool{1: true, 6: true, 9: true}); err == nil || !strings.Contains(err.Error(), "[9]") ||
+		!strings.Contains(err.Error(), "newer kvsql") {
+		t.Fatalf("Pending with unknown version 9 = %v, %v; want an error naming it", got, err)
 	}
 }

@@ -201,14 +201,31 @@ func ScanIDs(rows Rows) ([]int64, error) {
 // order. Versions are not a high-water mark: migrations written on
 // branches can land in any order, and a database that has a later one
 // must still get an earlier one that landed after it.
-func Pending(ms []Migration, applied map[int]bool) []Migration {
+//
+// A database that has a migration ms does not know was changed by a newer
+// kvsql, whose schema this one may not read or write correctly (schema/009
+// moved every value out of kv_current): Pending refuses it.
+func Pending(ms []Migration, applied map[int]bool) ([]Migration, error) {
+	known := make(map[int]bool, len(ms))
 	var out []Migration
 	for _, m := range ms {
+		known[m.Version] = true
 		if !applied[m.Version] {
 			out = append(out, m)
 		}
 	}
-	return out
+	var unknown []int
+	for v := range applied {
+		if !known[v] {
+			unknown = append(unknown, v)
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Ints(unknown)
+		return nil, fmt.Errorf("the database has schema migrations %v that this kvsql does not know (it knows up to %d): "+
+			"a newer kvsql has upgraded it; run that version or a later one against it", unknown, ms[len(ms)-1].Version)
+	}
+	return out, nil
 }
 
 // ScanVersions reads rows of one integer column into a set.

@@ -42,7 +42,11 @@ func migrate(ctx context.Context, db *sql.DB, lock string) error {
 	if err != nil {
 		return err
 	}
-	for _, m := range backends.Pending(ms, applied) {
+	pending, err := backends.Pending(ms, applied)
+	if err != nil {
+		return err
+	}
+	for _, m := range pending {
 		for _, stmt := range splitStatements(m.SQL) {
 			if _, err := c.ExecContext(ctx, stmt); err != nil && !alreadyApplied(err) {
 				return fmt.Errorf("migration %s: %w", m.Name, err)
@@ -67,11 +71,18 @@ func cmpErr(err, other error) error {
 // it took effect before: MySQL commits each DDL statement on its own, so a
 // process that died between an ALTER TABLE and recording the version runs
 // the ALTER again on its next start. Only adding a column or an index that
-// exists is tolerated, not creating a table that exists (that may be
-// someone else's table).
+// exists, or dropping one that is gone, is tolerated, not creating a table
+// that exists (that may be someone else's table).
 func alreadyApplied(err error) bool {
 	var me *gomysql.MySQLError
-	return errors.As(err, &me) && (me.Number == 1060 || me.Number == 1061) // ER_DUP_FIELDNAME, ER_DUP_KEYNAME
+	if !errors.As(err, &me) {
+		return false
+	}
+	switch me.Number {
+	case 1060, 1061, 1091: // ER_DUP_FIELDNAME, ER_DUP_KEYNAME, ER_CANT_DROP_FIELD_OR_KEY
+		return true
+	}
+	return false
 }
 
 // splitStatements splits a schema file into the statements MySQL runs one

@@ -31,20 +31,23 @@ const (
 	qFence = `UPDATE kv_meta SET rev = ?, compact_rev = ?, timeline = timeline + 1 WHERE id = 1`
 
 	// Range statements take (keysOnly, key[, end][, rev], limit).
-	curCols         = `k, create_rev, mod_rev, version, lease, IF(?, '', v)`
-	qCurrentSingle  = `SELECT ` + curCols + ` FROM kv_current WHERE k = ? LIMIT ?`
-	qCurrentRange   = `SELECT ` + curCols + ` FROM kv_current WHERE k >= ? AND k < ? ORDER BY k LIMIT ?`
-	qCurrentFromKey = `SELECT ` + curCols + ` FROM kv_current WHERE k >= ? ORDER BY k LIMIT ?`
+	// curValue is the value of kv_current row c: kv_current names the
+	// kv_log row that holds it (schema/009), one primary-key lookup, made
+	// only for the rows a read returns.
+	curValue        = `(SELECT v.v FROM kv_log v WHERE v.rev = c.mod_rev AND v.sub = c.mod_sub)`
+	curCols         = `c.k, c.create_rev, c.mod_rev, c.version, c.lease, IF(?, '', ` + curValue + `)`
+	qCurrentSingle  = `SELECT ` + curCols + ` FROM kv_current c WHERE c.k = ? LIMIT ?`
+	qCurrentRange   = `SELECT ` + curCols + ` FROM kv_current c WHERE c.k >= ? AND c.k < ? ORDER BY c.k LIMIT ?`
+	qCurrentFromKey = `SELECT ` + curCols + ` FROM kv_current c WHERE c.k >= ? ORDER BY c.k LIMIT ?`
 	// qGetLatest reads the revision and one key in one statement: one
 	// consistent read. Takes (keysOnly, key).
-	qGetLatest = `SELECT m.rev, c.create_rev, c.mod_rev, c.version, c.lease, IF(?, '', c.v)
+	qGetLatest = `SELECT m.rev, c.create_rev, c.mod_rev, c.version, c.lease, IF(?, '', ` + curValue + `)
 		FROM kv_meta m LEFT JOIN kv_current c ON c.k = ? WHERE m.id = 1`
-	qCountCurSingle = `SELECT COUNT(*) FROM kv_current WHERE k = ?`
-	// A range count reads the narrow key index (schema/008): the
-	// optimizer costs the clustered index the same and picks it, but that
-	// reads every value's page.
-	qCountCurRange   = `SELECT COUNT(*) FROM kv_current FORCE INDEX (kv_current_key) WHERE k >= ? AND k < ?`
-	qCountCurFromKey = `SELECT COUNT(*) FROM kv_current FORCE INDEX (kv_current_key) WHERE k >= ?`
+	// Counts read kv_current's clustered index, which holds no values
+	// (schema/009).
+	qCountCurSingle  = `SELECT COUNT(*) FROM kv_current WHERE k = ?`
+	qCountCurRange   = `SELECT COUNT(*) FROM kv_current WHERE k >= ? AND k < ?`
+	qCountCurFromKey = `SELECT COUNT(*) FROM kv_current WHERE k >= ?`
 
 	// A key's state at rev is its newest kv_log row at or below rev, if
 	// that row is not a tombstone. These take rev twice.
@@ -61,12 +64,12 @@ const (
 	// group once per row (placeholders only; values are always bound).
 	qInsertLogHead = `INSERT INTO kv_log (rev, sub, k, deleted, create_rev, prev_rev, version, lease, v) VALUES `
 	qInsertLogRow  = `(?, ?, ?, ?, ?, ?, ?, ?, ?)`
-	qUpsertCurHead = `INSERT INTO kv_current (k, create_rev, mod_rev, version, lease, v) VALUES `
+	qUpsertCurHead = `INSERT INTO kv_current (k, create_rev, mod_rev, mod_sub, version, lease) VALUES `
 	qUpsertCurRow  = `(?, ?, ?, ?, ?, ?)`
 	qUpsertCurTail = ` ON DUPLICATE KEY UPDATE create_rev = VALUES(create_rev), mod_rev = VALUES(mod_rev),
-		version = VALUES(version), lease = VALUES(lease), v = VALUES(v)`
+		mod_sub = VALUES(mod_sub), version = VALUES(version), lease = VALUES(lease)`
 	qDeleteCurHead   = `DELETE FROM kv_current WHERE k IN (`
-	qCurrentManyHead = `SELECT k, create_rev, mod_rev, version, lease, v FROM kv_current WHERE k IN (`
+	qCurrentManyHead = `SELECT c.k, c.create_rev, c.mod_rev, c.version, c.lease, ` + curValue + ` FROM kv_current c WHERE c.k IN (`
 	qPlaceholderTail = `)`
 
 	qChanges = `SELECT l.rev, l.k, l.deleted, l.create_rev, l.version, l.lease, l.v,
@@ -109,7 +112,7 @@ const (
 	qLeaseExtend  = `UPDATE kv_lease SET expiry_ms = ` + nowMS + ` + ttl * 1000`
 	qLeaseTTL     = `SELECT ttl FROM kv_lease WHERE id = ?`
 	qLeaseDelete  = `DELETE FROM kv_lease WHERE id = ?`
-	qLeaseKeys    = `SELECT k, create_rev, mod_rev, version, lease, v FROM kv_current WHERE lease = ? ORDER BY k`
+	qLeaseKeys    = `SELECT c.k, c.create_rev, c.mod_rev, c.version, c.lease, ` + curValue + ` FROM kv_current c WHERE c.lease = ? ORDER BY c.k`
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
 	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry_ms <= ` + nowMS + ` ORDER BY expiry_ms LIMIT ?`
 	qLeaseRows    = `SELECT id, ttl, expiry_ms - ` + nowMS + ` FROM kv_lease WHERE id > ? ORDER BY id LIMIT ?`
@@ -196,7 +199,7 @@ const (
 // qGetLatestMany returns qGetLatest for n keys, (keysOnly, key...): one row
 // per live key, or a single row with NULL columns if none is.
 func qGetLatestMany(n int) string {
-	return `SELECT m.rev, c.k, c.create_rev, c.mod_rev, c.version, c.lease, IF(?, '', c.v)
+	return `SELECT m.rev, c.k, c.create_rev, c.mod_rev, c.version, c.lease, IF(?, '', ` + curValue + `)
 		FROM kv_meta m LEFT JOIN kv_current c ON c.k IN (` + repeatGroup("?", n) + `) WHERE m.id = 1`
 }
 

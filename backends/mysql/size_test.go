@@ -51,8 +51,8 @@ func TestSizeFollowsTheData(t *testing.T) {
 	for _, q := range []string{
 		`CREATE TEMPORARY TABLE digits (d INT NOT NULL)`,
 		`INSERT INTO digits VALUES (0), (1), (2), (3), (4), (5), (6), (7), (8), (9)`,
-		`INSERT INTO kv_current (k, create_rev, mod_rev, version, lease, v)
-			SELECT CONCAT('/k/', LPAD(g, 7, '0')), g + 2, g + 2, 1, 0, REPEAT('v', 8192)
+		`INSERT INTO kv_log (rev, sub, k, deleted, create_rev, prev_rev, version, lease, v)
+			SELECT g + 2, 0, CONCAT('/k/', LPAD(g, 7, '0')), 0, g + 2, 0, 1, 0, REPEAT('v', 8192)
 			FROM (SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d AS g
 				FROM digits a, digits b, digits c, digits e WHERE e.d < 3) s`,
 	} {
@@ -69,7 +69,7 @@ func TestSizeFollowsTheData(t *testing.T) {
 		t.Fatalf("after writing %d bytes: size %d, in use %d (empty: %d, %d); want in use grown by at least that, size >= in use",
 			written, size1, inUse1, size0, inUse0)
 	}
-	if _, err := db.ExecContext(ctx, `DELETE FROM kv_current`); err != nil {
+	if _, err := db.ExecContext(ctx, `DELETE FROM kv_log`); err != nil {
 		t.Fatal(err)
 	}
 	// InnoDB's purge frees the deleted rows' pages in the background.

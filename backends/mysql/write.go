@@ -115,9 +115,8 @@ func (t *txn) begin(ctx context.Context, q string, args []any, withKeys bool) ([
 // inlineBudget returns how many bytes of keys and values a write
 // connection may put into the text of one query, for a server whose
 // max_allowed_packet is maxPacket: the driver's escaping can double them
-// and CommitBatch's query carries each value twice (kv_log and
-// kv_current), so a quarter of the packet, less room for the SQL, capped
-// at 4 MiB. Larger writes go through server-side prepared statements,
+// and CommitBatch's query carries each key twice (kv_log and kv_current),
+// so a quarter of the packet, less room for the SQL, capped at 4 MiB. Larger writes go through server-side prepared statements,
 // whose large arguments the driver streams in pieces, so any batch the
 // server accepts at all fits.
 func inlineBudget(maxPacket int64) int {
@@ -214,7 +213,7 @@ func chunkStatements(rows []backends.LogRow) []statement {
 		if r.Deleted {
 			dels = append(dels, r.Key)
 		} else {
-			puts = append(puts, r.Key, r.CreateRev, r.Rev, r.Version, r.Lease, nonNil(r.Value))
+			puts = append(puts, r.Key, r.CreateRev, r.Rev, r.Sub, r.Version, r.Lease)
 			nPuts++
 		}
 	}

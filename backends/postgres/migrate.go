@@ -37,7 +37,11 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	if err != nil {
 		return err
 	}
-	for _, m := range backends.Pending(ms, applied) {
+	pending, err := backends.Pending(ms, applied)
+	if err != nil {
+		return err
+	}
+	for _, m := range pending {
 		if _, err := tx.Exec(ctx, m.SQL); err != nil {
 			return fmt.Errorf("migration %s: %w", m.Name, err)
 		}

@@ -54,6 +54,11 @@ func TestLogStatementsUseIndexes(t *testing.T) {
 		{"qStepEnd", qStepEnd, "bigint, bigint, integer", "999000, 1000001, 1000"},
 		{"qDeleteSuperseded", qDeleteSuperseded, "bigint, bigint, bigint", "1000001, 999000, 1000000"},
 		{"qDeleteTombstones", qDeleteTombstones, "bigint, bigint, bigint", "1000001, 999000, 1000000"},
+		// Latest reads fetch each returned row's value from kv_log by its
+		// primary key (schema/009).
+		{"qCurrentRange", qCurrentRange, "boolean, bytea, bytea, bigint", `false, '\x2f', '\x30', 501`},
+		{"qGetLatestMany", qGetLatestMany, "bytea[], boolean", `ARRAY['\x2f726567697374727920'::bytea, '\x2f'::bytea], false`},
+		{"qCurrentMany", qCurrentMany, "bytea[]", `ARRAY['\x2f'::bytea]`},
 	}
 	for _, st := range statements {
 		name, q := st.name, st.q

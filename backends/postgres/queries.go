@@ -26,16 +26,20 @@ const (
 	qFence = `WITH u AS (UPDATE kv_meta SET rev = $1, compact_rev = $1, timeline = timeline + 1 WHERE id = 1 RETURNING timeline)
 		SELECT u.timeline, pg_notify('` + NotifyChannel + `', $1::text) FROM u`
 
-	curCols         = `key, create_rev, mod_rev, version, lease, CASE WHEN $1 THEN ''::bytea ELSE value END`
-	qCurrentSingle  = `SELECT ` + curCols + ` FROM kv_current WHERE key = $2 LIMIT $3`
-	qCurrentRange   = `SELECT ` + curCols + ` FROM kv_current WHERE key >= $2 AND key < $3 ORDER BY key LIMIT $4`
-	qCurrentFromKey = `SELECT ` + curCols + ` FROM kv_current WHERE key >= $2 ORDER BY key LIMIT $3`
+	// curValue is the value of kv_current row c: kv_current names the
+	// kv_log row that holds it (schema/009), one primary-key lookup, made
+	// only for the rows a read returns.
+	curValue        = `(SELECT v.value FROM kv_log v WHERE v.rev = c.mod_rev AND v.sub = c.mod_sub)`
+	curCols         = `c.key, c.create_rev, c.mod_rev, c.version, c.lease, CASE WHEN $1 THEN ''::bytea ELSE ` + curValue + ` END`
+	qCurrentSingle  = `SELECT ` + curCols + ` FROM kv_current c WHERE c.key = $2 LIMIT $3`
+	qCurrentRange   = `SELECT ` + curCols + ` FROM kv_current c WHERE c.key >= $2 AND c.key < $3 ORDER BY c.key LIMIT $4`
+	qCurrentFromKey = `SELECT ` + curCols + ` FROM kv_current c WHERE c.key >= $2 ORDER BY c.key LIMIT $3`
 	// qGetLatest reads the revision and one key in one statement: one snapshot.
-	qGetLatest = `SELECT m.rev, c.create_rev, c.mod_rev, c.version, c.lease, CASE WHEN $2 THEN ''::bytea ELSE c.value END
+	qGetLatest = `SELECT m.rev, c.create_rev, c.mod_rev, c.version, c.lease, CASE WHEN $2 THEN ''::bytea ELSE ` + curValue + ` END
 		FROM kv_meta m LEFT JOIN kv_current c ON c.key = $1 WHERE m.id = 1`
 	// qGetLatestMany is qGetLatest for several keys: one row per live key
 	// (a single row with NULL columns if none is).
-	qGetLatestMany = `SELECT m.rev, c.key, c.create_rev, c.mod_rev, c.version, c.lease, CASE WHEN $2 THEN ''::bytea ELSE c.value END
+	qGetLatestMany = `SELECT m.rev, c.key, c.create_rev, c.mod_rev, c.version, c.lease, CASE WHEN $2 THEN ''::bytea ELSE ` + curValue + ` END
 		FROM kv_meta m LEFT JOIN kv_current c ON c.key = ANY($1::bytea[]) WHERE m.id = 1`
 	qCountCurSingle  = `SELECT COUNT(*) FROM kv_current WHERE key = $1`
 	qCountCurRange   = `SELECT COUNT(*) FROM kv_current WHERE key >= $1 AND key < $2`
@@ -57,19 +61,20 @@ const (
 			$6::bigint[], $7::bigint[], $8::bigint[], $9::bytea[])`
 
 	// qApplyCurrent brings kv_current up to date with the newest row of each
-	// key (the keys are distinct): deletes, then upserts.
+	// key (the keys are distinct): deletes, then upserts of the rows that
+	// point at the kv_log rows holding the values.
 	qApplyCurrent = `WITH rows AS (
-			SELECT * FROM unnest($1::bytea[], $2::boolean[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bytea[])
-				AS r(key, deleted, create_rev, mod_rev, version, lease, value)
+			SELECT * FROM unnest($1::bytea[], $2::boolean[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+				AS r(key, deleted, create_rev, mod_rev, mod_sub, version, lease)
 		), removed AS (
 			DELETE FROM kv_current c USING rows WHERE rows.deleted AND c.key = rows.key
 		)
-		INSERT INTO kv_current (key, create_rev, mod_rev, version, lease, value)
-		SELECT key, create_rev, mod_rev, version, lease, value FROM rows WHERE NOT deleted
+		INSERT INTO kv_current (key, create_rev, mod_rev, mod_sub, version, lease)
+		SELECT key, create_rev, mod_rev, mod_sub, version, lease FROM rows WHERE NOT deleted
 		ON CONFLICT (key) DO UPDATE SET create_rev = excluded.create_rev, mod_rev = excluded.mod_rev,
-			version = excluded.version, lease = excluded.lease, value = excluded.value`
+			mod_sub = excluded.mod_sub, version = excluded.version, lease = excluded.lease`
 
-	qCurrentMany = `SELECT key, create_rev, mod_rev, version, lease, value FROM kv_current WHERE key = ANY($1::bytea[])`
+	qCurrentMany = `SELECT c.key, c.create_rev, c.mod_rev, c.version, c.lease, ` + curValue + ` FROM kv_current c WHERE c.key = ANY($1::bytea[])`
 
 	// prevJoin attaches each event's previous version (prev_kv). It is a
 	// LATERAL subquery with OFFSET 0, which PostgreSQL never flattens into
@@ -126,7 +131,7 @@ const (
 		WHERE id = $1 AND expiry > clock_timestamp() RETURNING ttl`
 	qLeaseDelete  = `DELETE FROM kv_lease WHERE id = $1`
 	qLeaseExtend  = `UPDATE kv_lease SET expiry = clock_timestamp() + ttl * interval '1 second'`
-	qLeaseKeys    = `SELECT key, create_rev, mod_rev, version, lease, value FROM kv_current WHERE lease = $1 ORDER BY key`
+	qLeaseKeys    = `SELECT c.key, c.create_rev, c.mod_rev, c.version, c.lease, ` + curValue + ` FROM kv_current c WHERE c.lease = $1 ORDER BY c.key`
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
 	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry <= clock_timestamp() ORDER BY expiry LIMIT $1`
 	qLeaseRows    = `SELECT id, ttl, (EXTRACT(EPOCH FROM (expiry - clock_timestamp())) * 1000)::bigint FROM kv_lease

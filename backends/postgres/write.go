@@ -147,17 +147,19 @@ func queueWrite(b *pgx.Batch, rows []backends.LogRow) {
 	}
 	b.Queue(qAppendLog, revs, subs, keys, deleted, creates, prevs, versions, leases, values)
 	m := len(last)
-	cKeys, cValues := make([][]byte, 0, m), make([][]byte, 0, m)
+	cKeys := make([][]byte, 0, m)
 	cDeleted := make([]bool, 0, m)
-	cCreates, cMods, cVersions, cLeases := make([]int64, 0, m), make([]int64, 0, m), make([]int64, 0, m), make([]int64, 0, m)
+	cCreates, cMods, cSubs := make([]int64, 0, m), make([]int64, 0, m), make([]int64, 0, m)
+	cVersions, cLeases := make([]int64, 0, m), make([]int64, 0, m)
 	for i := range rows {
 		if last[string(rows[i].Key)] != i {
 			continue
 		}
-		cKeys, cDeleted, cValues = append(cKeys, keys[i]), append(cDeleted, deleted[i]), append(cValues, values[i])
-		cCreates, cMods, cVersions, cLeases = append(cCreates, creates[i]), append(cMods, revs[i]), append(cVersions, versions[i]), append(cLeases, leases[i])
+		cKeys, cDeleted = append(cKeys, keys[i]), append(cDeleted, deleted[i])
+		cCreates, cMods, cSubs = append(cCreates, creates[i]), append(cMods, revs[i]), append(cSubs, subs[i])
+		cVersions, cLeases = append(cVersions, versions[i]), append(cLeases, leases[i])
 	}
-	b.Queue(qApplyCurrent, cKeys, cDeleted, cCreates, cMods, cVersions, cLeases, cValues)
+	b.Queue(qApplyCurrent, cKeys, cDeleted, cCreates, cMods, cSubs, cVersions, cLeases)
 }
 
 // Current implements backends.CurrentGetter.

@@ -16,13 +16,17 @@ const (
 
 	// qGetLatest reads the revision and one key in one statement: one
 	// snapshot (backends.LatestGetter).
-	qGetLatest = `SELECT m.rev, c.create_rev, c.mod_rev, c.version, c.lease, CASE WHEN ?2 THEN x'' ELSE c.value END
+	qGetLatest = `SELECT m.rev, c.create_rev, c.mod_rev, c.version, c.lease, CASE WHEN ?2 THEN x'' ELSE ` + curValue + ` END
 		FROM kv_meta m LEFT JOIN kv_current c ON c.key = ?1 WHERE m.id = 1`
 
-	curCols          = `key, create_rev, mod_rev, version, lease, CASE WHEN ?1 THEN x'' ELSE value END`
-	qCurrentSingle   = `SELECT ` + curCols + ` FROM kv_current WHERE key = ?2 LIMIT ?3`
-	qCurrentRange    = `SELECT ` + curCols + ` FROM kv_current WHERE key >= ?2 AND key < ?3 ORDER BY key LIMIT ?4`
-	qCurrentFromKey  = `SELECT ` + curCols + ` FROM kv_current WHERE key >= ?2 ORDER BY key LIMIT ?3`
+	// curValue is the value of kv_current row c: kv_current names the
+	// kv_log row that holds it (schema/009), one primary-key lookup, made
+	// only for the rows a read returns.
+	curValue         = `(SELECT v.value FROM kv_log v WHERE v.rev = c.mod_rev AND v.sub = c.mod_sub)`
+	curCols          = `c.key, c.create_rev, c.mod_rev, c.version, c.lease, CASE WHEN ?1 THEN x'' ELSE ` + curValue + ` END`
+	qCurrentSingle   = `SELECT ` + curCols + ` FROM kv_current c WHERE c.key = ?2 LIMIT ?3`
+	qCurrentRange    = `SELECT ` + curCols + ` FROM kv_current c WHERE c.key >= ?2 AND c.key < ?3 ORDER BY c.key LIMIT ?4`
+	qCurrentFromKey  = `SELECT ` + curCols + ` FROM kv_current c WHERE c.key >= ?2 ORDER BY c.key LIMIT ?3`
 	qCountCurSingle  = `SELECT COUNT(*) FROM kv_current WHERE key = ?1`
 	qCountCurRange   = `SELECT COUNT(*) FROM kv_current WHERE key >= ?1 AND key < ?2`
 	qCountCurFromKey = `SELECT COUNT(*) FROM kv_current WHERE key >= ?1`
@@ -39,10 +43,10 @@ const (
 
 	qInsertLog = `INSERT INTO kv_log (rev, sub, key, deleted, create_rev, prev_rev, version, lease, value)
 		VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)`
-	qUpsertCurrent = `INSERT INTO kv_current (key, create_rev, mod_rev, version, lease, value)
+	qUpsertCurrent = `INSERT INTO kv_current (key, create_rev, mod_rev, mod_sub, version, lease)
 		VALUES (?1, ?2, ?3, ?4, ?5, ?6)
 		ON CONFLICT (key) DO UPDATE SET create_rev = excluded.create_rev, mod_rev = excluded.mod_rev,
-			version = excluded.version, lease = excluded.lease, value = excluded.value`
+			mod_sub = excluded.mod_sub, version = excluded.version, lease = excluded.lease`
 	qDeleteCurrent = `DELETE FROM kv_current WHERE key = ?1`
 
 	qChanges = `SELECT l.rev, l.key, l.deleted, l.create_rev, l.version, l.lease, l.value,
@@ -71,7 +75,7 @@ const (
 	qLeaseRenew   = `UPDATE kv_lease SET expiry_ms = ?2 + ttl * 1000 WHERE id = ?1 AND expiry_ms > ?2 RETURNING ttl`
 	qLeaseExtend  = `UPDATE kv_lease SET expiry_ms = ?1 + ttl * 1000`
 	qLeaseDelete  = `DELETE FROM kv_lease WHERE id = ?1`
-	qLeaseKeys    = `SELECT key, create_rev, mod_rev, version, lease, value FROM kv_current WHERE lease = ?1 ORDER BY key`
+	qLeaseKeys    = `SELECT c.key, c.create_rev, c.mod_rev, c.version, c.lease, ` + curValue + ` FROM kv_current c WHERE c.lease = ?1 ORDER BY c.key`
 	qLeases       = `SELECT id FROM kv_lease ORDER BY id`
 	qLeaseExpired = `SELECT id FROM kv_lease WHERE expiry_ms <= ?1 ORDER BY expiry_ms LIMIT ?2`
 	qLeaseRows    = `SELECT id, ttl, expiry_ms - ?3 FROM kv_lease WHERE id > ?1 ORDER BY id LIMIT ?2`

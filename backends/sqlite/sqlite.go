@@ -187,7 +187,11 @@ func migrate(ctx context.Context, db *sql.DB) error {
 	if err != nil {
 		return err
 	}
-	for _, m := range backends.Pending(ms, applied) {
+	pending, err := backends.Pending(ms, applied)
+	if err != nil {
+		return err
+	}
+	for _, m := range pending {
 		tx, err := db.BeginTx(ctx, nil)
 		if err != nil {
 			return err
@@ -375,7 +379,7 @@ func (t *txn) Write(ctx context.Context, rows []backends.LogRow) error {
 		if r.Deleted {
 			_, err = t.st.Exec(ctx, qDeleteCurrent, r.Key)
 		} else {
-			_, err = t.st.Exec(ctx, qUpsertCurrent, r.Key, r.CreateRev, r.Rev, r.Version, r.Lease, r.Value)
+			_, err = t.st.Exec(ctx, qUpsertCurrent, r.Key, r.CreateRev, r.Rev, r.Sub, r.Version, r.Lease)
 		}
 		if err != nil {
 			return fmt.Errorf("apply revision %d.%d: %w", r.Rev, r.Sub, err)
