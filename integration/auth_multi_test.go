@@ -243,12 +243,25 @@ func TestAuthRevokeBindsWritesAtOnce(t *testing.T) {
 			setupTenantsVia(t, ctx, newClient(t, srvs[0]))
 			u1A := newUserClient(t, "u1", "pw1", srvs[0].Endpoint)
 			u1C := newUserClient(t, "u1", "pw1", srvs[2].Endpoint)
+			root := newUserClient(t, "root", "rootpw", srvs[1].Endpoint)
+			// u1 may write /lk (granted through A, whose copy of the auth
+			// state refreshes hourly), and attaches it to a lease of its own.
+			rootA := newUserClient(t, "root", "rootpw", srvs[0].Endpoint)
+			if _, err := rootA.RoleGrantPermission(ctx, "t1", "/lk", "", clientv3.PermissionType(clientv3.PermReadWrite)); err != nil {
+				t.Fatal(err)
+			}
+			lease, err := u1A.Grant(ctx, 600)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := u1A.Put(ctx, "/lk", "x", clientv3.WithLease(lease.ID)); err != nil {
+				t.Fatalf("u1 put /lk with its lease through A: %v", err)
+			}
 			for name, c := range map[string]*clientv3.Client{"A": u1A, "C": u1C} {
 				if _, err := c.Put(ctx, "/t1/before-"+name, "x"); err != nil {
 					t.Fatalf("u1 put through %s: %v", name, err)
 				}
 			}
-			root := newUserClient(t, "root", "rootpw", srvs[1].Endpoint)
 			if _, err := root.RoleRevokePermission(ctx, "t1", "/t1/", clientv3.GetPrefixRangeEnd("/t1/")); err != nil {
 				t.Fatal(err)
 			}
@@ -271,6 +284,22 @@ func TestAuthRevokeBindsWritesAtOnce(t *testing.T) {
 				if _, err := c.Put(ctx, key, "x"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
 					t.Fatalf("u1's second put through %s: %v, want permission denied", name, err)
 				}
+			}
+			// A lease revoke deletes the lease's keys: as in etcd it needs
+			// write permission on each, checked at the auth revision it
+			// is applied at, not at A's copy (an hour old).
+			if _, err := root.RoleRevokePermission(ctx, "t1", "/lk", ""); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := u1A.Revoke(ctx, lease.ID); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+				t.Fatalf("u1 revoked its lease through A after its permission on the lease's key was revoked through B: %v, want permission denied", err)
+			}
+			resp, err := root.Get(ctx, "/lk")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(resp.Kvs) != 1 {
+				t.Fatalf("/lk is gone after a refused lease revoke: %v", resp.Kvs)
 			}
 		})
 	}

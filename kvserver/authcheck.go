@@ -295,20 +295,30 @@ func (a *authGate) checkLeases(ctx context.Context, keys leaseKeys, ids []int64)
 }
 
 // authorizeApply checks a request as etcd does when it applies it: with
-// the identity the request carries, against the current auth state.
-func (s *Server) authorizeApply(ctx context.Context, chk func(as auth.AuthStore, ai *auth.AuthInfo) error) error {
+// the identity the request carries, against the current auth state. With
+// auth enabled, the returned context binds the write to the auth revision
+// it was checked at (backends.WithAuthRevision): if the auth state changed
+// meanwhile, through any instance, the write fails unapplied with
+// ErrAuthOldRevision.
+func (s *Server) authorizeApply(ctx context.Context, chk func(as auth.AuthStore, ai *auth.AuthInfo) error) (context.Context, error) {
 	ai, _, err := s.auth.info(ctx)
 	if err != nil {
-		return s.authErr(err)
+		return ctx, s.authErr(err)
 	}
 	if ai == nil {
 		ai = &auth.AuthInfo{}
 	}
 	as, err := s.auth.current(ctx)
 	if err != nil {
-		return s.authErr(err)
+		return ctx, s.authErr(err)
 	}
-	return s.authErr(chk(as, ai))
+	if err := chk(as, ai); err != nil {
+		return ctx, s.authErr(err)
+	}
+	if !as.IsAuthEnabled() {
+		return ctx, nil
+	}
+	return backends.WithAuthRevision(ctx, as.Revision()), nil
 }
 
 // watchRefusal returns the cancel reason etcd gives a watch the caller

@@ -69,16 +69,17 @@ func (l *leaseService) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest
 	}
 	// As etcd applies a revoke: the caller must be allowed to write every
 	// key attached to the lease.
-	if err := l.s.authorizeApply(ctx, func(as auth.AuthStore, ai *auth.AuthInfo) error {
+	ctx, err := l.s.authorizeApply(ctx, func(as auth.AuthStore, ai *auth.AuthInfo) error {
 		return checkLeasePuts(ctx, as, ai, l.s.leaseKeysOf(), r.ID)
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
 	// The header carries the revision of the revoke's own deletions, as
 	// etcd's does: a revision read afterwards could include other writes.
 	rev, err := l.s.be.LeaseRevoke(ctx, r.ID)
 	if err != nil {
-		return nil, l.s.toGRPC(err)
+		return nil, l.s.writeErr(ctx, err)
 	}
 	return &pb.LeaseRevokeResponse{Header: l.s.header(rev)}, nil
 }
