@@ -10,6 +10,10 @@ import (
 // compaction covers at most (a single revision with more rows is one step).
 const DefaultCompactStepRows = 1000
 
+// DefaultCompactSleep is EngineConfig.CompactSleep as kvsql runs it by
+// default: etcd's default --compaction-sleep-interval.
+const DefaultCompactSleep = 10 * time.Millisecond
+
 // MinCompactStepRows is the fewest rows a step sized by CompactStepTime
 // covers, so that a slow disk (a commit slower than the target on its
 // own) still makes progress in steps of some size.
@@ -94,7 +98,8 @@ func (e *Engine) Compact(ctx context.Context, rev int64) (int64, error) {
 }
 
 // cleanHistory removes the history compaction at compact has freed, in
-// steps of at most CompactStepRows rows, each its own transaction. prev is
+// steps of at most CompactStepRows rows, each its own transaction, with
+// CompactSleep between them. prev is
 // the compact revision before it: the rows at prev are processed again,
 // since a tombstone at a compact revision is kept (a watch may start
 // there) and can go once the compact revision has passed it.
@@ -116,6 +121,18 @@ func (e *Engine) cleanHistory(ctx context.Context, prev, compact int64) error {
 		}
 		if target > 0 {
 			rows = nextStepRows(rows, time.Since(began), target, limit)
+		}
+		if e.cfg.CompactSleep > 0 {
+			t := time.NewTimer(e.cfg.CompactSleep)
+			select {
+			case <-t.C:
+			case <-e.stop:
+				t.Stop()
+				return nil // the next compaction resumes it
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			}
 		}
 	}
 }

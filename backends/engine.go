@@ -53,6 +53,11 @@ type EngineConfig struct {
 	// writer's connection (SQLite) sets it, since every write queued
 	// meanwhile waits for the step; 0 keeps every step at CompactStepRows.
 	CompactStepTime time.Duration
+	// CompactSleep is how long compaction's cleanup waits between two
+	// steps (etcd's --compaction-sleep-interval), so that the writes that
+	// run meanwhile get the CPU and disk the steps would otherwise take
+	// back to back; 0: no wait.
+	CompactSleep time.Duration
 	// ChangesBytes caps the events (keys and values, prev_kv included) one
 	// read of the log returns, beyond the revision that reaches it; 0
 	// means DefaultChangesBytes.

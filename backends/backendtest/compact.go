@@ -27,6 +27,12 @@ func RunTuned(t *testing.T, open OpenerWith) {
 		be := open(t, backends.EngineConfig{CompactStepRows: 3})
 		compactInSteps(t, be)
 	})
+	// The same with kvsql's default wait between the steps.
+	t.Run("CompactionInStepsWithSleepKeepsHistory", func(t *testing.T) {
+		t.Parallel()
+		be := open(t, backends.EngineConfig{CompactStepRows: 3, CompactSleep: backends.DefaultCompactSleep})
+		compactInSteps(t, be)
+	})
 	t.Run("ChangesStopAtTheByteBudget", func(t *testing.T) {
 		t.Parallel()
 		be := open(t, backends.EngineConfig{ChangesBytes: 1 << 20})

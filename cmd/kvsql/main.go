@@ -59,6 +59,7 @@ type config struct {
 	safetyPoll     time.Duration
 	stmtTimeout    time.Duration
 	sessionTimeout time.Duration
+	compactSleep   time.Duration
 	serverID       uint
 	metricsURLs    string
 	enablePprof    bool
@@ -132,6 +133,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.maxReqBytes, "max-request-bytes", kvserver.DefaultMaxRequestBytes, "maximum client request size in bytes")
 	fs.IntVar(&c.maxTxnOps, "max-txn-ops", kvserver.DefaultMaxTxnOps, "maximum operations per txn branch")
 	fs.Int64Var(&c.rangeBytes, "max-range-bytes-in-flight", kvserver.DefaultMaxRangeBytesInFlight, "bytes of Range results (encoded) the server reads and holds at once; a large Range that would exceed it waits for others to finish (the oldest always proceeds, so a larger one is served alone); the process needs up to about twice this in memory for them")
+	fs.DurationVar(&c.compactSleep, "compaction-sleep-interval", backends.DefaultCompactSleep, "how long compaction's cleanup of the freed history waits between two of its steps (each up to 1000 log rows, its own transaction), so that writes running meanwhile keep their share of CPU and disk (etcd's flag of that name; 0: no wait)")
 	fs.DurationVar(&c.progressEvery, "watch-progress-notify-interval", kvserver.DefaultProgressNotifyInterval, "how often watches with progress_notify get a progress notification")
 	fs.StringVar(&c.certFile, "cert-file", "", "TLS certificate for https:// client URLs, read again at every new connection (replace the file to rotate it)")
 	fs.StringVar(&c.keyFile, "key-file", "", "TLS key for --cert-file")
@@ -231,7 +233,7 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, obs backends.
 		src := local.New()
 		be, err := sqlite.Open(ctx, sqlite.Config{
 			Path:   path,
-			Engine: backends.EngineConfig{Logger: log.With("component", "sqlite"), OnCommit: src.Publish, Observer: obs},
+			Engine: backends.EngineConfig{Logger: log.With("component", "sqlite"), OnCommit: src.Publish, Observer: obs, CompactSleep: c.compactSleep},
 		})
 		if err != nil {
 			return nil, nil, err
@@ -245,7 +247,7 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, obs backends.
 			URL:              ep,
 			StatementTimeout: c.stmtTimeout,
 			SessionTimeout:   c.sessionTimeout,
-			Engine:           backends.EngineConfig{Logger: log.With("component", "postgres"), Observer: obs},
+			Engine:           backends.EngineConfig{Logger: log.With("component", "postgres"), Observer: obs, CompactSleep: c.compactSleep},
 		})
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, describeEndpoint(ep))
@@ -255,7 +257,7 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, obs backends.
 		}
 		return st, pgnotify.New(st.Pool(), postgres.NotifyChannel, log.With("component", "pgnotify")), nil
 	case "mysql":
-		st, err := mysql.Open(ctx, mysql.Config{DSN: ep, SessionTimeout: c.sessionTimeout, Engine: backends.EngineConfig{Logger: log.With("component", "mysql"), Observer: obs}})
+		st, err := mysql.Open(ctx, mysql.Config{DSN: ep, SessionTimeout: c.sessionTimeout, Engine: backends.EngineConfig{Logger: log.With("component", "mysql"), Observer: obs, CompactSleep: c.compactSleep}})
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, describeEndpoint(ep))
 		}
