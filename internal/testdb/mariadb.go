@@ -78,7 +78,15 @@ func newMariaDB(tlsFiles map[string][]byte, extra []string) (*MariaDB, error) {
 		return nil, err
 	}
 	m := &MariaDB{mysqld: mysqld, dir: dir, logFile: filepath.Join(dir, "mariadb.log"), extra: extra}
-	args := []string{"--no-defaults", "--datadir=" + filepath.Join(dir, "data"), "--auth-root-authentication-method=normal", "--skip-test-db"}
+	// Each server keeps its temporary files in its own directory, not the
+	// shared /tmp: a bootstrap once failed there ("Could not remove
+	// temporary table: '/tmp/#sql-temptable-...'", then "Unknown table")
+	// while other tests' servers ran.
+	if err := os.Mkdir(m.tmpDir(), 0o700); err != nil {
+		return nil, err
+	}
+	args := []string{"--no-defaults", "--datadir=" + filepath.Join(dir, "data"), "--tmpdir=" + m.tmpDir(),
+		"--auth-root-authentication-method=normal", "--skip-test-db"}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("mysql")
 		if err != nil {
@@ -87,8 +95,10 @@ func newMariaDB(tlsFiles map[string][]byte, extra []string) (*MariaDB, error) {
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
 		m.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-		if err := os.Chown(dir, uid, gid); err != nil {
-			return nil, err
+		for _, d := range []string{dir, m.tmpDir()} {
+			if err := os.Chown(d, uid, gid); err != nil {
+				return nil, err
+			}
 		}
 		args = append(args, "--user=mysql")
 	}
@@ -152,7 +162,7 @@ func (m *MariaDB) Start() error {
 			return
 		}
 		defer logf.Close()
-		args := []string{"--no-defaults", "--datadir=" + filepath.Join(m.dir, "data"),
+		args := []string{"--no-defaults", "--datadir=" + filepath.Join(m.dir, "data"), "--tmpdir=" + m.tmpDir(),
 			"--socket=" + m.Socket(), "--port=" + strconv.Itoa(m.port), "--bind-address=127.0.0.1",
 			"--pid-file=" + filepath.Join(m.dir, "mysqld.pid"), "--skip-name-resolve",
 			"--innodb-flush-log-at-trx-commit=1", "--sync-binlog=1", "--max-connections=500",
@@ -400,3 +410,6 @@ func slaveStatus(db *sql.DB) (map[string]string, error) {
 	}
 	return st, rows.Err()
 }
+
+// tmpDir is the server's own directory for temporary files.
+func (m *MariaDB) tmpDir() string { return filepath.Join(m.dir, "tmp") }
