@@ -208,8 +208,10 @@ func ScanIDs(rows Rows) ([]int64, error) {
 func Pending(ms []Migration, applied map[int]bool) ([]Migration, error) {
 	known := make(map[int]bool, len(ms))
 	var out []Migration
+	newest := 0
 	for _, m := range ms {
 		known[m.Version] = true
+		newest = max(newest, m.Version)
 		if !applied[m.Version] {
 			out = append(out, m)
 		}
@@ -223,7 +225,7 @@ func Pending(ms []Migration, applied map[int]bool) ([]Migration, error) {
 	if len(unknown) > 0 {
 		sort.Ints(unknown)
 		return nil, fmt.Errorf("the database has schema migrations %v that this kvsql does not know (it knows up to %d): "+
-			"a newer kvsql has upgraded it; run that version or a later one against it", unknown, ms[len(ms)-1].Version)
+			"a newer kvsql has upgraded it; run that version or a later one against it", unknown, newest)
 	}
 	return out, nil
 }

@@ -22,29 +22,20 @@ func TestMySQLMigrationRerun(t *testing.T) {
 	_ = st.Close()
 	db, _ := mysqlSQL(t, ep)
 	defer db.Close()
-	if _, err := db.Exec(`DELETE FROM kv_schema WHERE version = 2`); err != nil {
-		t.Fatal(err)
-	}
-	st, err = mysql.Open(context.Background(), mysql.Config{DSN: ep})
-	if err != nil {
-		t.Fatalf("start after an interrupted migration 002: %v", err)
-	}
-	_ = st.Close()
-	var have int
-	if err := db.QueryRow(`SELECT COUNT(*) FROM kv_schema WHERE version = 2`).Scan(&have); err != nil || have != 1 {
-		t.Fatalf("schema version 2 recorded %d times after the rerun (%v); want once", have, err)
-	}
 	// Migration 009 adds mod_sub and drops kv_current's value column in
 	// one statement: a rerun finds mod_sub there and must go on to fill it.
-	if _, err := db.Exec(`DELETE FROM kv_schema WHERE version = 9`); err != nil {
-		t.Fatal(err)
-	}
-	st, err = mysql.Open(context.Background(), mysql.Config{DSN: ep})
-	if err != nil {
-		t.Fatalf("start after an interrupted migration 009: %v", err)
-	}
-	_ = st.Close()
-	if err := db.QueryRow(`SELECT COUNT(*) FROM kv_schema WHERE version = 9`).Scan(&have); err != nil || have != 1 {
-		t.Fatalf("schema version 9 recorded %d times after the rerun (%v); want once", have, err)
+	for _, version := range []int{2, 9} {
+		if _, err := db.Exec(`DELETE FROM kv_schema WHERE version = ?`, version); err != nil {
+			t.Fatal(err)
+		}
+		st, err = mysql.Open(context.Background(), mysql.Config{DSN: ep})
+		if err != nil {
+			t.Fatalf("start after an interrupted migration %03d: %v", version, err)
+		}
+		_ = st.Close()
+		var have int
+		if err := db.QueryRow(`SELECT COUNT(*) FROM kv_schema WHERE version = ?`, version).Scan(&have); err != nil || have != 1 {
+			t.Fatalf("schema version %d recorded %d times after the rerun (%v); want once", version, have, err)
+		}
 	}
 }

@@ -54,6 +54,57 @@ func ValueOnceCurrent() []backends.LogRow {
 	return out
 }
 
+// OldSchema is what SeedValueOnce needs of a dialect: its migrations, how
+// to run a statement, and its statements for the schema before 009.
+type OldSchema struct {
+	Migrations []backends.Migration
+	// Exec runs one statement with its arguments.
+	Exec func(q string, args ...any) error
+	// Split splits a migration file into statements (nil: run it whole).
+	Split func(string) []string
+	// CreateVersions creates kv_schema; RecordVersion takes a version.
+	CreateVersions, RecordVersion string
+	// InsertLog takes a kv_log row (rev, sub, key, deleted, create_rev,
+	// prev_rev, version, lease, value); InsertCurrent a kv_current row as
+	// before 009 (key, create_rev, mod_rev, version, lease, value);
+	// SetRevision the current revision.
+	InsertLog, InsertCurrent, SetRevision string
+}
+
+// SeedValueOnce builds, through o, a database as a kvsql before schema/009
+// left it: every migration below 009 applied and recorded, and
+// ValueOnceLog with its kv_current rows (values included) written.
+func SeedValueOnce(t *testing.T, o OldSchema) {
+	t.Helper()
+	exec := func(q string, args ...any) {
+		t.Helper()
+		if err := o.Exec(q, args...); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	exec(o.CreateVersions)
+	for _, m := range o.Migrations {
+		if m.Version >= 9 {
+			continue
+		}
+		stmts := []string{m.SQL}
+		if o.Split != nil {
+			stmts = o.Split(m.SQL)
+		}
+		for _, q := range stmts {
+			exec(q)
+		}
+		exec(o.RecordVersion, m.Version)
+	}
+	for _, r := range ValueOnceLog {
+		exec(o.InsertLog, r.Rev, r.Sub, r.Key, r.Deleted, r.CreateRev, r.PrevRev, r.Version, r.Lease, append([]byte{}, r.Value...))
+	}
+	for _, r := range ValueOnceCurrent() {
+		exec(o.InsertCurrent, r.Key, r.CreateRev, r.Rev, r.Version, r.Lease, r.Value)
+	}
+	exec(o.SetRevision, int64(ValueOnceRev))
+}
+
 // CheckValueOnceUpgrade checks a database written as ValueOnceLog by a
 // kvsql before schema/009 and opened since by the current one: every live
 // key reads back with its value and metadata, old revisions still read,

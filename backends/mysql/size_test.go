@@ -22,6 +22,13 @@ func openWithSQL(t *testing.T) (*Store, *sql.DB) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
+	return st, plainDB(t, endpoint)
+}
+
+// plainDB opens a plain connection pool to endpoint's database, closed
+// when the test ends.
+func plainDB(t *testing.T, endpoint string) *sql.DB {
+	t.Helper()
 	dc, err := ParseEndpoint(endpoint)
 	if err != nil {
 		t.Fatal(err)
@@ -32,7 +39,7 @@ func openWithSQL(t *testing.T) (*Store, *sql.DB) {
 	}
 	db := sql.OpenDB(conn)
 	t.Cleanup(func() { _ = db.Close() })
-	return st, db
+	return db
 }
 
 // Size follows the data at once: InnoDB's table statistics (what

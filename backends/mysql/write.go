@@ -116,9 +116,10 @@ func (t *txn) begin(ctx context.Context, q string, args []any, withKeys bool) ([
 // connection may put into the text of one query, for a server whose
 // max_allowed_packet is maxPacket: the driver's escaping can double them
 // and CommitBatch's query carries each key twice (kv_log and kv_current),
-// so a quarter of the packet, less room for the SQL, capped at 4 MiB. Larger writes go through server-side prepared statements,
-// whose large arguments the driver streams in pieces, so any batch the
-// server accepts at all fits.
+// so a quarter of the packet, less room for the SQL, capped at 4 MiB.
+// Larger writes go through server-side prepared statements, whose large
+// arguments the driver streams in pieces, so any batch the server accepts
+// at all fits.
 func inlineBudget(maxPacket int64) int {
 	return int(max(min(maxPacket/4-64<<10, 4<<20), 0))
 }

@@ -26,28 +26,18 @@ func TestUpgradeStoresValuesOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exec := func(q string, args ...any) {
-		t.Helper()
-		if _, err := c.Exec(ctx, q, args...); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	exec(`CREATE TABLE kv_schema (version integer NOT NULL)`)
-	for _, m := range ms {
-		if m.Version < 9 {
-			exec(m.SQL)
-			exec(`INSERT INTO kv_schema (version) VALUES ($1)`, m.Version)
-		}
-	}
-	for _, r := range backendtest.ValueOnceLog {
-		exec(`INSERT INTO kv_log (rev, sub, key, deleted, create_rev, prev_rev, version, lease, value) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-			r.Rev, r.Sub, r.Key, r.Deleted, r.CreateRev, r.PrevRev, r.Version, r.Lease, append([]byte{}, r.Value...))
-	}
-	for _, r := range backendtest.ValueOnceCurrent() {
-		exec(`INSERT INTO kv_current (key, create_rev, mod_rev, version, lease, value) VALUES ($1, $2, $3, $4, $5, $6)`,
-			r.Key, r.CreateRev, r.Rev, r.Version, r.Lease, r.Value)
-	}
-	exec(`UPDATE kv_meta SET rev = $1`, backendtest.ValueOnceRev)
+	backendtest.SeedValueOnce(t, backendtest.OldSchema{
+		Migrations: ms,
+		Exec: func(q string, args ...any) error {
+			_, err := c.Exec(ctx, q, args...)
+			return err
+		},
+		CreateVersions: `CREATE TABLE kv_schema (version integer NOT NULL)`,
+		RecordVersion:  `INSERT INTO kv_schema (version) VALUES ($1)`,
+		InsertLog:      `INSERT INTO kv_log (rev, sub, key, deleted, create_rev, prev_rev, version, lease, value) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+		InsertCurrent:  `INSERT INTO kv_current (key, create_rev, mod_rev, version, lease, value) VALUES ($1, $2, $3, $4, $5, $6)`,
+		SetRevision:    `UPDATE kv_meta SET rev = $1`,
+	})
 	st, err := Open(ctx, Config{URL: url})
 	if err != nil {
 		t.Fatal(err)

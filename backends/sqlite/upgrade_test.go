@@ -24,28 +24,18 @@ func TestUpgradeStoresValuesOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exec := func(q string, args ...any) {
-		t.Helper()
-		if _, err := db.ExecContext(ctx, q, args...); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	exec(`CREATE TABLE kv_schema (version INTEGER NOT NULL)`)
-	for _, m := range ms {
-		if m.Version < 9 {
-			exec(m.SQL)
-			exec(`INSERT INTO kv_schema (version) VALUES (?)`, m.Version)
-		}
-	}
-	for _, r := range backendtest.ValueOnceLog {
-		exec(`INSERT INTO kv_log (rev, sub, key, deleted, create_rev, prev_rev, version, lease, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			r.Rev, r.Sub, r.Key, r.Deleted, r.CreateRev, r.PrevRev, r.Version, r.Lease, nonNil(r.Value))
-	}
-	for _, r := range backendtest.ValueOnceCurrent() {
-		exec(`INSERT INTO kv_current (key, create_rev, mod_rev, version, lease, value) VALUES (?, ?, ?, ?, ?, ?)`,
-			r.Key, r.CreateRev, r.Rev, r.Version, r.Lease, r.Value)
-	}
-	exec(`UPDATE kv_meta SET rev = ?`, backendtest.ValueOnceRev)
+	backendtest.SeedValueOnce(t, backendtest.OldSchema{
+		Migrations: ms,
+		Exec: func(q string, args ...any) error {
+			_, err := db.ExecContext(ctx, q, args...)
+			return err
+		},
+		CreateVersions: `CREATE TABLE kv_schema (version INTEGER NOT NULL)`,
+		RecordVersion:  `INSERT INTO kv_schema (version) VALUES (?)`,
+		InsertLog:      `INSERT INTO kv_log (rev, sub, key, deleted, create_rev, prev_rev, version, lease, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		InsertCurrent:  `INSERT INTO kv_current (key, create_rev, mod_rev, version, lease, value) VALUES (?, ?, ?, ?, ?, ?)`,
+		SetRevision:    `UPDATE kv_meta SET rev = ?`,
+	})
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -55,11 +45,4 @@ func TestUpgradeStoresValuesOnce(t *testing.T) {
 	}
 	defer be.Close()
 	backendtest.CheckValueOnceUpgrade(t, be)
-}
-
-func nonNil(b []byte) []byte {
-	if b == nil {
-		return []byte{}
-	}
-	return b
 }
