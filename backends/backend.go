@@ -37,6 +37,11 @@ var (
 	// cannot store, a constraint); wraps the database's error. Nothing of
 	// the request was written, and no other request failed with it.
 	ErrRefused = errors.New("the database refused the write")
+	// ErrStale: a write transaction prepared without the write lock found,
+	// once it held the lock, that the database had moved on from the state
+	// it was prepared on (Dialect.CommitChecked). Nothing was written; the
+	// writer prepares the batch again under the lock, so no client sees it.
+	ErrStale = errors.New("the database changed since the batch was prepared")
 	// ErrNotLeader: this instance does not hold the leader lock (any more).
 	ErrNotLeader = errors.New("this instance does not hold the leader lock")
 	// ErrClosed: the backend is shutting down.

@@ -52,6 +52,7 @@ type LogRow struct {
 type Dialect interface {
 	ReadBeginner
 	BatchBeginner
+	CheckedCommitter
 	CompactBeginner
 	LatestGetter
 	ChangesReader
@@ -85,6 +86,21 @@ type BatchBeginner interface {
 	// BeginBatch is BeginWrite followed by Tx.Current(keys) in the new
 	// transaction. keys are distinct; with none, nothing is read.
 	BeginBatch(ctx context.Context, keys [][]byte) (Tx, []*mvccpb.KeyValue, error)
+}
+
+// CheckedCommitter commits a group-commit batch that the writer prepared
+// without the write lock (pipeline.go): the lock, a check that nothing
+// changed since, the batch's rows, its revision and the commit, in one
+// round trip where the database allows. The lock is then held for the
+// server's own work only, and the writer prepares the next batch while
+// this one commits.
+type CheckedCommitter interface {
+	// CommitChecked opens a write transaction, takes the write lock and
+	// checks that the current revision is start and, if authRev is not 0,
+	// that the stored auth revision is authRev. If so it writes rows,
+	// stores rev if rev > 0, and commits; if not it commits nothing and
+	// returns ErrStale. Any other error is as CommitBatch's.
+	CommitChecked(ctx context.Context, start int64, authRev uint64, rows []LogRow, rev int64) error
 }
 
 // CompactBeginner opens the transactions of compaction's cleanup.

@@ -65,6 +65,10 @@ type EngineConfig struct {
 	// WriteTimeout bounds one group-commit transaction and one read of the
 	// watch tailer; 0 means DefaultWriteTimeout.
 	WriteTimeout time.Duration
+	// SerialWrites turns the pipelined writer off (pipeline.go): every
+	// batch then reads its keys under the write lock, and the next batch
+	// is prepared only after this one committed.
+	SerialWrites bool
 	// Database names the database in errors (dialect and address, never
 	// credentials), so that a client told "database error" knows which.
 	Database string

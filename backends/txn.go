@@ -35,7 +35,7 @@ func (e *Engine) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, er
 	}
 	var resp *pb.TxnResponse
 	var userErr error
-	err := e.writeKeys(ctx, txnKeys(r, nil), func(ctx context.Context, o *overlay, cur int64) (int64, error) {
+	err := e.writeKeys(ctx, txnKeys(r, nil), txnReadsMore(r), func(ctx context.Context, o *overlay, cur int64) (int64, error) {
 		// apply may run again after a refused batch: start clean.
 		resp, userErr = nil, nil
 		_, compact, err := o.tx.Revisions(ctx)
@@ -105,6 +105,40 @@ func txnKeys(r *pb.TxnRequest, keys [][]byte) [][]byte {
 		}
 	}
 	return keys
+}
+
+// txnReadsMore reports whether evaluating r may read more than the latest
+// versions of the keys txnKeys names: a compare or an op over a range, a
+// historic read, or a put's lease.
+func txnReadsMore(r *pb.TxnRequest) bool {
+	for _, c := range r.Compare {
+		if len(c.RangeEnd) != 0 {
+			return true
+		}
+	}
+	for _, ops := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, op := range ops {
+			switch v := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+				if len(v.RequestRange.RangeEnd) != 0 || v.RequestRange.Revision != 0 {
+					return true
+				}
+			case *pb.RequestOp_RequestPut:
+				if v.RequestPut.Lease != 0 {
+					return true
+				}
+			case *pb.RequestOp_RequestDeleteRange:
+				if len(v.RequestDeleteRange.RangeEnd) != 0 {
+					return true
+				}
+			case *pb.RequestOp_RequestTxn:
+				if txnReadsMore(v.RequestTxn) {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // txnState evaluates one client Txn inside a database transaction.

@@ -21,6 +21,10 @@ type Observer interface {
 	WriteQueued()
 	// BatchDone: a group-commit transaction ended.
 	BatchDone(BatchStats)
+	// BatchReplayed: a batch prepared without the write lock (pipeline.go)
+	// found the database changed, or had a write refused, and runs again
+	// under the lock; its requests are reported by that run's BatchDone.
+	BatchReplayed()
 }
 
 // BatchStats describes one group-commit transaction.
@@ -32,8 +36,9 @@ type BatchStats struct {
 	// them), Failed did not (the database failed the transaction, or the
 	// client gave up while the write was queued).
 	Requests, Applied, Failed int
-	// Took is the whole transaction, from asking for the write lock to
-	// the end of the commit.
+	// Took is the whole transaction, from asking for the write lock (for
+	// a batch prepared without it, from the start of its reads) to the
+	// end of the commit.
 	Took time.Duration
 	// Commit is the commit step alone (Tx.CommitBatch): the batch's rows,
 	// its revision and COMMIT — on PostgreSQL and MySQL the round trip
@@ -57,6 +62,10 @@ type writeReq struct {
 	keys  [][]byte // single keys apply will read: loaded for the whole batch at once
 	apply func(ctx context.Context, o *overlay, rev int64) (int64, error)
 	done  chan error
+	// locked says apply reads more than the latest versions of keys (a
+	// range, a lease, a historic revision): the request is evaluated under
+	// the write lock, never prepared without it (pipeline.go).
+	locked bool
 	// internal marks the instance's own periodic work (lease expiry
 	// passes, lease promotion), which the Observer is not told of: it is
 	// no client's proposal.
@@ -69,18 +78,19 @@ type writeReq struct {
 
 // write queues apply for the writer and waits for the batch to commit.
 func (e *Engine) write(ctx context.Context, apply func(ctx context.Context, o *overlay, rev int64) (int64, error)) error {
-	return e.writeKeys(ctx, nil, apply)
+	return e.enqueue(ctx, &writeReq{ctx: ctx, apply: apply, locked: true, done: make(chan error, 1), authRev: AuthRevisionOf(ctx)})
 }
 
 // writeInternal is write for the instance's own periodic work.
 func (e *Engine) writeInternal(ctx context.Context, apply func(ctx context.Context, o *overlay, rev int64) (int64, error)) error {
-	return e.enqueue(ctx, &writeReq{ctx: ctx, apply: apply, done: make(chan error, 1), internal: true})
+	return e.enqueue(ctx, &writeReq{ctx: ctx, apply: apply, locked: true, done: make(chan error, 1), internal: true})
 }
 
 // writeKeys is write with the single keys apply will read, so that the
-// writer loads them for the whole batch in one statement.
-func (e *Engine) writeKeys(ctx context.Context, keys [][]byte, apply func(ctx context.Context, o *overlay, rev int64) (int64, error)) error {
-	return e.enqueue(ctx, &writeReq{ctx: ctx, keys: keys, apply: apply, done: make(chan error, 1), authRev: AuthRevisionOf(ctx)})
+// writer loads them for the whole batch in one statement; locked says apply
+// reads more than their latest versions (see writeReq).
+func (e *Engine) writeKeys(ctx context.Context, keys [][]byte, locked bool, apply func(ctx context.Context, o *overlay, rev int64) (int64, error)) error {
+	return e.enqueue(ctx, &writeReq{ctx: ctx, keys: keys, locked: locked, apply: apply, done: make(chan error, 1), authRev: AuthRevisionOf(ctx)})
 }
 
 // enqueue hands req to the writer and waits for its batch to end.
@@ -118,22 +128,18 @@ func (e *Engine) enqueue(ctx context.Context, req *writeReq) error {
 func (e *Engine) writeLoop() {
 	defer close(e.done)
 	batch := make([]*writeReq, 0, e.cfg.MaxBatch)
+	var committing *prepared // the batch commitPrepared is committing, if any
+	var next []*writeReq     // requests taken from the queue for the next batch
 	for {
-		select {
-		case req := <-e.writes:
-			batch = append(batch[:0], req)
-		case <-e.stop:
-			// Fail what is still queued: nobody will serve it.
-			for {
-				select {
-				case req := <-e.writes:
-					req.done <- ErrClosed
-					if e.cfg.Observer != nil && !req.internal { // Took 0: never in a transaction
-						e.cfg.Observer.BatchDone(BatchStats{Requests: 1, Failed: 1, Err: ErrClosed})
-					}
-				default:
-					return
-				}
+		if len(next) > 0 {
+			batch = append(batch[:0], next...)
+		} else {
+			select {
+			case req := <-e.writes:
+				batch = append(batch[:0], req)
+			case <-e.stop:
+				e.stopWriting(committing)
+				return
 			}
 		}
 	fill:
@@ -145,7 +151,26 @@ func (e *Engine) writeLoop() {
 				break fill
 			}
 		}
-		e.commitBatch(batch)
+		committing, next = e.commitNext(batch, committing)
+	}
+}
+
+// stopWriting waits for the batch still committing, if any, and fails
+// what is still queued: nobody will serve it.
+func (e *Engine) stopWriting(committing *prepared) {
+	if committing != nil {
+		<-committing.done
+	}
+	for {
+		select {
+		case req := <-e.writes:
+			req.done <- ErrClosed
+			if e.cfg.Observer != nil && !req.internal { // Took 0: never in a transaction
+				e.cfg.Observer.BatchDone(BatchStats{Requests: 1, Failed: 1, Err: ErrClosed})
+			}
+		default:
+			return
+		}
 	}
 }
 

@@ -39,6 +39,34 @@ func TestConformancePostgres(t *testing.T) {
 	})
 }
 
+func TestSharedDatabasePostgres(t *testing.T) {
+	backendtest.RunShared(t, func(tb testing.TB) func(cfg backends.EngineConfig) backends.Backend {
+		url := freshPostgresURL(tb)
+		return func(cfg backends.EngineConfig) backends.Backend {
+			st, err := postgres.Open(context.Background(), postgres.Config{URL: url, Engine: cfg})
+			if err != nil {
+				tb.Fatal(err)
+			}
+			tb.Cleanup(func() { _ = st.Close() })
+			return st
+		}
+	})
+}
+
+func TestSharedDatabaseMySQL(t *testing.T) {
+	backendtest.RunShared(t, func(tb testing.TB) func(cfg backends.EngineConfig) backends.Backend {
+		dsn := freshMySQLEndpoint(tb)
+		return func(cfg backends.EngineConfig) backends.Backend {
+			st, err := mysql.Open(context.Background(), mysql.Config{DSN: dsn, Engine: cfg})
+			if err != nil {
+				tb.Fatal(err)
+			}
+			tb.Cleanup(func() { _ = st.Close() })
+			return st
+		}
+	})
+}
+
 func TestConformanceMySQL(t *testing.T) {
 	backendtest.Run(t, openMySQLBackend)
 	backendtest.RunTuned(t, func(tb testing.TB, cfg backends.EngineConfig) backends.Backend {

@@ -45,6 +45,7 @@ type Metrics struct {
 	revision, watchLag prometheus.Gauge
 	notifyReconnects   prometheus.Counter
 	batchSize          prometheus.Histogram
+	batchReplays       prometheus.Counter
 	forwards           *prometheus.CounterVec
 	pools              poolCollector
 }
@@ -123,6 +124,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "kvsql_write_batch_requests", Help: "Writes per group-commit database transaction.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 10),
 		}),
+		batchReplays: counter("kvsql", "", "write_batch_replays_total",
+			"Write batches prepared without the write lock that found the database changed by another instance (or had a write refused) and ran again under the lock."),
 		forwards: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvsql_write_forwards_total",
 			Help: "Writes this instance handled while another instance led, by outcome: forwarded (the leader answered), direct (the leader was not reachable, so written directly), lost (the connection failed mid-request; outcome unknown).",
@@ -147,7 +150,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.quotaBytes, m.slowApplies, serverVersion, clusterVersion,
 		m.backendCommit, m.walFsync,
 		m.dbTotal, m.dbInUse, m.puts, m.deletes, m.ranges, m.txns, m.keys, m.watchers, m.watchStreams,
-		m.revision, m.watchLag, m.notifyReconnects, m.batchSize, m.forwards, &m.pools)
+		m.revision, m.watchLag, m.notifyReconnects, m.batchSize, m.batchReplays, m.forwards, &m.pools)
 	return m
 }
 
@@ -171,6 +174,9 @@ func (m *Metrics) BatchDone(b backends.BatchStats) {
 		m.walFsync.Observe(b.Commit.Seconds())
 	}
 }
+
+// BatchReplayed implements backends.Observer.
+func (m *Metrics) BatchReplayed() { m.batchReplays.Inc() }
 
 // interceptors returns gRPC's standard server metric interceptors.
 func (m *Metrics) interceptors() []grpc.ServerOption {

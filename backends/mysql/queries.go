@@ -22,6 +22,17 @@ const (
 		START TRANSACTION;
 		` + qLockMeta + `;
 		` + qAuthRevision
+	// qCheckAt fails with error 1242 (a scalar subquery of two rows,
+	// errCheckFailed) unless kv_meta is at revision ? and, if the next ?
+	// is not 0, auth_meta at that revision (given twice).
+	qCheckAt = `SELECT (SELECT 1 UNION ALL SELECT 1 FROM kv_meta m, auth_meta a
+		WHERE m.id = 1 AND a.id = 1 AND NOT (m.rev = ? AND (? = 0 OR a.revision = ?)))`
+	// qBeginChecked opens a write transaction, takes the write lock and
+	// checks it (CommitChecked).
+	qBeginChecked = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
+		START TRANSACTION;
+		` + qLockMeta + `;
+		` + qCheckAt
 	qSetRevision = `UPDATE kv_meta SET rev = ? WHERE id = 1`
 	qSetCompact  = `UPDATE kv_meta SET compact_rev = ? WHERE id = 1`
 	qTimeline    = `SELECT timeline FROM kv_meta WHERE id = 1`

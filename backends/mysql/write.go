@@ -132,16 +132,36 @@ func (t *txn) CommitBatch(ctx context.Context, rows []backends.LogRow, rev int64
 	if t.conn == nil {
 		return sql.ErrTxDone
 	}
-	size := 0
-	for _, r := range rows {
-		size += len(r.Key) + len(r.Value)
-	}
-	if len(rows) > writeChunk || size > t.inlineBytes {
+	if !t.inline(rows) {
 		if err := t.Write(ctx, rows); err != nil {
 			return err
 		}
 		rows = nil
 	}
+	q, args := commitStatements(rows, rev)
+	if _, err := t.conn.ExecContext(ctx, q, args...); err != nil {
+		return err
+	}
+	t.release(nil)
+	if rev > 0 {
+		t.lockedRev = rev
+	}
+	return nil
+}
+
+// inline reports whether rows fit into the text of one query (see
+// inlineBudget); larger ones go through Write's prepared statements.
+func (t *txn) inline(rows []backends.LogRow) bool {
+	size := 0
+	for _, r := range rows {
+		size += len(r.Key) + len(r.Value)
+	}
+	return len(rows) <= writeChunk && size <= t.inlineBytes
+}
+
+// commitStatements returns the multi-statement query, and its arguments,
+// that writes rows, stores rev if rev > 0 and commits.
+func commitStatements(rows []backends.LogRow, rev int64) (string, []any) {
 	var q strings.Builder
 	var args []any
 	if len(rows) > 0 {
@@ -157,15 +177,55 @@ func (t *txn) CommitBatch(ctx context.Context, rows []backends.LogRow, rev int64
 		args = append(args, rev)
 	}
 	q.WriteString("COMMIT")
-	if _, err := t.conn.ExecContext(ctx, q.String(), args...); err != nil {
+	return q.String(), args
+}
+
+// CommitChecked implements backends.CheckedCommitter: READ COMMITTED,
+// START TRANSACTION, the kv_meta lock, the check, the writes, the kv_meta
+// update and COMMIT are one multi-statement query, one round trip (rows too
+// large for a query's text go through Write in between). The check is a
+// statement of its own after the lock, so that its consistent read starts
+// once the lock is granted; it fails (a subquery of two rows) if the
+// revision or the auth revision is not the expected one, and MySQL runs no
+// statement after a failed one.
+func (d *dialect) CommitChecked(ctx context.Context, start int64, authRev uint64, rows []backends.LogRow, rev int64) error {
+	c, err := d.wdb.Conn(ctx)
+	if err != nil {
 		return err
 	}
-	t.release(nil)
-	if rev > 0 {
-		t.lockedRev = rev
+	t := &txn{conn: c, st: connStmts{c}, locked: true, inlineBytes: d.inlineBytes}
+	fail := func(err error) error {
+		_ = t.Rollback()
+		var me *gomysql.MySQLError
+		if errors.As(err, &me) && me.Number == errCheckFailed {
+			return fmt.Errorf("%w: not at revision %d and auth revision %d", backends.ErrStale, start, authRev)
+		}
+		return err
 	}
+	head, headArgs := qBeginChecked, []any{start, int64(authRev), int64(authRev)}
+	if !t.inline(rows) {
+		if _, err := c.ExecContext(ctx, head, headArgs...); err != nil {
+			return fail(err)
+		}
+		if err := t.Write(ctx, rows); err != nil {
+			return fail(err)
+		}
+		head, headArgs, rows = "", nil, nil
+	}
+	q, args := commitStatements(rows, rev)
+	if head != "" {
+		q, args = head+";\n"+q, append(headArgs, args...)
+	}
+	if _, err := c.ExecContext(ctx, q, args...); err != nil {
+		return fail(err)
+	}
+	t.release(nil)
 	return nil
 }
+
+// errCheckFailed is ER_SUBQUERY_NO_1_ROW, qCheckAt's failure; no other
+// statement of a write transaction has a scalar subquery.
+const errCheckFailed = 1242
 
 // writeChunk bounds the rows per statement (MySQL allows 65535 placeholders).
 const writeChunk = 500

@@ -82,6 +82,46 @@ func (t *txn) CommitBatch(ctx context.Context, rows []backends.LogRow, rev int64
 	return nil
 }
 
+// CommitChecked implements backends.CheckedCommitter: BEGIN, the kv_meta
+// lock, the check, the kv_log and kv_current writes, the kv_meta update
+// with its NOTIFY, and COMMIT are one pipeline, one round trip. The check
+// is a statement of its own after the lock, so that its snapshot is taken
+// once the lock is granted; it divides by zero if the revision or the auth
+// revision is not the expected one, and the server then skips the rest.
+func (d *dialect) CommitChecked(ctx context.Context, start int64, authRev uint64, rows []backends.LogRow, rev int64) error {
+	c, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	t := &txn{q: c, conn: c, locked: true, sessionMillis: d.sessionMillis}
+	b := &pgx.Batch{}
+	b.Queue(qBeginWrite)
+	b.Queue(qIdleTxTimeout, t.idleTimeout(rows))
+	b.Queue(qLockMeta)
+	b.Queue(qCheckAt, start, int64(authRev))
+	if len(rows) > 0 {
+		queueWrite(b, rows)
+	}
+	if rev > 0 {
+		b.Queue(qSetRevision, rev)
+	}
+	b.Queue("COMMIT").Exec(checkCommit)
+	if err := c.SendBatch(ctx, b).Close(); err != nil {
+		_ = t.Rollback()
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == codeCheckFailed {
+			return fmt.Errorf("%w: not at revision %d and auth revision %d", backends.ErrStale, start, authRev)
+		}
+		return err
+	}
+	t.release()
+	return nil
+}
+
+// codeCheckFailed is division_by_zero, qCheckAt's failure; no other
+// statement of a write transaction divides.
+const codeCheckFailed = "22012"
+
 // Large commits get more of idle_in_transaction_session_timeout: from
 // largeCommitBytes on, largeCommitAllowance per MiB, at most
 // maxCommitAllowance more.
@@ -101,19 +141,34 @@ const (
 // large commits pay it. The timeout stays bounded, so that an instance
 // frozen in the middle of a large commit still loses the write lock.
 func (t *txn) allowLargeCommit(ctx context.Context, rows []backends.LogRow) error {
+	n := rowBytes(rows)
+	if n < largeCommitBytes {
+		return nil
+	}
+	if _, err := t.conn.Exec(ctx, qIdleTxTimeout, t.idleTimeout(rows)); err != nil {
+		return fmt.Errorf("raise the idle timeout for a commit of %d bytes: %w", n, err)
+	}
+	return nil
+}
+
+// idleTimeout returns the idle timeout, as a setting's text, for a write
+// transaction that commits rows: the session timeout, raised for large
+// commits as allowLargeCommit describes.
+func (t *txn) idleTimeout(rows []backends.LogRow) string {
+	ms := t.sessionMillis
+	if n := rowBytes(rows); n >= largeCommitBytes {
+		ms += min(time.Duration(n>>20)*largeCommitAllowance, maxCommitAllowance).Milliseconds()
+	}
+	return strconv.FormatInt(ms, 10)
+}
+
+// rowBytes returns the bytes of rows' keys and values.
+func rowBytes(rows []backends.LogRow) int {
 	n := 0
 	for _, r := range rows {
 		n += len(r.Key) + len(r.Value)
 	}
-	if n < largeCommitBytes {
-		return nil
-	}
-	extra := min(time.Duration(n>>20)*largeCommitAllowance, maxCommitAllowance)
-	ms := strconv.FormatInt(t.sessionMillis+extra.Milliseconds(), 10)
-	if _, err := t.conn.Exec(ctx, qIdleTxTimeout, ms); err != nil {
-		return fmt.Errorf("raise the idle timeout for a commit of %d bytes: %w", n, err)
-	}
-	return nil
+	return n
 }
 
 // Write appends rows to kv_log and applies the newest row of each key to

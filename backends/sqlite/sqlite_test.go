@@ -35,4 +35,21 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// TestSharedFile runs the cases of several instances on one database on
+// two engines opening one file, which SQLite's own locking serialises as it
+// would two processes.
+func TestSharedFile(t *testing.T) {
+	backendtest.RunShared(t, func(tb testing.TB) func(cfg backends.EngineConfig) backends.Backend {
+		path := filepath.Join(tb.TempDir(), "state.db")
+		return func(cfg backends.EngineConfig) backends.Backend {
+			be, err := sqlite.Open(context.Background(), sqlite.Config{Path: path, Engine: cfg})
+			if err != nil {
+				tb.Fatal(err)
+			}
+			tb.Cleanup(func() { _ = be.Close() })
+			return be
+		}
+	})
+}
+
 func BenchmarkSQLite(b *testing.B) { backendtest.Bench(b, open) }

@@ -7,6 +7,7 @@ package sqlite
 
 import (
 	"context"
+	"fmt"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
@@ -68,4 +69,45 @@ func (t *txn) CommitBatch(ctx context.Context, rows []backends.LogRow, rev int64
 		}
 	}
 	return t.tx.Commit()
+}
+
+// CommitChecked implements backends.CheckedCommitter: BEGIN IMMEDIATE (the
+// write lock), the check of kv_meta and auth_meta, then CommitBatch.
+func (d *dialect) CommitChecked(ctx context.Context, start int64, authRev uint64, rows []backends.LogRow, rev int64) error {
+	tx, err := d.BeginWrite(ctx)
+	if err != nil {
+		return err
+	}
+	if err := checkAt(ctx, tx, start, authRev); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.CommitBatch(ctx, rows, rev); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	return nil
+}
+
+// checkAt returns backends.ErrStale unless tx, holding the write lock, is
+// at revision start and, if authRev is not 0, at auth revision authRev.
+func checkAt(ctx context.Context, tx backends.Tx, start int64, authRev uint64) error {
+	cur, _, err := tx.Revisions(ctx)
+	if err != nil {
+		return err
+	}
+	if cur != start {
+		return fmt.Errorf("%w: revision %d, prepared at %d", backends.ErrStale, cur, start)
+	}
+	if authRev == 0 {
+		return nil
+	}
+	stored, err := tx.AuthRevision(ctx)
+	if err != nil {
+		return err
+	}
+	if stored != authRev {
+		return fmt.Errorf("%w: auth revision %d, permitted at %d", backends.ErrStale, stored, authRev)
+	}
+	return nil
 }

@@ -60,6 +60,7 @@ type config struct {
 	stmtTimeout    time.Duration
 	sessionTimeout time.Duration
 	compactSleep   time.Duration
+	pipeline       string
 	serverID       uint
 	metricsURLs    string
 	enablePprof    bool
@@ -133,6 +134,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.maxReqBytes, "max-request-bytes", kvserver.DefaultMaxRequestBytes, "maximum client request size in bytes")
 	fs.IntVar(&c.maxTxnOps, "max-txn-ops", kvserver.DefaultMaxTxnOps, "maximum operations per txn branch")
 	fs.Int64Var(&c.rangeBytes, "max-range-bytes-in-flight", kvserver.DefaultMaxRangeBytesInFlight, "bytes of Range results (encoded) the server reads and holds at once; a large Range that would exceed it waits for others to finish (the oldest always proceeds, so a larger one is served alone); the process needs up to about twice this in memory for them")
+	fs.StringVar(&c.pipeline, "write-pipelining", "auto", "on: prepare each group-commit batch while the one before it commits, without the write lock, and commit it with one checked round trip (a batch another instance's write made stale runs again under the lock); off: every batch reads its keys under the lock; auto: on for SQLite, off for PostgreSQL and MySQL (on a machine whose CPUs the database shares, their extra read costs more than the overlap gains; see docs/benchmarks.md)")
 	fs.DurationVar(&c.compactSleep, "compaction-sleep-interval", backends.DefaultCompactSleep, "how long compaction's cleanup of the freed history waits between two of its steps (each up to 1000 log rows, its own transaction), so that writes running meanwhile keep their share of CPU and disk (etcd's flag of that name; 0: no wait)")
 	fs.DurationVar(&c.progressEvery, "watch-progress-notify-interval", kvserver.DefaultProgressNotifyInterval, "how often watches with progress_notify get a progress notification")
 	fs.StringVar(&c.certFile, "cert-file", "", "TLS certificate for https:// client URLs, read again at every new connection (replace the file to rotate it)")
@@ -233,7 +235,7 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, obs backends.
 		src := local.New()
 		be, err := sqlite.Open(ctx, sqlite.Config{
 			Path:   path,
-			Engine: backends.EngineConfig{Logger: log.With("component", "sqlite"), OnCommit: src.Publish, Observer: obs, CompactSleep: c.compactSleep},
+			Engine: backends.EngineConfig{Logger: log.With("component", "sqlite"), OnCommit: src.Publish, Observer: obs, CompactSleep: c.compactSleep, SerialWrites: c.pipeline == "off"},
 		})
 		if err != nil {
 			return nil, nil, err
@@ -247,7 +249,7 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, obs backends.
 			URL:              ep,
 			StatementTimeout: c.stmtTimeout,
 			SessionTimeout:   c.sessionTimeout,
-			Engine:           backends.EngineConfig{Logger: log.With("component", "postgres"), Observer: obs, CompactSleep: c.compactSleep},
+			Engine:           backends.EngineConfig{Logger: log.With("component", "postgres"), Observer: obs, CompactSleep: c.compactSleep, SerialWrites: c.pipeline != "on"},
 		})
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, describeEndpoint(ep))
@@ -257,7 +259,7 @@ func openBackend(ctx context.Context, c *config, log *slog.Logger, obs backends.
 		}
 		return st, pgnotify.New(st.Pool(), postgres.NotifyChannel, log.With("component", "pgnotify")), nil
 	case "mysql":
-		st, err := mysql.Open(ctx, mysql.Config{DSN: ep, SessionTimeout: c.sessionTimeout, Engine: backends.EngineConfig{Logger: log.With("component", "mysql"), Observer: obs, CompactSleep: c.compactSleep}})
+		st, err := mysql.Open(ctx, mysql.Config{DSN: ep, SessionTimeout: c.sessionTimeout, Engine: backends.EngineConfig{Logger: log.With("component", "mysql"), Observer: obs, CompactSleep: c.compactSleep, SerialWrites: c.pipeline != "on"}})
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w (endpoint %s)", err, describeEndpoint(ep))
 		}
@@ -296,6 +298,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if c.notifyMode != "auto" && c.notifyMode != "poll" {
 		return fmt.Errorf("--notify %q: want auto or poll", c.notifyMode)
+	}
+	if c.pipeline != "auto" && c.pipeline != "on" && c.pipeline != "off" {
+		return fmt.Errorf("--write-pipelining %q: want auto, on or off", c.pipeline)
 	}
 	urls, err := parseClientURLs(c)
 	if err != nil {

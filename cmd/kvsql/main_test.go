@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"io"
 	"strings"
@@ -72,5 +73,13 @@ func TestScrubDropsErrorsWithSecrets(t *testing.T) {
 	ok := errors.New("dial tcp 127.0.0.1:1: connect: connection refused")
 	if got := scrub(ok, "postgres://kv:secret@127.0.0.1:1/kv"); !errors.Is(got, ok) {
 		t.Errorf("scrub replaced a harmless error: %v", got)
+	}
+}
+
+func TestWritePipeliningTakesAutoOnOrOff(t *testing.T) {
+	t.Parallel()
+	err := run(context.Background(), []string{"--write-pipelining=yes"}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "--write-pipelining") || !strings.Contains(err.Error(), "auto, on or off") {
+		t.Fatalf("run with --write-pipelining=yes: %v; want an error naming the flag and its values", err)
 	}
 }
