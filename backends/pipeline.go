@@ -64,6 +64,17 @@ func (e *Engine) commitNext(batch []*writeReq, prev *prepared) (committing *prep
 		e.commitBatch(batch)
 		return nil, nil
 	}
+	if prev != nil {
+		select {
+		case <-prev.done:
+			// Committed before this batch came: its view may be old by
+			// now, so read afresh, as after any pause.
+			if prev.committed {
+				prev = nil
+			}
+		default:
+		}
+	}
 	p := &prepared{o: newOverlay(needsLock{}), start: -1, began: time.Now(), done: make(chan struct{})}
 	if prev != nil {
 		p.start, p.end = prev.end, prev.end
@@ -144,11 +155,13 @@ func (e *Engine) extendWhile(p, prev *prepared) []*writeReq {
 // the reads did not come from a revision that fits. It returns how many
 // requests it added.
 func (e *Engine) extend(p *prepared, reqs []*writeReq, prev *prepared) int {
+	authRev := p.authRev
 	for n, req := range reqs {
-		if _, ok := sameAuth(p.authRev, reqs[:n+1]); !ok || req.internal || req.locked {
+		if req.internal || req.locked || req.authRev != 0 && authRev != 0 && req.authRev != authRev {
 			reqs = reqs[:n]
 			break
 		}
+		authRev = max(authRev, req.authRev) // equal, or one of them 0
 	}
 	if len(reqs) == 0 {
 		return 0
@@ -195,7 +208,7 @@ func (e *Engine) extend(p *prepared, reqs []*writeReq, prev *prepared) int {
 	}
 	// Evaluate them in order; if one turns out to need the lock after all,
 	// undo and evaluate the ones before it again.
-	saved, written := maps.Clone(o.cur), len(o.pending)
+	saved, pending := maps.Clone(o.cur), slices.Clone(o.pending)
 	for {
 		results := make([]error, len(reqs))
 		skipped, rev, failed := 0, p.end, -1
@@ -219,7 +232,7 @@ func (e *Engine) extend(p *prepared, reqs []*writeReq, prev *prepared) int {
 			p.end = rev
 			return len(reqs)
 		}
-		o.cur, o.pending = maps.Clone(saved), o.pending[:written]
+		o.cur, o.pending = maps.Clone(saved), slices.Clone(pending)
 		if failed == 0 {
 			return 0
 		}

@@ -24,9 +24,11 @@ const (
 		` + qAuthRevision
 	// qCheckAt fails with error 1242 (a scalar subquery of two rows,
 	// errCheckFailed) unless kv_meta is at revision ? and, if the next ?
-	// is not 0, auth_meta at that revision (given twice).
-	qCheckAt = `SELECT (SELECT 1 UNION ALL SELECT 1 FROM kv_meta m, auth_meta a
-		WHERE m.id = 1 AND a.id = 1 AND NOT (m.rev = ? AND (? = 0 OR a.revision = ?)))`
+	// is not 0, auth_meta at that revision (given twice); a missing row
+	// fails it too.
+	qCheckAt = `SELECT (SELECT 1 UNION ALL SELECT 1 FROM DUAL WHERE NOT (
+		COALESCE((SELECT rev FROM kv_meta WHERE id = 1) = ?, FALSE)
+		AND (? = 0 OR COALESCE((SELECT revision FROM auth_meta WHERE id = 1) = ?, FALSE))))`
 	// qBeginChecked opens a write transaction, takes the write lock and
 	// checks it (CommitChecked).
 	qBeginChecked = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED;

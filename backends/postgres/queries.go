@@ -16,10 +16,11 @@ const (
 	// The session timeouts (Config.SessionTimeout), in milliseconds: for
 	// the write transaction only, and for the leader lock's session.
 	// qCheckAt fails (division by zero, codeCheckFailed) unless kv_meta is
-	// at revision $1 and, if $2 is not 0, auth_meta at revision $2. The
-	// divisor depends on the rows, so the planner cannot fold it.
-	qCheckAt = `SELECT 1 / (CASE WHEN m.rev = $1::bigint AND ($2::bigint = 0 OR a.revision = $2::bigint) THEN 1 ELSE 0 END)
-		FROM kv_meta m, auth_meta a WHERE m.id = 1 AND a.id = 1`
+	// at revision $1 and, if $2 is not 0, auth_meta at revision $2; a
+	// missing row fails it too (NULL is no match). The divisor depends on
+	// the rows, so the planner cannot fold it.
+	qCheckAt = `SELECT 1 / (CASE WHEN (SELECT rev FROM kv_meta WHERE id = 1) = $1::bigint
+		AND ($2::bigint = 0 OR (SELECT revision FROM auth_meta WHERE id = 1) = $2::bigint) THEN 1 ELSE 0 END)`
 	qIdleTxTimeout      = `SELECT set_config('idle_in_transaction_session_timeout', $1, true)`
 	qIdleSessionTimeout = `SELECT set_config('idle_session_timeout', $1, false)`
 	qSetRevision        = `WITH u AS (UPDATE kv_meta SET rev = $1 WHERE id = 1)
