@@ -64,24 +64,9 @@ func casIncrementsThroughTwoInstances(t *testing.T, open SharedOpener, serial bo
 	for round := 1; ; round++ {
 		shared := fmt.Sprintf("shared/%d", round)
 		first := mustTxn(t, bes[0], put(shared, "0"))
-		var wg sync.WaitGroup
-		errs := make(chan error, 2*writersPer)
-		for i, be := range bes {
-			for w := range writersPer {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					errs <- incrementBoth(ctx, be, shared, fmt.Sprintf("own/%d/%d/%d", round, i, w), first.Header.Revision, each)
-				}()
-			}
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
+		onEach(t, bes, writersPer, func(i, w int) error {
+			return incrementBoth(ctx, bes[i], shared, fmt.Sprintf("own/%d/%d/%d", round, i, w), first.Header.Revision, each)
+		})
 		total += 2 * writersPer * each
 		for i, be := range bes {
 			resp, err := be.Range(ctx, &pb.RangeRequest{Key: []byte(shared)})
@@ -184,62 +169,46 @@ func mixedWritesKeepTheirRevisions(t *testing.T, open SharedOpener, serial bool)
 	const writersPer, each = 4, 25
 	var mu sync.Mutex
 	var acks []ack
-	var wg sync.WaitGroup
-	errs := make(chan error, 2*writersPer)
-	for i, be := range bes {
-		for w := range writersPer {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				errs <- func() error {
-					mine := fmt.Sprintf("mix/%d/%d/", i, w)
-					for n := range each {
-						key, val := fmt.Sprintf("%s%d", mine, n), fmt.Sprintf("v%d.%d.%d", i, w, n)
-						putOp := &pb.PutRequest{Key: []byte(key), Value: []byte(val)}
-						r := &pb.TxnRequest{}
-						a := ack{key: key, value: val}
-						switch n % 4 {
-						case 1:
-							putOp.Lease = lease
-						case 2:
-							// A compare over the writer's own range: its
-							// keys were all written before (mod < any
-							// future revision).
-							r.Compare = []*pb.Compare{{Key: []byte(mine), RangeEnd: []byte(mine[:len(mine)-1] + "0"),
-								Target: pb.Compare_MOD, Result: pb.Compare_LESS, TargetUnion: &pb.Compare_ModRevision{ModRevision: 1 << 40}}}
-						case 3:
-							// Delete what the writer put so far.
-							r.Success = []*pb.RequestOp{{Request: &pb.RequestOp_RequestDeleteRange{RequestDeleteRange: &pb.DeleteRangeRequest{
-								Key: []byte(mine), RangeEnd: []byte(mine[:len(mine)-1] + "0")}}}}
-							a = ack{key: mine, deleted: true}
-						}
-						if len(r.Success) == 0 {
-							r.Success = []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: putOp}}}
-						}
-						resp, err := be.Txn(ctx, r)
-						if err != nil {
-							return err
-						}
-						if !resp.Succeeded {
-							return fmt.Errorf("%s: txn %d did not succeed", mine, n)
-						}
-						a.rev = resp.Header.Revision
-						mu.Lock()
-						acks = append(acks, a)
-						mu.Unlock()
-					}
-					return nil
-				}()
-			}()
+	onEach(t, bes, writersPer, func(i, w int) error {
+		be := bes[i]
+		mine := fmt.Sprintf("mix/%d/%d/", i, w)
+		for n := range each {
+			key, val := fmt.Sprintf("%s%d", mine, n), fmt.Sprintf("v%d.%d.%d", i, w, n)
+			putOp := &pb.PutRequest{Key: []byte(key), Value: []byte(val)}
+			r := &pb.TxnRequest{}
+			a := ack{key: key, value: val}
+			switch n % 4 {
+			case 1:
+				putOp.Lease = lease
+			case 2:
+				// A compare over the writer's own range: its
+				// keys were all written before (mod < any
+				// future revision).
+				r.Compare = []*pb.Compare{{Key: []byte(mine), RangeEnd: []byte(mine[:len(mine)-1] + "0"),
+					Target: pb.Compare_MOD, Result: pb.Compare_LESS, TargetUnion: &pb.Compare_ModRevision{ModRevision: 1 << 40}}}
+			case 3:
+				// Delete what the writer put so far.
+				r.Success = []*pb.RequestOp{{Request: &pb.RequestOp_RequestDeleteRange{RequestDeleteRange: &pb.DeleteRangeRequest{
+					Key: []byte(mine), RangeEnd: []byte(mine[:len(mine)-1] + "0")}}}}
+				a = ack{key: mine, deleted: true}
+			}
+			if len(r.Success) == 0 {
+				r.Success = []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: putOp}}}
+			}
+			resp, err := be.Txn(ctx, r)
+			if err != nil {
+				return err
+			}
+			if !resp.Succeeded {
+				return fmt.Errorf("%s: txn %d did not succeed", mine, n)
+			}
+			a.rev = resp.Header.Revision
+			mu.Lock()
+			acks = append(acks, a)
+			mu.Unlock()
 		}
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+		return nil
+	})
 	byRev := map[int64]ack{}
 	for _, a := range acks {
 		if other, dup := byRev[a.rev]; dup {
@@ -291,5 +260,29 @@ func mixedWritesKeepTheirRevisions(t *testing.T, open SharedOpener, serial bool)
 	}
 	if next != cur+1 {
 		t.Fatalf("the log ends at revision %d, the current revision is %d", next-1, cur)
+	}
+}
+
+// onEach runs f(i, w) for writersPer writers w on each backend bes[i] at
+// once and fails the test with the first error.
+func onEach(t *testing.T, bes [2]backends.Backend, writersPer int, f func(i, w int) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(bes)*writersPer)
+	for i := range bes {
+		for w := range writersPer {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs <- f(i, w)
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 }
