@@ -145,7 +145,10 @@ func writeClientHistory(t testing.TB, c *clientv3.Client) history {
 	if _, err := c.Delete(ctx, "/registry/pods/default/p2"); err != nil {
 		t.Fatal(err)
 	}
-	for _, ttl := range []int64{600, 900} {
+	// A day or more: TestSnapshotFromEtcd's reference etcd must still hold
+	// these leases (and their keys) when its parallel subtests get to run,
+	// which on a busy 2-vCPU CI machine was once more than 15 minutes later.
+	for _, ttl := range []int64{86400, 129600} {
 		l, err := c.Grant(ctx, ttl)
 		if err != nil {
 			t.Fatal(err)
