@@ -16,8 +16,20 @@ const (
 	// size and reads the alarms (Config.StatsInterval).
 	DefaultStatsInterval = 2 * time.Second
 	// statsKickBytes: writes admitted since the last measurement that make
-	// the next one happen at once rather than at the next tick.
+	// the next one happen at once rather than at the next tick, once the
+	// estimate is in the quota's last quarter (statsKickShare).
 	statsKickBytes = 1 << 20
+	// statsKickShare: a kick measures early only when the estimated size
+	// (last measurement plus writes admitted since) reaches this share of
+	// the quota, in 1/4ths. Further below, the next tick is soon enough.
+	statsKickShare = 3
+	// statsKickGap is the least time between the start of one measurement
+	// and a kicked one. A measurement that does not move (InnoDB's
+	// statistics lag by up to a tenth of a table's rows) leaves the writes
+	// admitted counted, so every write after it would kick again: without
+	// the gap, a busy instance measured back to back (on PostgreSQL,
+	// 17 size queries a second of 2.3 ms each under a CAS churn).
+	statsKickGap = 250 * time.Millisecond
 )
 
 // stats keeps what requests check without a database round trip: the
@@ -65,6 +77,7 @@ func (st *stats) run(ctx context.Context) error {
 	defer t.Stop()
 	failing := false
 	for {
+		last := time.Now()
 		if err := st.refresh(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -81,6 +94,9 @@ func (st *stats) run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		case <-st.kickCh:
+			if !sleepCtx(ctx, statsKickGap-time.Since(last)) {
+				return nil
+			}
 		}
 	}
 }
@@ -153,7 +169,8 @@ func (st *stats) list(t pb.AlarmType) []*pb.AlarmMember {
 // admit reports whether a write of cost bytes fits under quota (etcd's
 // test: size + cost < quota, with the size in use as the size), and if it
 // does, counts it until the next measurement. Before the first
-// measurement every write fits.
+// measurement every write fits. Near the quota, a megabyte admitted asks
+// for a measurement at once (statsKickShare).
 func (st *stats) admit(cost, quota int64) (ok bool, size int64) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -165,7 +182,7 @@ func (st *stats) admit(cost, quota int64) (ok bool, size int64) {
 		return false, size
 	}
 	st.admitted += cost
-	if st.admitted >= statsKickBytes {
+	if st.admitted >= statsKickBytes && (st.inUse+st.admitted)*4 >= quota*statsKickShare {
 		st.kick()
 	}
 	return true, size
