@@ -1,0 +1,73 @@
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/kvsql/kvsql/internal/testdb"
+)
+
+// TestSmallValuesStayInline: a put of a Kubernetes-sized value (2 KiB,
+// incompressible) writes its value into kv_log's own row, not into TOAST
+// chunks (schema/010); a value larger than a page still goes out of line.
+// Both read back whole.
+func TestSmallValuesStayInline(t *testing.T) {
+	ctx := context.Background()
+	st, err := Open(ctx, Config{URL: testdb.FreshPostgresURL(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	c, err := pgx.Connect(ctx, st.Pool().Config().ConnConfig.ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	chunks := func() int64 {
+		t.Helper()
+		var toast string
+		if err := c.QueryRow(ctx, `SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = 'kv_log'::regclass`).Scan(&toast); err != nil {
+			t.Fatal(err)
+		}
+		var n int64
+		if err := c.QueryRow(ctx, `SELECT count(*) FROM `+toast).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	put := func(key string, size int) []byte {
+		t.Helper()
+		v := make([]byte, size)
+		_, _ = rand.Read(v)
+		if _, err := st.Txn(ctx, &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{
+			RequestPut: &pb.PutRequest{Key: []byte(key), Value: v}}}}}); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	get := func(key string, want []byte) {
+		t.Helper()
+		r, err := st.Range(ctx, &pb.RangeRequest{Key: []byte(key)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Kvs) != 1 || !bytes.Equal(r.Kvs[0].Value, want) {
+			t.Errorf("%s read back %d keys, or a different value", key, len(r.Kvs))
+		}
+	}
+	small := put("/registry/pods/default/small", 2048)
+	if n := chunks(); n != 0 {
+		t.Errorf("a 2 KiB value took %d TOAST chunks, want it stored in kv_log's row", n)
+	}
+	get("/registry/pods/default/small", small)
+	large := put("/registry/configmaps/default/large", 64<<10)
+	if n := chunks(); n == 0 {
+		t.Error("a 64 KiB value is not in TOAST chunks")
+	}
+	get("/registry/configmaps/default/large", large)
+}
