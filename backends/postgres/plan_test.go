@@ -5,10 +5,6 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
-
-	"github.com/jackc/pgx/v5"
-
-	"github.com/kvsql/kvsql/internal/testdb"
 )
 
 // The watch tailer reads a few new revisions after every commit, and a
@@ -21,16 +17,7 @@ import (
 // LATERAL prev join the generic plan of qChangesUpToCurrent fails this.
 func TestLogStatementsUseIndexes(t *testing.T) {
 	ctx := context.Background()
-	st, err := Open(ctx, Config{URL: testdb.FreshPostgresURL(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	c, err := pgx.Connect(ctx, st.Pool().Config().ConnConfig.ConnString())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close(ctx)
+	_, c := openWithConn(t)
 	// 1 000 000 revisions over 1000 keys, each row pointing at the key's
 	// previous revision, as a long-lived cluster's log looks.
 	for _, q := range []string{
