@@ -26,12 +26,7 @@ func open(tb testing.TB) backends.Backend {
 func TestConformance(t *testing.T) {
 	backendtest.Run(t, open)
 	backendtest.RunTuned(t, func(tb testing.TB, cfg backends.EngineConfig) backends.Backend {
-		be, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(tb.TempDir(), "state.db"), Engine: cfg})
-		if err != nil {
-			tb.Fatal(err)
-		}
-		tb.Cleanup(func() { _ = be.Close() })
-		return be
+		return openAt(tb, filepath.Join(tb.TempDir(), "state.db"), cfg)
 	})
 }
 
@@ -41,15 +36,19 @@ func TestConformance(t *testing.T) {
 func TestSharedFile(t *testing.T) {
 	backendtest.RunShared(t, func(tb testing.TB) func(cfg backends.EngineConfig) backends.Backend {
 		path := filepath.Join(tb.TempDir(), "state.db")
-		return func(cfg backends.EngineConfig) backends.Backend {
-			be, err := sqlite.Open(context.Background(), sqlite.Config{Path: path, Engine: cfg})
-			if err != nil {
-				tb.Fatal(err)
-			}
-			tb.Cleanup(func() { _ = be.Close() })
-			return be
-		}
+		return func(cfg backends.EngineConfig) backends.Backend { return openAt(tb, path, cfg) }
 	})
+}
+
+// openAt opens an engine configured by cfg on the database file at path,
+// closed at cleanup.
+func openAt(tb testing.TB, path string, cfg backends.EngineConfig) backends.Backend {
+	be, err := sqlite.Open(context.Background(), sqlite.Config{Path: path, Engine: cfg})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = be.Close() })
+	return be
 }
 
 func BenchmarkSQLite(b *testing.B) { backendtest.Bench(b, open) }
