@@ -78,7 +78,7 @@ type writeReq struct {
 
 // write queues apply for the writer and waits for the batch to commit.
 func (e *Engine) write(ctx context.Context, apply func(ctx context.Context, o *overlay, rev int64) (int64, error)) error {
-	return e.enqueue(ctx, &writeReq{ctx: ctx, apply: apply, locked: true, done: make(chan error, 1), authRev: AuthRevisionOf(ctx)})
+	return e.writeKeys(ctx, nil, true, apply)
 }
 
 // writeInternal is write for the instance's own periodic work.
