@@ -1,6 +1,7 @@
 package testdb
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"runtime"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -155,8 +157,9 @@ func (p *Postgres) Start() error {
 		}
 		cmd := exec.Command(filepath.Join(p.bin, "postgres"), args...)
 		cmd.Stdout, cmd.Stderr = logf, logf
-		// A process group of its own, so that Crash can kill the server's
-		// every process at once, as a machine that dies does.
+		// A process group of its own, so that a signal to the test's
+		// group (^C) reaches the server only through Pdeathsig. Its
+		// children each call setsid: Crash finds them by parent.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred, Pdeathsig: syscall.SIGQUIT, Setpgid: true}
 		if err := cmd.Start(); err != nil {
 			started <- err
@@ -208,10 +211,15 @@ func (p *Postgres) setOwner() error {
 	return os.Chown(p.dir, uid, gid)
 }
 
-// Crash kills every process of the server at once (SIGKILL to its
-// process group), as a machine that dies does: a postmaster killed alone
-// leaves its backends committing for a moment, and they would notice only
-// at their next wait. It waits for the postmaster to exit.
+// Crash kills every process of the server at once, as a machine that
+// dies does. Killing the postmaster alone is not that: each of its
+// children calls setsid (a process group of its own), outlives it, and on
+// noticing its death finishes what it was doing. A commit waiting for a
+// synchronous standby then stops waiting and becomes visible on the dying
+// primary, so clients could read a revision the promoted standby never
+// had. So Crash stops the postmaster (no new children), then stops each
+// child, and only when nothing of the server runs kills them all. It
+// returns once they are gone.
 func (p *Postgres) Crash() {
 	p.mu.Lock()
 	proc, exited := p.proc, p.exited
@@ -219,8 +227,74 @@ func (p *Postgres) Crash() {
 	if proc == nil {
 		return
 	}
-	_ = syscall.Kill(-proc.Pid, syscall.SIGKILL)
+	_ = syscall.Kill(proc.Pid, syscall.SIGSTOP)
+	stopped := map[int]bool{}
+	for {
+		more := false
+		for _, pid := range childrenOf(proc.Pid) {
+			if !stopped[pid] {
+				_ = syscall.Kill(pid, syscall.SIGSTOP)
+				stopped[pid], more = true, true
+			}
+		}
+		if !more {
+			break
+		}
+	}
+	for pid := range stopped {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	_ = syscall.Kill(proc.Pid, syscall.SIGKILL)
 	<-exited
+	for pid := range stopped {
+		for alive(pid) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
+// childrenOf lists the processes whose parent is pid, from /proc.
+func childrenOf(pid int) []int {
+	entries, _ := os.ReadDir("/proc")
+	var kids []int
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if _, ppid, ok := procStat(child); ok && ppid == pid {
+			kids = append(kids, child)
+		}
+	}
+	return kids
+}
+
+// alive reports whether process pid exists and is not a zombie.
+func alive(pid int) bool {
+	state, _, ok := procStat(pid)
+	return ok && state != 'Z' && state != 'X'
+}
+
+// procStat reads a process's state and parent from /proc/pid/stat
+// ("pid (comm) state ppid ..."; comm may hold spaces and parentheses).
+func procStat(pid int) (state byte, ppid int, ok bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0, 0, false
+	}
+	ppid, err = strconv.Atoi(f[1])
+	if err != nil || len(f[0]) == 0 {
+		return 0, 0, false
+	}
+	return f[0][0], ppid, true
 }
 
 // Addr is the server's host:port.
