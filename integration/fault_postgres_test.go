@@ -71,10 +71,11 @@ func checkHistory(t *testing.T, ctx context.Context, c *clientv3.Client, be back
 	}
 }
 
-// TestPostgresRestartDuringWritesAndWatches restarts PostgreSQL twice (fast
-// and immediate shutdown) under a write load through two kvsql instances
-// with watchers on both: nothing acknowledged is lost and every watcher ends
-// with exactly the log's history.
+// TestPostgresRestartDuringWritesAndWatches restarts PostgreSQL three times
+// (fast shutdown, immediate shutdown, and a crash: every process SIGKILLed
+// at once, then crash recovery) under a write load through two kvsql
+// instances with watchers on both: nothing acknowledged is lost and every
+// watcher ends with exactly the log's history.
 func TestPostgresRestartDuringWritesAndWatches(t *testing.T) {
 	t.Parallel()
 	p, url := ownPostgres(t)
@@ -82,6 +83,7 @@ func TestPostgresRestartDuringWritesAndWatches(t *testing.T) {
 	restarts := []func(){
 		func() { p.stop(syscall.SIGINT); mustStart(t, p.start) },  // fast shutdown
 		func() { p.stop(syscall.SIGQUIT); mustStart(t, p.start) }, // immediate: like a crash
+		func() { p.Crash(); mustStart(t, p.start) },               // a crash
 	}
 	runFaultLoad(t, clientsFor(t, servers), first, restarts)
 }
