@@ -14,10 +14,7 @@ import (
 // backends/sqlite).
 
 func openPostgresBackend(tb testing.TB) backends.Backend {
-	st, src := openPostgres(tb, freshPostgresURL(tb))
-	_ = src.Close()
-	tb.Cleanup(func() { _ = st.Close() })
-	return st
+	return openPostgresAt(tb, freshPostgresURL(tb), backends.EngineConfig{})
 }
 
 func openMySQLBackend(tb testing.TB) backends.Backend {

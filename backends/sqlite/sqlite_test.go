@@ -11,16 +11,7 @@ import (
 )
 
 func open(tb testing.TB) backends.Backend {
-	be, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(tb.TempDir(), "state.db")})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		if err := be.Close(); err != nil {
-			tb.Error(err)
-		}
-	})
-	return be
+	return openAt(tb, filepath.Join(tb.TempDir(), "state.db"), backends.EngineConfig{})
 }
 
 func TestConformance(t *testing.T) {
@@ -41,13 +32,17 @@ func TestSharedFile(t *testing.T) {
 }
 
 // openAt opens an engine configured by cfg on the database file at path,
-// closed at cleanup.
+// closed at cleanup (a failed Close fails the test).
 func openAt(tb testing.TB, path string, cfg backends.EngineConfig) backends.Backend {
 	be, err := sqlite.Open(context.Background(), sqlite.Config{Path: path, Engine: cfg})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { _ = be.Close() })
+	tb.Cleanup(func() {
+		if err := be.Close(); err != nil {
+			tb.Error(err)
+		}
+	})
 	return be
 }
 
