@@ -1,6 +1,7 @@
 package kvserver
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -56,6 +57,17 @@ const forwardedKey = "kvsql-forwarded"
 // verifyTimeout bounds the Status call that checks a new leader connection.
 const verifyTimeout = 5 * time.Second
 
+// defaultStallAfter: once writes forwarded to the leader have gone this long
+// without the leader answering any, new writes are written directly until
+// it answers again. A leader whose host vanished, or a network that drops
+// everything between the instances, is otherwise noticed only by gRPC's
+// keepalive, which pings no more often than every 10 s (its floor) and
+// then waits 2 s for the answer: about 12 s in which every write through
+// this instance would wait. Writing directly is always correct, so a
+// leader that is merely slow costs nothing but shared commits; the writes
+// already sent wait for their answer or for the keepalive.
+const defaultStallAfter = 2 * time.Second
+
 // wrongMemberPrefix starts the error a kvsql returns for a write forwarded
 // to another member: nothing was applied.
 const wrongMemberPrefix = "kvsql: write forwarded to member "
@@ -84,6 +96,8 @@ type forwarder struct {
 	// authGate.sign): the leader then trusts the permission check this
 	// instance made, as it has no token of the client's.
 	sign func(target uint64, m proto.Message, authRev uint64) (string, bool)
+	// stallAfter is defaultStallAfter unless a test sets it.
+	stallAfter time.Duration
 
 	mu         sync.Mutex
 	peer       *peer // nil: write directly
@@ -104,6 +118,14 @@ type peer struct {
 	conn     *grpc.ClientConn
 	kv       pb.KVClient
 	inflight sync.WaitGroup
+
+	// pending counts the writes sent and not yet answered, busySince is
+	// when it last rose from zero and lastAnswer when the leader last
+	// answered one (Unix nanoseconds): see stalled.
+	pending    atomic.Int64
+	busySince  atomic.Int64
+	lastAnswer atomic.Int64
+	stallSeen  atomic.Bool // a stall was logged; cleared by an answer
 
 	// verified: the server at url answered Status as member id of this
 	// cluster; only then are writes forwarded to it.
@@ -263,11 +285,41 @@ func (f *forwarder) dial(rawURL string) (*grpc.ClientConn, error) {
 		grpc.WithDisableRetry(),
 		grpc.WithDisableServiceConfig(),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32), grpc.MaxCallSendMsgSize(math.MaxInt32)),
-		// At etcd's keepalive enforcement minimum (5 s between pings), so
-		// that a leader that froze or vanished without a FIN is noticed
-		// within about 7 s; the writes then go directly to the database.
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 5 * time.Second, Timeout: 2 * time.Second}),
+		// gRPC's floor for pings (10 s; etcd's server allows one every
+		// 5 s), so that a connection to a leader that froze or vanished
+		// without a FIN is closed within about 12 s: the writes waiting on
+		// it then fail with an unknown outcome. New writes go directly to
+		// the database after defaultStallAfter already.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 2 * time.Second}),
 	)
+}
+
+// stalled reports whether, at now, writes are waiting on p and none was
+// answered for the last after (see defaultStallAfter).
+func (p *peer) stalled(now time.Time, after time.Duration) bool {
+	if p.pending.Load() == 0 {
+		return false
+	}
+	since := max(p.busySince.Load(), p.lastAnswer.Load())
+	return now.UnixNano()-since > int64(after)
+}
+
+// sent records a write about to be sent to the leader.
+func (p *peer) sent() {
+	if p.pending.Add(1) == 1 {
+		p.busySince.Store(time.Now().UnixNano())
+	}
+}
+
+// finished records the end of a write sent to the leader; answered says
+// whether the leader answered it (a result or its own error), rather than
+// the connection failing.
+func (p *peer) finished(answered bool) {
+	if answered {
+		p.lastAnswer.Store(time.Now().UnixNano())
+		p.stallSeen.Store(false)
+	}
+	p.pending.Add(-1)
 }
 
 // acquire returns a ready connection to the leader, or nil when this
@@ -285,6 +337,14 @@ func (f *forwarder) acquire() *peer {
 	}
 	switch p.conn.GetState() {
 	case connectivity.Ready:
+		after := cmp.Or(f.stallAfter, defaultStallAfter)
+		if p.stalled(time.Now(), after) {
+			if !p.stallSeen.Swap(true) {
+				f.log.Warn("the leader has not answered forwarded writes for a while; writing directly until it does", "leader", p.name, "url", p.url, "after", after)
+			}
+			f.count(fwdDirect)
+			return nil
+		}
 		p.inflight.Add(1)
 		return p
 	case connectivity.Idle:
@@ -342,7 +402,9 @@ func forward[Req, Resp any](ctx context.Context, s *Server, r Req, call func(pb.
 	}
 	fctx := metadata.NewOutgoingContext(ctx, md)
 	var trailer metadata.MD
+	p.sent()
 	resp, err = call(p.kv, fctx, r, grpc.Peer(&sentTo), grpc.Trailer(&trailer))
+	p.finished(err == nil || answered(trailer, status.Convert(err).Message()))
 	if err == nil {
 		f.count(fwdForwarded)
 		s.observeForwarded(resp)

@@ -221,3 +221,70 @@ func TestForwardOutcomes(t *testing.T) {
 		}
 	}
 }
+
+// TestForwarderWritesDirectlyWhileTheLeaderIsSilent: while a forwarded
+// write waits and the leader has answered nothing for stallAfter, new
+// writes go to the database directly; once it answers, they are forwarded
+// again. Writes keep being forwarded as long as answers come, however long
+// writes have been waiting in all.
+func TestForwarderWritesDirectlyWhileTheLeaderIsSilent(t *testing.T) {
+	hold := make(chan struct{})
+	stub := &stubKV{forwarded: make(chan string, 1), answer: func() (*pb.PutResponse, error) {
+		<-hold
+		return &pb.PutResponse{Header: &pb.ResponseHeader{Revision: 1}}, nil
+	}}
+	_, url := stubLeader(t, stub, &stubStatus{member: 2, cluster: 7})
+	const after = 200 * time.Millisecond
+	f := &forwarder{self: 1, cluster: 7, log: slog.New(slog.DiscardHandler), sign: testSign, stallAfter: after}
+	defer f.close()
+	s := &Server{log: f.log, fwd: f, memberID: 1, be: &observingBackend{}}
+	f.update([]backends.Member{{ID: 2, Name: "leader", ClientURLs: []string{url}, Leader: true}}, false)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for !f.peer.verified.Load() || f.peer.conn.GetState() != connectivity.Ready {
+		if ctx.Err() != nil {
+			t.Fatal("the stub leader was not verified")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p := f.peer
+
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := forward(ctx, s, &pb.PutRequest{Key: []byte("k")}, pb.KVClient.Put)
+		done <- err
+	}()
+	<-stub.forwarded
+	busy := time.Unix(0, p.busySince.Load())
+	if p.stalled(busy.Add(after), after) {
+		t.Error("stalled as soon as the wait reached stallAfter; want only past it")
+	}
+	if !p.stalled(busy.Add(after+time.Nanosecond), after) {
+		t.Error("not stalled once the wait passed stallAfter with no answer")
+	}
+	time.Sleep(after + 50*time.Millisecond)
+	if got := f.acquire(); got != nil {
+		got.inflight.Done()
+		t.Fatal("a new write was forwarded while the leader had answered nothing for longer than stallAfter")
+	}
+	close(hold)
+	if err := <-done; err != nil {
+		t.Fatalf("the held write: %v", err)
+	}
+	got := f.acquire()
+	if got == nil {
+		t.Fatal("writes are not forwarded again after the leader answered")
+	}
+	got.inflight.Done()
+
+	// A write waiting long on a leader that keeps answering others: not a
+	// stall.
+	p.sent()
+	now := time.Now()
+	p.busySince.Store(now.Add(-time.Hour).UnixNano())
+	p.lastAnswer.Store(now.UnixNano())
+	if p.stalled(now.Add(after), after) {
+		t.Error("stalled although the leader answered just now")
+	}
+	p.finished(true)
+}
