@@ -62,8 +62,22 @@ type forwardingPair struct {
 // heartbeat, every 2 s).
 func startForwardingPair(t *testing.T, ctx context.Context, se sharedEndpoint, probe string) forwardingPair {
 	t.Helper()
+	return startForwardingPairVia(t, ctx, se, probe, nil)
+}
+
+// startForwardingPairVia is startForwardingPair with B's path to A through
+// link, if not nil: A advertises link's address, which forwards to A.
+func startForwardingPairVia(t *testing.T, ctx context.Context, se sharedEndpoint, probe string, link *tcpProxy) forwardingPair {
+	t.Helper()
 	p := forwardingPair{ep: se.endpoint(t), ma: procFreeAddr(t), mb: procFreeAddr(t)}
-	p.a = startKVSQLProc(t, "--endpoint="+p.ep, "--name=a", "--listen-metrics-urls=http://"+p.ma)
+	args := []string{"--endpoint=" + p.ep, "--name=a", "--listen-metrics-urls=http://" + p.ma}
+	if link != nil {
+		args = append(args, "--advertise-client-urls=http://"+link.Addr())
+	}
+	p.a = startKVSQLProc(t, args...)
+	if link != nil {
+		link.retarget(p.a.Addr)
+	}
 	pollUntil(t, 20*time.Second, "instance A takes the leader lock", func() bool { return se.leaderHeld(t, p.ep) })
 	p.b = startKVSQLProc(t, "--endpoint="+p.ep, "--name=b", "--listen-metrics-urls=http://"+p.mb)
 	p.ca, p.cb = p.a.client(t), p.b.client(t)
