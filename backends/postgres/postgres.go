@@ -114,7 +114,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	timeout := strconv.FormatInt(sessionTimeout.Milliseconds(), 10)
-	d := &dialect{pool: pool, sessionTimeout: timeout, sessionMillis: sessionTimeout.Milliseconds()}
+	d := &dialect{pool: pool, sessionTimeout: timeout, sessionMillis: sessionTimeout.Milliseconds(), plans: newPlanRefresh(pool, log)}
 	cfg.Engine.MaxKeyBytes = MaxKeyBytes
 	if cfg.Engine.Database == "" {
 		cfg.Engine.Database = fmt.Sprintf("PostgreSQL at %s/%s", hosts, pcfg.ConnConfig.Database)
@@ -188,6 +188,8 @@ type dialect struct {
 
 	tailMu sync.Mutex // guards tail
 	tail   *pgx.Conn  // TailChanges' own connection; nil until first used
+
+	plans *planRefresh // see plans.go
 }
 
 // The roles of backends.Dialect, each implemented here.
@@ -234,6 +236,7 @@ func (d *dialect) ErrorClass(err error) string {
 }
 
 func (d *dialect) Close() error {
+	d.plans.close()
 	d.tailMu.Lock()
 	if d.tail != nil {
 		_ = d.tail.Close(context.Background())
@@ -269,6 +272,8 @@ type txn struct {
 	// sessionMillis is the write transaction's idle timeout (see
 	// CommitBatch).
 	sessionMillis int64
+	// plans is told of the revision a write transaction committed.
+	plans *planRefresh
 }
 
 // errCommitRolledBack: COMMIT answered ROLLBACK, as PostgreSQL does for a

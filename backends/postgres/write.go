@@ -25,7 +25,7 @@ func (d *dialect) BeginBatch(ctx context.Context, keys [][]byte) (backends.Tx, [
 	if err != nil {
 		return nil, nil, err
 	}
-	t := &txn{q: c, conn: c, locked: true, sessionMillis: d.sessionMillis}
+	t := &txn{q: c, conn: c, locked: true, sessionMillis: d.sessionMillis, plans: d.plans}
 	b := &pgx.Batch{}
 	b.Queue(qBeginWrite)
 	// A transaction holding the write lock whose instance goes silent is
@@ -78,6 +78,9 @@ func (t *txn) CommitBatch(ctx context.Context, rows []backends.LogRow, rev int64
 	t.release()
 	if rev > 0 {
 		t.lockedRev = rev
+		if t.plans != nil {
+			t.plans.committed(rev)
+		}
 	}
 	return nil
 }
@@ -115,6 +118,9 @@ func (d *dialect) CommitChecked(ctx context.Context, start int64, authRev uint64
 		return err
 	}
 	t.release()
+	if rev > 0 {
+		d.plans.committed(rev)
+	}
 	return nil
 }
 
