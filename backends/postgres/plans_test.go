@@ -7,11 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"github.com/kvsql/kvsql/backends"
-	"github.com/kvsql/kvsql/internal/testdb"
 )
 
 // TestGrowthRefreshesPlans: once the revision has doubled from the first
@@ -30,16 +28,7 @@ func TestGrowthRefreshesPlans(t *testing.T) {
 
 func testGrowthRefreshesPlans(t *testing.T, serial bool) {
 	ctx := context.Background()
-	st, err := Open(ctx, Config{URL: testdb.FreshPostgresURL(t), Engine: backends.EngineConfig{SerialWrites: serial}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	c, err := pgx.Connect(ctx, st.Pool().Config().ConnConfig.ConnString())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close(ctx) })
+	st, c := openWithConnConfig(t, backends.EngineConfig{SerialWrites: serial})
 	analyzed := func() bool {
 		t.Helper()
 		var n int

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
+	"github.com/kvsql/kvsql/backends"
 	"github.com/kvsql/kvsql/internal/testdb"
 )
 
@@ -82,8 +83,15 @@ func TestSmallValuesStayInline(t *testing.T) {
 // own to that database, both closed at cleanup.
 func openWithConn(t *testing.T) (*Store, *pgx.Conn) {
 	t.Helper()
+	return openWithConnConfig(t, backends.EngineConfig{})
+}
+
+// openWithConnConfig is openWithConn with the Store's engine configured by
+// cfg.
+func openWithConnConfig(t *testing.T, cfg backends.EngineConfig) (*Store, *pgx.Conn) {
+	t.Helper()
 	ctx := context.Background()
-	st, err := Open(ctx, Config{URL: testdb.FreshPostgresURL(t)})
+	st, err := Open(ctx, Config{URL: testdb.FreshPostgresURL(t), Engine: cfg})
 	if err != nil {
 		t.Fatal(err)
 	}
