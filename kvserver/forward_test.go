@@ -112,6 +112,19 @@ func stubLeader(t *testing.T, kv *stubKV, st *stubStatus) (*grpc.Server, string)
 	return gs, "http://" + lis.Addr().String()
 }
 
+// followStub points f at the stub leader at url (member 2) and waits until
+// it is verified and connected.
+func followStub(t *testing.T, ctx context.Context, f *forwarder, url string) {
+	t.Helper()
+	f.update([]backends.Member{{ID: 2, Name: "leader", ClientURLs: []string{url}, Leader: true}}, false)
+	for !f.peer.verified.Load() || f.peer.conn.GetState() != connectivity.Ready {
+		if ctx.Err() != nil {
+			t.Fatal("the stub leader was not verified")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestForwarderVerifiesLeader: writes are forwarded only once the server at
 // the leader's URL has answered Status as that member of this cluster.
 func TestForwarderVerifiesLeader(t *testing.T) {
@@ -156,15 +169,9 @@ func TestForwardOutcomes(t *testing.T) {
 	defer f.close()
 	obs := &observingBackend{}
 	s := &Server{log: f.log, fwd: f, memberID: 1, be: obs}
-	f.update([]backends.Member{{ID: 2, Name: "leader", ClientURLs: []string{url}, Leader: true}}, false)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for !f.peer.verified.Load() || f.peer.conn.GetState() != connectivity.Ready {
-		if ctx.Err() != nil {
-			t.Fatal("the stub leader was not verified")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	followStub(t, ctx, f, url)
 
 	release := make(chan struct{}) // lets the stub's last handler return
 	defer close(release)
@@ -238,15 +245,9 @@ func TestForwarderWritesDirectlyWhileTheLeaderIsSilent(t *testing.T) {
 	f := &forwarder{self: 1, cluster: 7, log: slog.New(slog.DiscardHandler), sign: testSign, stallAfter: after}
 	defer f.close()
 	s := &Server{log: f.log, fwd: f, memberID: 1, be: &observingBackend{}}
-	f.update([]backends.Member{{ID: 2, Name: "leader", ClientURLs: []string{url}, Leader: true}}, false)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for !f.peer.verified.Load() || f.peer.conn.GetState() != connectivity.Ready {
-		if ctx.Err() != nil {
-			t.Fatal("the stub leader was not verified")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	followStub(t, ctx, f, url)
 	p := f.peer
 
 	done := make(chan error, 1)
