@@ -22,6 +22,17 @@ type attempts struct {
 	errs    []error
 }
 
+// record adds the outcome of a put of key.
+func (r *attempts) record(key string, resp *clientv3.PutResponse, err error, acks *atomic.Int64) {
+	if err != nil {
+		r.unknown[key] = true
+		r.errs = append(r.errs, err)
+		return
+	}
+	r.acked = append(r.acked, ackedPut{key, "v", resp.Header.Revision})
+	acks.Add(1)
+}
+
 // putNewKeys puts through c until stop is closed, every attempt under a new
 // key: a put whose outcome is unknown may still be applied later (a request
 // held in the network reaches the leader after the partition heals), and a
@@ -37,13 +48,7 @@ func putNewKeys(ctx context.Context, c *clientv3.Client, via, prefix string, sto
 		}
 		key := fmt.Sprintf("%s/%05d", prefix, i)
 		resp, err := c.Put(ctx, key, "v")
-		if err == nil {
-			r.acked = append(r.acked, ackedPut{key, "v", resp.Header.Revision})
-			acks.Add(1)
-			continue
-		}
-		r.unknown[key] = true
-		r.errs = append(r.errs, err)
+		r.record(key, resp, err, acks)
 		if ctx.Err() != nil {
 			return r
 		}
@@ -53,8 +58,8 @@ func putNewKeys(ctx context.Context, c *clientv3.Client, via, prefix string, sto
 // putArrivals starts a put through c every 50 ms until stop is closed, each
 // under a new key and without waiting for the ones before, and returns
 // once every one has ended.
-func putArrivals(ctx context.Context, c *clientv3.Client, prefix string, stop <-chan struct{}, acks *atomic.Int64) attempts {
-	r := attempts{via: "B", unknown: map[string]bool{}}
+func putArrivals(ctx context.Context, c *clientv3.Client, via, prefix string, stop <-chan struct{}, acks *atomic.Int64) attempts {
+	r := attempts{via: via, unknown: map[string]bool{}}
 	var mu sync.Mutex // guards r
 	var puts sync.WaitGroup
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -74,13 +79,7 @@ func putArrivals(ctx context.Context, c *clientv3.Client, prefix string, stop <-
 			resp, err := c.Put(ctx, key, "v")
 			mu.Lock()
 			defer mu.Unlock()
-			if err != nil {
-				r.unknown[key] = true
-				r.errs = append(r.errs, err)
-				return
-			}
-			r.acked = append(r.acked, ackedPut{key, "v", resp.Header.Revision})
-			acks.Add(1)
+			r.record(key, resp, err, acks)
 		})
 	}
 }
@@ -140,7 +139,7 @@ func TestPartitionFromLeader(t *testing.T) {
 			// server's many clients); once the leader's silence is noticed,
 			// they must not wait with them.
 			var acksLate atomic.Int64
-			go func() { results <- putArrivals(ctx, p.cb, "w/late", stop, &acksLate) }()
+			go func() { results <- putArrivals(ctx, p.cb, "B", "w/late", stop, &acksLate) }()
 			pollUntil(t, time.Minute, "B acknowledges a write that arrived during the partition", func() bool {
 				return acksLate.Load() > 0
 			})
@@ -162,6 +161,7 @@ func TestPartitionFromLeader(t *testing.T) {
 			}
 
 			link.unblock()
+			lasted := time.Since(cut)
 			healed := metricValue(t, p.mb, series("forwarded"))
 			pollUntil(t, time.Minute, "B forwards again after the partition heals", func() bool {
 				return metricValue(t, p.mb, series("forwarded")) >= healed+100
@@ -185,8 +185,8 @@ func TestPartitionFromLeader(t *testing.T) {
 					t.Errorf("a put through %s failed: %v (the partition may only leave B's forwarded writes' outcome unknown: %v)", r.via, err, rpctypes.ErrTimeoutDueToConnectionLost)
 				}
 			}
-			t.Logf("the first write arriving at B after the cut was acknowledged %v after it; forwarded %v before it, %v after the heal; direct %v; lost %v; acknowledged %d",
-				resumed.Round(time.Millisecond), healed, metricValue(t, p.mb, series("forwarded"))-healed, direct,
+			t.Logf("partition of %v; the first write arriving at B after the cut was acknowledged %v after it; forwarded %v before it, %v after the heal; direct %v; lost %v; acknowledged %d",
+				lasted.Round(time.Millisecond), resumed.Round(time.Millisecond), healed, metricValue(t, p.mb, series("forwarded"))-healed, direct,
 				metricValue(t, p.mb, series("lost")), len(acked))
 
 			evsA, finalA := lwA.end(t, ctx)
